@@ -1,0 +1,110 @@
+//! `NodeRequest`: one Zuul node request, mirrored from `/nodepool/requests/<id>` by the zk-bridge.
+//!
+//! The spec is what Zuul asked for (written by the bridge, immutable once created); the status is
+//! the outcome (written by the operator) that the bridge carries back to ZooKeeper.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A request for a set of nodes, one per label, all from one provider pool.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "nodepool.dev",
+    version = "v1alpha1",
+    kind = "NodeRequest",
+    namespaced,
+    status = "NodeRequestStatus",
+    shortname = "npr",
+    category = "nodepool",
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Labels", type_ = "string", json_path = ".spec.labels"),
+    printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenant"),
+    printcolumn(name = "Provider", type_ = "string", json_path = ".status.provider"),
+    printcolumn(
+        name = "Waiting",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Waiting\")].reason"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRequestSpec {
+    /// The ZooKeeper request id, `<priority>-<sequence>`, e.g. `200-0000004711`.
+    #[schemars(regex(pattern = r"^[0-9]+--?[0-9]+$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.requestId cannot be changed"))]
+    pub request_id: String,
+    /// Labels wanted, one node each, in order (Zuul's `node_types`).
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.labels cannot be changed"))]
+    pub labels: Vec<String>,
+    /// Relative priority within the priority class; lower is more urgent. Zuul may revise it
+    /// while the request is still `requested`.
+    #[serde(default)]
+    pub relative_priority: i64,
+    /// Who asked: Zuul's system id, or `NodePool:min-ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requestor: Option<String>,
+    /// Zuul tenant (for tenant limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Preferred provider (affinity with a paused parent job); not a hard constraint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_provider: Option<String>,
+    /// Existing ready nodes may be handed out. Default true.
+    #[serde(default = "default_true")]
+    pub reuse: bool,
+    /// Zuul's event id, for correlating logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl NodeRequestSpec {
+    /// The priority class: the part of the id before the dash (`200` in `200-0000004711`).
+    pub fn priority_class(&self) -> &str {
+        self.request_id.split_once('-').map_or("", |(prefix, _)| prefix)
+    }
+}
+
+/// Where a request stands, with Zuul's own state names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRequestState {
+    #[default]
+    Requested,
+    Pending,
+    Fulfilled,
+    Failed,
+}
+
+/// The outcome of a request.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRequestStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub state: NodeRequestState,
+    /// When `state` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_time: Option<Time>,
+    /// Provider and pool serving the request, once chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// `PoolNode` names, in the order of `spec.labels`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+    /// Pool-worker ids that declined the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declined_by: Vec<String>,
+    /// `Waiting` says why the request is not fulfilled yet; `Failed` why it failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,255 @@
+//! `PoolNode`: one node and its lifecycle.
+//!
+//! The operator owns the lifecycle (`status.state`, addresses, host keys, allocation); the
+//! zk-bridge owns what Zuul says of the node (`status.zookeeper`). Each writes its own fields with
+//! server-side apply under its own field manager.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{ConnectionSettings, GoDuration, free_form_object};
+
+/// One node: a cloud instance or one slot of a static host.
+#[derive(CustomResource, JsonSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "nodepool.dev",
+    version = "v1alpha1",
+    kind = "PoolNode",
+    namespaced,
+    status = "PoolNodeStatus",
+    shortname = "npn",
+    category = "nodepool",
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider"),
+    printcolumn(name = "Pool", type_ = "string", json_path = ".spec.pool", priority = 1),
+    printcolumn(name = "Label", type_ = "string", json_path = ".spec.labels[0]"),
+    printcolumn(name = "Address", type_ = "string", json_path = ".status.interfaceIp"),
+    printcolumn(name = "Allocated-To", type_ = "string", json_path = ".status.allocatedTo"),
+    printcolumn(name = "ZK-ID", type_ = "string", json_path = ".status.zookeeper.nodeId", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolNodeSpec {
+    /// The `Provider` the node belongs to.
+    #[schemars(length(min = 1))]
+    pub provider: String,
+    /// The pool within the provider.
+    #[schemars(length(min = 1))]
+    pub pool: String,
+    /// Labels the node satisfies (static hosts may serve several).
+    #[schemars(length(min = 1))]
+    pub labels: Vec<String>,
+    /// For a static node: the host and its slot among `maxParallelJobs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_host: Option<StaticSlot>,
+    /// An operator's hold (Nodepool's `nodepool hold`): keep the node for inspection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<AdminHold>,
+}
+
+/// A static host slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticSlot {
+    pub host: String,
+    pub slot: u32,
+}
+
+/// A hold set by a person rather than by Zuul's autohold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminHold {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// Release the hold after this long; unset keeps it until the global max hold age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<GoDuration>,
+}
+
+/// Nodepool's node states, with Nodepool's spelling.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    /// Created, not launching yet.
+    #[default]
+    Init,
+    /// Launching.
+    Building,
+    /// Defined by Nodepool, unused.
+    Testing,
+    /// Up and reachable; may be allocated to a request.
+    Ready,
+    /// A job runs on it (set by Zuul).
+    InUse,
+    /// A job ran on it; to be deleted or recycled (set by Zuul).
+    Used,
+    /// Kept for a person to inspect.
+    Hold,
+    /// Being deleted.
+    Deleting,
+    /// The launch failed.
+    Failed,
+    /// The cloud was over quota; not a failure.
+    Aborted,
+    /// Deleted in the cloud; the object is about to go.
+    Deleted,
+}
+
+impl NodeState {
+    /// The string Zuul reads in the node znode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Init => "init",
+            Self::Building => "building",
+            Self::Testing => "testing",
+            Self::Ready => "ready",
+            Self::InUse => "in-use",
+            Self::Used => "used",
+            Self::Hold => "hold",
+            Self::Deleting => "deleting",
+            Self::Failed => "failed",
+            Self::Aborted => "aborted",
+            Self::Deleted => "deleted",
+        }
+    }
+
+    pub const ALL: [NodeState; 11] = [
+        Self::Init,
+        Self::Building,
+        Self::Testing,
+        Self::Ready,
+        Self::InUse,
+        Self::Used,
+        Self::Hold,
+        Self::Deleting,
+        Self::Failed,
+        Self::Aborted,
+        Self::Deleted,
+    ];
+}
+
+/// What is true of a node now.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolNodeStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Lifecycle state (operator).
+    #[serde(default)]
+    pub state: NodeState,
+    /// When `state` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_time: Option<Time>,
+    /// The request the node is reserved for (ZooKeeper request id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_to: Option<String>,
+    /// Tenant and requestor copied from the request at allocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requestor: Option<String>,
+    /// The cloud's id for the node (instance id, or the static host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// The address Zuul connects to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ipv4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub az: Option<String>,
+    /// Cloud image the node booted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// How Zuul logs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionSettings>,
+    /// SSH host keys, `<type> <base64>` each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_keys: Vec<String>,
+    /// Quota footprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<NodeResources>,
+    /// Pool `nodeAttributes`, as handed to Zuul.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub attributes: Option<BTreeMap<String, serde_json::Value>>,
+    /// Progress of the driver's create or delete state machine (operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<LaunchProgress>,
+    /// What Zuul says of the node, carried from ZooKeeper (zk-bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zookeeper: Option<ZooKeeperView>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Quota footprint of a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeResources {
+    pub cores: u32,
+    /// MiB.
+    pub ram: u64,
+    pub instances: u32,
+}
+
+/// Where a driver's state machine stands; kept in the object so a restarted operator resumes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchProgress {
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The state machine's current step, e.g. `creating`, `waitingForSsh`.
+    pub step: String,
+    /// When the current attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// The last error, if the attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Driver-private data (e.g. the pending operation id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub driver_data: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// The node as ZooKeeper and Zuul see it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ZooKeeperView {
+    /// The node id under `/nodepool/nodes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// The state Zuul last wrote (`in-use`, `used` or `hold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zuul_state: Option<NodeState>,
+    /// Whether a client other than the bridge holds the node lock.
+    #[serde(default)]
+    pub locked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// Seconds the node may stay held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_expiration: Option<i64>,
+    /// Zuul's `user_data`, kept verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::common::free_form_value")]
+    pub user_data: Option<serde_json::Value>,
+}

@@ -1,0 +1,23 @@
+//! The checked-in CRD YAML must be exactly what the code generates.
+
+use std::{collections::BTreeSet, fs, path::PathBuf};
+
+#[test]
+fn checked_in_crds_match_the_code() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("generated");
+    let mut expected_files = BTreeSet::new();
+    for crd in nodepool_crds::all_crds() {
+        let name = nodepool_crds::crd_file_name(&crd);
+        let on_disk = fs::read_to_string(dir.join(&name)).unwrap_or_default();
+        assert!(
+            on_disk == nodepool_crds::crd_yaml(&crd),
+            "crds/generated/{name} is out of date: run `cargo run -p nodepool-crds --bin nodepool-crdgen`"
+        );
+        expected_files.insert(name);
+    }
+    let present: BTreeSet<String> = fs::read_dir(&dir)
+        .expect("crds/generated exists")
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(present, expected_files, "crds/generated holds files the code does not generate");
+}

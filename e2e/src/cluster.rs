@@ -1,0 +1,43 @@
+//! Helpers for tests running against the environment's apiserver.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::{
+    api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+    runtime::wait::{await_condition, conditions},
+};
+
+/// Field manager used by the test harness.
+pub const FIELD_MANAGER: &str = "nodepool-e2e";
+
+/// Applies every nodepool.dev CRD (server-side apply) and waits until each is Established.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for crd in nodepool_crds::all_crds() {
+        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
+        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .with_context(|| format!("CRD {name} not Established within 30s"))??;
+    }
+    Ok(())
+}
+
+/// Creates a namespace with a unique name starting with `prefix`, so tests do not collide.
+pub async fn fresh_namespace(client: &Client, prefix: &str) -> Result<String> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let mut namespace = Namespace::default();
+    namespace.metadata.generate_name = Some(format!("{prefix}-"));
+    let created =
+        api.create(&PostParams::default(), &namespace).await.context("creating a test namespace")?;
+    created.metadata.name.context("created namespace has no name")
+}
