@@ -22,8 +22,8 @@ pub mod provider;
 pub use common::{ConnectionSettings, ConnectionType, GoDuration, SecretKeyRef};
 pub use image::{Image, ImageSpec, ImageStatus};
 pub use label::{Label, LabelSpec, LabelStatus};
-pub use node_request::{NodeRequest, NodeRequestSpec, NodeRequestState, NodeRequestStatus};
-pub use pool_node::{NodeState, PoolNode, PoolNodeSpec, PoolNodeStatus};
+pub use node_request::{NodeRequest, NodeRequestSpec, NodeRequestState, NodeRequestStatus, RequestZooKeeperView};
+pub use pool_node::{NodeState, PoolNode, PoolNodeSpec, PoolNodeStatus, ZooKeeperView};
 pub use provider::{Driver, Provider, ProviderSpec, ProviderStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -33,6 +33,21 @@ use kube::CustomResourceExt;
 pub const GROUP: &str = "nodepool.dev";
 /// The one served and stored version.
 pub const VERSION: &str = "v1alpha1";
+
+/// Field manager of the operator (server-side apply).
+pub const OPERATOR_MANAGER: &str = "nodepool-operator";
+/// Field manager of the zk-bridge (server-side apply).
+pub const BRIDGE_MANAGER: &str = "nodepool-zk-bridge";
+/// Finalizer the bridge puts on PoolNodes it mirrors, so a znode never outlives its PoolNode.
+pub const ZNODE_FINALIZER: &str = "nodepool.dev/znode";
+
+/// Labels the operator puts on PoolNodes.
+pub mod labels {
+    pub const PROVIDER: &str = "nodepool.dev/provider";
+    pub const POOL: &str = "nodepool.dev/pool";
+    pub const STATIC_HOST: &str = "nodepool.dev/static-host";
+    pub const SLOT: &str = "nodepool.dev/slot";
+}
 
 /// Every CustomResourceDefinition, in the order they are installed.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {

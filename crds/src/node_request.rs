@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Labels", type_ = "string", json_path = ".spec.labels"),
     printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenant"),
     printcolumn(name = "Provider", type_ = "string", json_path = ".status.provider"),
+    printcolumn(name = "Written", type_ = "string", json_path = ".status.zookeeper.state", priority = 1),
     printcolumn(
         name = "Waiting",
         type_ = "string",
@@ -101,10 +102,31 @@ pub struct NodeRequestStatus {
     /// `PoolNode` names, in the order of `spec.labels`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
-    /// Pool-worker ids that declined the request.
+    /// Our pools that cannot serve the request, as `provider/pool`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub declined_by: Vec<String>,
     /// `Waiting` says why the request is not fulfilled yet; `Failed` why it failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// What the zk-bridge has written back to ZooKeeper (zk-bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zookeeper: Option<RequestZooKeeperView>,
+}
+
+/// The request as last written to ZooKeeper by the bridge.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestZooKeeperView {
+    /// The state written to the request znode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<NodeRequestState>,
+    /// Node ids written to the request, in label order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_ids: Vec<String>,
+    /// Pool-component ids in the request's `declined_by`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declined_by: Vec<String>,
+    /// Why the outcome could not be written, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod pki;
 pub mod process;
+pub mod sshd;
 pub mod testenv;
 pub mod tools;
 

@@ -1,0 +1,42 @@
+//! Label status: how many nodes of the label are ready and in use, and which providers serve it.
+
+use std::{sync::Arc, time::Duration};
+
+use kube::{ResourceExt, runtime::controller::Action};
+use nodepool_crds::{Label, LabelStatus, NodeState};
+
+use super::{Error, retry_after};
+use crate::{context::Context, scheduler::plan, status};
+
+pub async fn reconcile(label: Arc<Label>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = label.name_any();
+    let nodes = ctx.nodes.state();
+    let of_label = nodes.iter().filter(|n| n.spec.labels.contains(&name));
+    let count = |state: NodeState| of_label.clone().filter(|n| n.status.as_ref().is_some_and(|s| s.state == state)).count();
+    let mut providers: Vec<String> = plan::pools(&ctx.providers.state())
+        .into_iter()
+        .filter(|pool| pool.labels.contains(&name))
+        .map(|pool| pool.provider)
+        .collect();
+    providers.dedup();
+    let status = LabelStatus {
+        observed_generation: label.metadata.generation,
+        ready: count(NodeState::Ready) as u32,
+        in_use: count(NodeState::InUse) as u32,
+        providers,
+    };
+    if label.status.as_ref() != Some(&status) {
+        status::apply_status(&ctx.api::<Label>(), &label, &status).await?;
+    }
+    // Counts follow node changes; refresh them regularly rather than on every node event.
+    Ok(Action::requeue(Duration::from_secs(10)))
+}
+
+pub fn error_policy(label: Arc<Label>, error: &Error, _: Arc<Context>) -> Action {
+    if crate::status::is_conflict(&error.0) {
+        tracing::debug!(%error, "conflict; retrying with a fresh read");
+        return retry_after(error);
+    }
+    tracing::warn!(label = %label.name_any(), %error, "label reconcile failed");
+    retry_after(error)
+}

@@ -1,0 +1,218 @@
+//! PoolNode reconciler: the node lifecycle (zk-protocol.md §3.2).
+//!
+//! - `init`: a static slot is registered once its host answers (host keys scanned) → `ready`.
+//! - Zuul's `in-use`, `used` and `hold` (carried in by the bridge) are adopted.
+//! - `used`, `failed` and expired `hold` nodes are deleted once Zuul has unlocked them; a static
+//!   slot then comes back as a fresh node.
+//! - A `ready` node reserved for a request that no longer exists is released.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    api::DeleteParams,
+    runtime::controller::Action,
+};
+use nodepool_crds::{NodeRequest, NodeState, PoolNode, PoolNodeStatus, conditions};
+use nodepool_driver_static as static_driver;
+
+use super::{Error, retry_after};
+use crate::{context::Context, status};
+
+/// Condition saying whether a static host answered its last check.
+const REACHABLE: &str = "Reachable";
+const RETRY_UNREACHABLE: Duration = Duration::from_secs(10);
+
+pub async fn reconcile(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.scheduler_wake.notify_one();
+    if node.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let status = node.status.clone().unwrap_or_default();
+    match status.state {
+        NodeState::Init => register(&node, status, &ctx).await,
+        NodeState::Ready | NodeState::InUse | NodeState::Used | NodeState::Hold => lifecycle(&node, status, &ctx).await,
+        NodeState::Failed | NodeState::Aborted | NodeState::Deleting | NodeState::Deleted => {
+            delete(&node, &ctx, "finished").await
+        }
+        NodeState::Building | NodeState::Testing => Ok(Action::await_change()),
+    }
+}
+
+pub fn error_policy(node: Arc<PoolNode>, error: &Error, _: Arc<Context>) -> Action {
+    if crate::status::is_conflict(&error.0) {
+        tracing::debug!(%error, "conflict; retrying with a fresh read");
+        return retry_after(error);
+    }
+    tracing::warn!(node = %node.name_any(), %error, "node reconcile failed");
+    retry_after(error)
+}
+
+async fn delete(node: &PoolNode, ctx: &Context, why: &str) -> Result<Action, Error> {
+    tracing::info!(node = %node.name_any(), provider = %node.spec.provider, why, "deleting node");
+    let api: Api<PoolNode> = ctx.api();
+    match api.delete(&node.name_any(), &DeleteParams::default()).await {
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Action::await_change()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// `init` → `ready` for a static slot once its host answers.
+async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
+    let Some(slot) = &node.spec.static_host else { return Ok(Action::await_change()) };
+    let Some(provider) = ctx.provider(&node.spec.provider) else { return Ok(Action::await_change()) };
+    let Some((pool, host)) = static_driver::find_host(&provider, &node.spec.pool, &slot.host) else {
+        return delete(node, ctx, "host no longer configured").await;
+    };
+    let connection = static_driver::connection(host);
+    let port = connection.connection_port.unwrap_or(22);
+    let timeout = host.timeout.map(|t| t.0).unwrap_or(static_driver::DEFAULT_TIMEOUT);
+    let generation = node.metadata.generation;
+    let host_keys = if static_driver::host_key_checking(pool, host) {
+        match static_driver::scan_host_keys(&host.name, port, timeout).await {
+            Ok(keys) => keys,
+            Err(error) => {
+                tracing::warn!(node = %node.name_any(), host = %host.name, %error, "static host not reachable");
+                let message = error.to_string();
+                let changed = conditions::find(&status.conditions, REACHABLE).is_none_or(|c| c.message != message);
+                if changed {
+                    conditions::set_condition(
+                        &mut status.conditions,
+                        conditions::condition(REACHABLE, false, "KeyScanFailed", message, generation),
+                    );
+                    status::apply_node_status(&ctx.api(), node, &status).await?;
+                }
+                return Ok(Action::requeue(RETRY_UNREACHABLE));
+            }
+        }
+    } else {
+        host.host_keys.clone()
+    };
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(REACHABLE, true, "HostKeysScanned", format!("{} host key(s)", host_keys.len()), generation),
+    );
+    status.state = NodeState::Ready;
+    status.state_time = Some(now());
+    status.interface_ip = Some(host.name.clone());
+    status.hostname = Some(host.name.clone());
+    status.external_id = Some(host.name.clone());
+    status.connection = Some(connection);
+    status.host_keys = host_keys;
+    status.attributes = pool.node_attributes.clone();
+    status.observed_generation = generation;
+    status::apply_node_status(&ctx.api(), node, &status).await?;
+    tracing::info!(node = %node.name_any(), host = %host.name, slot = slot.slot, "static node ready");
+    Ok(Action::await_change())
+}
+
+async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
+    let zookeeper = status.zookeeper.clone().unwrap_or_default();
+    // Zuul's word on in-use/used/hold is final; adopt it first.
+    if let Some(zuul_state) = zookeeper.zuul_state
+        && zuul_state != status.state
+    {
+        tracing::info!(node = %node.name_any(), from = status.state.as_str(), to = zuul_state.as_str(), "Zuul changed node state");
+        status.state = zuul_state;
+        status.state_time = Some(now());
+        status::apply_node_status(&ctx.api(), node, &status).await?;
+        return Ok(Action::await_change());
+    }
+    match status.state {
+        NodeState::Used if !zookeeper.locked => delete(node, ctx, "used").await,
+        NodeState::Hold if !zookeeper.locked => match hold_remaining(&status, zookeeper.hold_expiration, ctx.max_hold_age) {
+            Some(remaining) if remaining.is_zero() => delete(node, ctx, "hold expired").await,
+            Some(remaining) => Ok(Action::requeue(remaining)),
+            None => Ok(Action::await_change()),
+        },
+        NodeState::Ready if !zookeeper.locked => {
+            if let Some(request) = &status.allocated_to
+                && !request_exists(ctx, request).await?
+            {
+                tracing::info!(node = %node.name_any(), %request, "request gone; releasing its node");
+                status.allocated_to = None;
+                status.tenant = None;
+                status.requestor = None;
+                status::apply_node_status(&ctx.api(), node, &status).await?;
+                return Ok(Action::await_change());
+            }
+            if status.allocated_to.is_none()
+                && let Some(age) = ready_age_left(node, &status, ctx)
+            {
+                if age.is_zero() {
+                    return delete(node, ctx, "max ready age reached").await;
+                }
+                return Ok(Action::requeue(age));
+            }
+            Ok(Action::await_change())
+        }
+        _ => Ok(Action::await_change()),
+    }
+}
+
+/// Reads the request fresh from the apiserver: the bridge records Zuul's node locks before it
+/// removes a request, so a fresh read never sees "request gone" before "node locked".
+async fn request_exists(ctx: &Context, request_id: &str) -> Result<bool, Error> {
+    let api: Api<NodeRequest> = ctx.api();
+    Ok(api.get_opt(request_id).await?.is_some())
+}
+
+fn held_for(status: &PoolNodeStatus) -> Duration {
+    let since = status.state_time.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+    Timestamp::now().duration_since(since).try_into().unwrap_or_default()
+}
+
+/// How long a held node may still be kept: the shorter of its own `hold_expiration` (seconds; 0
+/// means none) and the global max hold age. `None` when neither applies.
+fn hold_remaining(status: &PoolNodeStatus, hold_expiration: Option<i64>, max_hold_age: Option<Duration>) -> Option<Duration> {
+    let own = hold_expiration.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64));
+    let limit = match (own, max_hold_age) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some(limit.saturating_sub(held_for(status)))
+}
+
+/// Time until an unallocated ready node reaches its label's `maxReadyAge`, if it has one.
+fn ready_age_left(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context) -> Option<Duration> {
+    let max_age = node
+        .spec
+        .labels
+        .iter()
+        .filter_map(|label| ctx.labels.get(&kube::runtime::reflector::ObjectRef::new(label).within(&ctx.namespace)))
+        .filter_map(|label| label.spec.max_ready_age.map(|age| age.0))
+        .min()?;
+    Some(max_age.saturating_sub(held_for(status)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(seconds_ago: i64) -> PoolNodeStatus {
+        let since = Timestamp::now() - jiff_span(seconds_ago);
+        PoolNodeStatus { state: NodeState::Hold, state_time: Some(Time(since)), ..Default::default() }
+    }
+
+    fn jiff_span(seconds: i64) -> k8s_openapi::jiff::SignedDuration {
+        k8s_openapi::jiff::SignedDuration::from_secs(seconds)
+    }
+
+    #[test]
+    fn hold_limit_is_the_shorter_of_node_and_global() {
+        let status = held(10);
+        assert_eq!(hold_remaining(&status, None, None), None);
+        assert_eq!(hold_remaining(&status, Some(0), None), None, "0 means no per-node limit");
+        assert!(hold_remaining(&status, Some(5), None).unwrap().is_zero());
+        let left = hold_remaining(&status, Some(100), Some(Duration::from_secs(30))).unwrap();
+        assert!(left <= Duration::from_secs(20) && left >= Duration::from_secs(19), "{left:?}");
+        let left = hold_remaining(&status, Some(15), Some(Duration::from_secs(300))).unwrap();
+        assert!(left <= Duration::from_secs(5), "{left:?}");
+    }
+}

@@ -1,0 +1,170 @@
+//! Provider reconciler: says whether the provider can serve (`Ready`), counts its nodes, and for
+//! a static provider keeps one `PoolNode` per host slot (Nodepool's static registration, §6.8).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::controller::Action,
+};
+use nodepool_crds::{
+    Driver, NodeState, PoolNode, PoolNodeSpec, Provider, conditions,
+    labels as node_labels,
+    pool_node::StaticSlot,
+    provider::{NodeCounts, QuotaStatus, ResourceUsage},
+};
+use nodepool_driver_static as static_driver;
+
+use super::{Error, retry_after};
+use crate::{context::Context, status};
+
+pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.scheduler_wake.notify_one();
+    let name = provider.name_any();
+    let nodes: Vec<Arc<PoolNode>> = ctx.nodes.state().into_iter().filter(|n| n.spec.provider == name).collect();
+    let (ready, reason, message) = readiness(&provider, &ctx).await?;
+    if ready && provider.spec.driver == Driver::Static {
+        sync_static_slots(&provider, &nodes, &ctx).await?;
+    }
+    let generation = provider.metadata.generation;
+    let mut status = provider.status.clone().unwrap_or_default();
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(conditions::types::READY, ready, reason, message, generation),
+    );
+    status.observed_generation = generation;
+    status.nodes = Some(count_nodes(&nodes));
+    status.quota = Some(QuotaStatus { used: usage(&nodes), limits: provider.spec.limits.clone() });
+    if provider.status.as_ref() != Some(&status) {
+        status::apply_status(&ctx.api::<Provider>(), &provider, &status).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+pub fn error_policy(provider: Arc<Provider>, error: &Error, _: Arc<Context>) -> Action {
+    if crate::status::is_conflict(&error.0) {
+        tracing::debug!(%error, "conflict; retrying with a fresh read");
+        return retry_after(error);
+    }
+    tracing::warn!(provider = %provider.name_any(), %error, "provider reconcile failed");
+    retry_after(error)
+}
+
+/// Whether the provider can serve, with the reason shown in its `Ready` condition.
+async fn readiness(provider: &Provider, ctx: &Context) -> Result<(bool, &'static str, String), Error> {
+    if let Some(secret) = &provider.spec.credentials_secret_ref {
+        let secrets: Api<Secret> = ctx.api();
+        if secrets.get_opt(&secret.name).await?.is_none() {
+            return Ok((false, "CredentialsMissing", format!("Secret {:?} does not exist", secret.name)));
+        }
+    }
+    Ok(match provider.spec.driver {
+        Driver::Static => (true, "Configured", "static hosts are registered as they answer".to_owned()),
+        driver => (
+            false,
+            "DriverUnavailable",
+            format!("the {} driver is not part of this build of nodepool-operator yet", driver.as_str()),
+        ),
+    })
+}
+
+fn count_nodes(nodes: &[Arc<PoolNode>]) -> NodeCounts {
+    let mut by_state = BTreeMap::new();
+    for node in nodes {
+        let state = node.status.as_ref().map(|s| s.state).unwrap_or_default();
+        *by_state.entry(state.as_str().to_owned()).or_insert(0) += 1;
+    }
+    NodeCounts { total: nodes.len() as u32, by_state }
+}
+
+fn usage(nodes: &[Arc<PoolNode>]) -> ResourceUsage {
+    let mut used = ResourceUsage::default();
+    for node in nodes {
+        used.servers += 1;
+        if let Some(resources) = node.status.as_ref().and_then(|s| s.resources.as_ref()) {
+            used.cores += resources.cores;
+            used.ram += resources.ram;
+        }
+    }
+    used
+}
+
+/// A Kubernetes label value for a host name (label values allow `[A-Za-z0-9_.-]`, 63 long).
+fn label_value(text: &str) -> String {
+    let value: String =
+        text.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).take(63).collect();
+    value.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
+}
+
+/// Creates a PoolNode for every slot that has none, updates labels in place, and removes slots
+/// no longer configured once they are idle.
+async fn sync_static_slots(provider: &Provider, nodes: &[Arc<PoolNode>], ctx: &Context) -> Result<(), Error> {
+    let api: Api<PoolNode> = ctx.api();
+    let name = provider.name_any();
+    let desired = static_driver::desired_slots(provider);
+    let live: Vec<&Arc<PoolNode>> = nodes.iter().filter(|n| n.metadata.deletion_timestamp.is_none()).collect();
+    let slot_of = |node: &PoolNode| node.spec.static_host.as_ref().map(|s| (node.spec.pool.clone(), s.host.clone(), s.slot));
+
+    for slot in &desired {
+        let key = (slot.pool.clone(), slot.host.clone(), slot.slot);
+        match live.iter().find(|n| slot_of(n).as_ref() == Some(&key)) {
+            Some(node) if node.spec.labels != slot.labels => {
+                let patch = serde_json::json!({"spec": {"labels": slot.labels}});
+                api.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            }
+            Some(_) => {}
+            None => {
+                let mut node = PoolNode::new(
+                    "",
+                    PoolNodeSpec {
+                        provider: name.clone(),
+                        pool: slot.pool.clone(),
+                        labels: slot.labels.clone(),
+                        static_host: Some(StaticSlot { host: slot.host.clone(), slot: slot.slot }),
+                        hold: None,
+                    },
+                );
+                node.metadata.name = None;
+                node.metadata.generate_name = Some(format!("{name}-"));
+                node.metadata.labels = Some(BTreeMap::from([
+                    (node_labels::PROVIDER.to_owned(), name.clone()),
+                    (node_labels::POOL.to_owned(), slot.pool.clone()),
+                    (node_labels::STATIC_HOST.to_owned(), label_value(&slot.host)),
+                    (node_labels::SLOT.to_owned(), slot.slot.to_string()),
+                ]));
+                node.metadata.owner_references = provider.controller_owner_ref(&()).map(|owner| vec![owner]);
+                let created = api.create(&PostParams::default(), &node).await?;
+                tracing::info!(provider = %name, host = %slot.host, slot = slot.slot, node = %created.name_any(), "registering static slot");
+            }
+        }
+    }
+    for node in live {
+        let Some(key) = slot_of(node) else { continue };
+        if desired.iter().any(|s| (s.pool.clone(), s.host.clone(), s.slot) == key) {
+            continue;
+        }
+        let status = node.status.clone().unwrap_or_default();
+        let idle = matches!(status.state, NodeState::Init | NodeState::Ready)
+            && status.allocated_to.is_none()
+            && !status.zookeeper.as_ref().is_some_and(|z| z.locked);
+        if idle {
+            tracing::info!(provider = %name, node = %node.name_any(), host = %key.1, "deregistering removed static slot");
+            api.delete(&node.name_any(), &DeleteParams::default()).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_value;
+
+    #[test]
+    fn host_names_become_valid_label_values() {
+        assert_eq!(label_value("arm64-01.lab.example.org"), "arm64-01.lab.example.org");
+        assert_eq!(label_value("[::1]"), "1");
+        assert_eq!(label_value("192.0.2.17"), "192.0.2.17");
+    }
+}

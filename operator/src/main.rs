@@ -1,0 +1,45 @@
+//! `nodepool-operator`: runs the nodepool.dev controllers.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Parser;
+use nodepool_operator::Settings;
+
+#[derive(Parser)]
+#[command(version, about = "Kubernetes operator that brokers CI nodes for Zuul")]
+struct Cli {
+    /// Namespace whose nodepool.dev objects are managed.
+    #[arg(long, env = "NODEPOOL_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Delete held nodes after this many seconds even without a per-node expiration
+    /// (Nodepool's max-hold-age). Unset: held nodes stay until Zuul releases them.
+    #[arg(long, env = "NODEPOOL_MAX_HOLD_AGE")]
+    max_hold_age: Option<u64>,
+    /// Log as JSON lines.
+    #[arg(long, env = "NODEPOOL_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_json { builder.json().init() } else { builder.init() }
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = kube::Client::try_default().await?;
+    tracing::info!(namespace = %cli.namespace, "starting nodepool-operator");
+    let settings = Settings {
+        client,
+        namespace: cli.namespace,
+        max_hold_age: cli.max_hold_age.map(Duration::from_secs),
+    };
+    tokio::select! {
+        result = nodepool_operator::run(settings) => result,
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The scheduler: whenever requests, nodes or providers change, one pass decides on every open
+//! request ([`plan`]) and writes the decisions. Each write carries the resourceVersion it was
+//! based on, and the next pass waits until the caches show the writes, so a node is never handed
+//! out twice.
+
+pub mod plan;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Result;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    ResourceExt,
+    runtime::reflector::{ObjectRef, Store},
+};
+use nodepool_crds::{NodeRequestState, PoolNode, conditions};
+
+use crate::{context::Context, status};
+use plan::Decision;
+
+/// Safety net only: passes are driven by changes, this bounds how long a missed wake could stall.
+const IDLE_PASS: Duration = Duration::from_secs(30);
+
+pub async fn run(ctx: Arc<Context>) -> Result<()> {
+    ctx.providers.wait_until_ready().await?;
+    ctx.nodes.wait_until_ready().await?;
+    ctx.requests.wait_until_ready().await?;
+    tracing::info!("scheduler running");
+    loop {
+        let decisions = plan::plan(&ctx.requests.state(), &ctx.nodes.state(), &plan::pools(&ctx.providers.state()));
+        let mut written = Vec::new();
+        for decision in decisions {
+            match apply(&ctx, decision).await {
+                Ok(mut objects) => written.append(&mut objects),
+                Err(error) if status::is_conflict(&error) => {
+                    tracing::debug!(error = format!("{error:#}"), "stale cache; deciding again next pass")
+                }
+                Err(error) => tracing::warn!(error = format!("{error:#}"), "applying a scheduling decision failed"),
+            }
+        }
+        if !written.is_empty() {
+            wait_for_caches(&ctx, &written).await;
+            continue; // what we wrote may let more requests through
+        }
+        tokio::select! {
+            () = ctx.scheduler_wake.notified() => {}
+            () = tokio::time::sleep(IDLE_PASS) => {}
+        }
+    }
+}
+
+/// An object the scheduler wrote, and the resourceVersion the write produced.
+enum Written {
+    Node(String, String),
+    Request(String, String),
+}
+
+async fn apply(ctx: &Context, decision: Decision) -> Result<Vec<Written>> {
+    match decision {
+        Decision::Assign { request, provider, pool, nodes } => assign(ctx, &request, provider, pool, nodes).await,
+        Decision::Wait { request, reason, message } => {
+            let Some(object) = cached(&ctx.requests, ctx, &request) else { return Ok(vec![]) };
+            let mut status = object.status.clone().unwrap_or_default();
+            let current = conditions::find(&status.conditions, conditions::types::WAITING);
+            if current.is_some_and(|c| c.status == "True" && c.reason == reason && c.message == message) {
+                return Ok(vec![]);
+            }
+            tracing::info!(request = %request, %reason, %message, "request waits");
+            let generation = object.metadata.generation;
+            conditions::set_condition(
+                &mut status.conditions,
+                conditions::condition(conditions::types::WAITING, true, reason, message, generation),
+            );
+            status.observed_generation = generation;
+            let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
+            Ok(vec![Written::Request(request, updated.resource_version().unwrap_or_default())])
+        }
+        Decision::Decline { request, pools, message } => {
+            let Some(object) = cached(&ctx.requests, ctx, &request) else { return Ok(vec![]) };
+            tracing::info!(request = %request, %message, "declining request");
+            let mut status = object.status.clone().unwrap_or_default();
+            status.state = NodeRequestState::Failed;
+            status.state_time = Some(Time(Timestamp::now()));
+            status.declined_by = pools;
+            let generation = object.metadata.generation;
+            conditions::set_condition(
+                &mut status.conditions,
+                conditions::condition(conditions::types::WAITING, false, "Declined", message, generation),
+            );
+            let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
+            Ok(vec![Written::Request(request, updated.resource_version().unwrap_or_default())])
+        }
+    }
+}
+
+fn cached<K>(store: &Store<K>, ctx: &Context, name: &str) -> Option<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.get(&ObjectRef::new(name).within(&ctx.namespace))
+}
+
+/// Allocates the nodes, then marks the request fulfilled. If any write fails the allocations
+/// made so far are undone, so a node is never left reserved for a request that did not get it.
+async fn assign(ctx: &Context, request: &str, provider: String, pool: String, names: Vec<String>) -> Result<Vec<Written>> {
+    let Some(object) = cached(&ctx.requests, ctx, request) else { return Ok(vec![]) };
+    let mut written = Vec::new();
+    let mut allocated: Vec<PoolNode> = Vec::new();
+    let result = async {
+        for name in &names {
+            let node = cached(&ctx.nodes, ctx, name).ok_or_else(|| anyhow::anyhow!("node {name} vanished"))?;
+            let mut status = node.status.clone().unwrap_or_default();
+            status.allocated_to = Some(object.spec.request_id.clone());
+            status.tenant = object.spec.tenant.clone();
+            status.requestor = object.spec.requestor.clone();
+            let updated = status::apply_node_status(&ctx.api(), &node, &status).await?;
+            written.push(Written::Node(name.clone(), updated.resource_version().unwrap_or_default()));
+            allocated.push(updated);
+        }
+        let mut status = object.status.clone().unwrap_or_default();
+        status.state = NodeRequestState::Fulfilled;
+        status.state_time = Some(Time(Timestamp::now()));
+        status.provider = Some(provider.clone());
+        status.pool = Some(pool.clone());
+        status.nodes = names.clone();
+        status.observed_generation = object.metadata.generation;
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::condition(
+                conditions::types::WAITING,
+                false,
+                "Fulfilled",
+                format!("nodes from {provider}/{pool}"),
+                object.metadata.generation,
+            ),
+        );
+        let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
+        written.push(Written::Request(request.to_owned(), updated.resource_version().unwrap_or_default()));
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Err(error) = result {
+        for node in allocated {
+            let mut status = node.status.clone().unwrap_or_default();
+            status.allocated_to = None;
+            if let Err(undo) = status::apply_node_status(&ctx.api(), &node, &status).await {
+                tracing::error!(node = %node.name_any(), error = format!("{undo:#}"), "could not undo an allocation");
+            }
+        }
+        return Err(error);
+    }
+    tracing::info!(request = %request, nodes = ?names, %provider, %pool, "request assigned");
+    Ok(written)
+}
+
+/// Whether a cached resourceVersion is the written one or newer. resourceVersions are opaque,
+/// but etcd's are increasing integers; anything else is compared for equality only.
+fn at_least(cached: Option<String>, written: &str) -> bool {
+    match (cached.as_deref().map(str::parse::<u64>), written.parse::<u64>()) {
+        (Some(Ok(cached)), Ok(written)) => cached >= written,
+        _ => cached.as_deref() == Some(written),
+    }
+}
+
+/// Waits (briefly) until the caches show every write of the last pass.
+async fn wait_for_caches(ctx: &Context, written: &[Written]) {
+    let caught_up = || {
+        written.iter().all(|object| match object {
+            Written::Node(name, version) => {
+                cached(&ctx.nodes, ctx, name).is_none_or(|n| at_least(n.resource_version(), version))
+            }
+            Written::Request(name, version) => {
+                cached(&ctx.requests, ctx, name).is_none_or(|r| at_least(r.resource_version(), version))
+            }
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !caught_up() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}

@@ -1,0 +1,50 @@
+//! Writing status with server-side apply as the operator. The operator owns every status field
+//! but the bridge's `zookeeper` block; each apply carries the object's resourceVersion, so a
+//! write based on a stale read fails with a conflict instead of undoing a newer one.
+
+use anyhow::{Context as _, Result};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use nodepool_crds::{NodeRequest, NodeRequestStatus, OPERATOR_MANAGER, PoolNode, PoolNodeStatus};
+use serde::Serialize;
+use serde_json::json;
+
+/// Whether an error is the apiserver's "the object has been modified" conflict.
+pub fn is_conflict(error: &anyhow::Error) -> bool {
+    matches!(error.downcast_ref::<kube::Error>(), Some(kube::Error::Api(status)) if status.code == 409)
+}
+
+/// Applies `status` as the operator's status of `object`.
+pub async fn apply_status<K, S>(api: &Api<K>, object: &K, status: &S) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let body = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"name": object.name_any(), "resourceVersion": object.resource_version()},
+        "status": status,
+    });
+    api.patch_status(&object.name_any(), &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .with_context(|| format!("writing status of {} {}", K::kind(&()), object.name_any()))
+}
+
+/// Applies the operator's part of a PoolNode's status (everything but `zookeeper`).
+pub async fn apply_node_status(api: &Api<PoolNode>, node: &PoolNode, status: &PoolNodeStatus) -> Result<PoolNode> {
+    let status = PoolNodeStatus { zookeeper: None, ..status.clone() };
+    apply_status(api, node, &status).await
+}
+
+/// Applies the operator's part of a NodeRequest's status (everything but `zookeeper`).
+pub async fn apply_request_status(
+    api: &Api<NodeRequest>,
+    request: &NodeRequest,
+    status: &NodeRequestStatus,
+) -> Result<NodeRequest> {
+    let status = NodeRequestStatus { zookeeper: None, ..status.clone() };
+    apply_status(api, request, &status).await
+}

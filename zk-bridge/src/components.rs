@@ -1,0 +1,142 @@
+//! Pool components: one ephemeral-sequential znode per (Provider, pool), so Zuul lists our labels
+//! and Nodepool launchers sharing the ZooKeeper count our pools when declining (§2.3).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use nodepool_crds::{Provider, provider::Pool};
+use zookeeper_client::{Acls, Client, CreateMode};
+
+use crate::zk::{model::PoolComponent, paths};
+
+/// A pool we registered, keyed by `provider/pool`.
+#[derive(Clone, Debug)]
+pub struct RegisteredPool {
+    pub path: String,
+    pub component: PoolComponent,
+    pub version: i32,
+}
+
+/// Our registrations in this session.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pools: BTreeMap<String, RegisteredPool>,
+}
+
+/// The labels a pool serves: static hosts' labels, or the configured pool labels.
+pub fn supported_labels(pool: &Pool) -> Vec<String> {
+    let mut labels: Vec<String> = match &pool.hosts {
+        Some(hosts) => hosts.iter().flat_map(|host| host.labels.iter().cloned()).collect(),
+        None => pool.labels.iter().map(|label| label.name.clone()).collect(),
+    };
+    labels.sort();
+    labels.dedup();
+    labels
+}
+
+pub fn pool_key(provider: &str, pool: &str) -> String {
+    format!("{provider}/{pool}")
+}
+
+impl Registry {
+    /// The component id of our pool `provider/pool`, if registered.
+    pub fn id_of(&self, key: &str) -> Option<&str> {
+        self.pools.get(key).map(|pool| pool.component.id.as_str())
+    }
+
+    /// Every component id we registered.
+    pub fn ids(&self) -> Vec<String> {
+        self.pools.values().map(|pool| pool.component.id.clone()).collect()
+    }
+
+    /// Brings our registrations in line with the Providers: registers new pools, updates changed
+    /// ones in place (version-checked), and removes pools that are gone.
+    pub async fn sync(&mut self, zk: &Client, hostname: &str, providers: &[Provider]) -> Result<()> {
+        let mut wanted = BTreeMap::new();
+        for provider in providers {
+            let Some(provider_name) = provider.metadata.name.as_deref() else { continue };
+            for pool in &provider.spec.pools {
+                let priority = pool.priority.or(provider.spec.priority).unwrap_or(100);
+                wanted.insert(pool_key(provider_name, &pool.name), (provider_name.to_owned(), pool, priority));
+            }
+        }
+        let stale: Vec<String> = self.pools.keys().filter(|key| !wanted.contains_key(*key)).cloned().collect();
+        for key in stale {
+            if let Some(pool) = self.pools.remove(&key) {
+                tracing::info!(pool = %key, id = %pool.component.id, "unregistering pool component");
+                match zk.delete(&pool.path, None).await {
+                    Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
+                    Err(error) => return Err(error).with_context(|| format!("deleting {}", pool.path)),
+                }
+            }
+        }
+        for (key, (provider_name, pool, priority)) in wanted {
+            let labels = supported_labels(pool);
+            match self.pools.get_mut(&key) {
+                Some(existing) => {
+                    let component = &mut existing.component;
+                    if component.supported_labels == labels && component.priority == priority {
+                        continue;
+                    }
+                    component.supported_labels = labels;
+                    component.priority = priority;
+                    let data = serde_json::to_vec(component)?;
+                    let stat = zk
+                        .set_data(&existing.path, &data, Some(existing.version))
+                        .await
+                        .with_context(|| format!("updating {}", existing.path))?;
+                    existing.version = stat.version;
+                }
+                None => {
+                    let component = PoolComponent {
+                        hostname: hostname.to_owned(),
+                        id: format!(
+                            "{hostname}-PoolWorker.{provider_name}-{}-{}",
+                            pool.name,
+                            uuid::Uuid::new_v4().simple()
+                        ),
+                        kind: "pool".into(),
+                        model_api: 0,
+                        name: pool.name.clone(),
+                        paused: false,
+                        priority,
+                        provider_name,
+                        state: "running".into(),
+                        supported_labels: labels,
+                        version: concat!("nodepool-operator ", env!("CARGO_PKG_VERSION")).into(),
+                    };
+                    let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+                    let prefix = format!("{}/{hostname}", paths::POOL_COMPONENTS);
+                    let data = serde_json::to_vec(&component)?;
+                    let (stat, sequence) =
+                        zk.create(&prefix, &data, &options).await.context("registering a pool component")?;
+                    tracing::info!(pool = %key, id = %component.id, "registered pool component");
+                    let path = format!("{prefix}{sequence}");
+                    self.pools.insert(key, RegisteredPool { path, component, version: stat.version });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The ids of every registered pool component, ours and other launchers'.
+pub async fn all_registered_ids(zk: &Client) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for child in zk.list_children(paths::POOL_COMPONENTS).await? {
+        let path = format!("{}/{child}", paths::POOL_COMPONENTS);
+        match zk.get_data(&path).await {
+            Ok((data, _)) => {
+                if let Some(id) = serde_json::from_slice::<serde_json::Value>(&data)
+                    .ok()
+                    .and_then(|doc| doc.get("id").and_then(|id| id.as_str()).map(str::to_owned))
+                {
+                    ids.push(id);
+                }
+            }
+            Err(zookeeper_client::Error::NoNode) => {}
+            Err(error) => return Err(error).with_context(|| format!("reading {path}")),
+        }
+    }
+    Ok(ids)
+}

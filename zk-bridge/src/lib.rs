@@ -1,0 +1,38 @@
+//! nodepool-zk-bridge: makes the operator's custom resources look like a Nodepool 11 launcher to
+//! Zuul.
+//!
+//! - [`components`]: one pool component per Provider pool under `/nodepool/components/pool`.
+//! - [`requests`]: `/nodepool/requests/<id>` → `NodeRequest`, and the operator's outcome back.
+//! - [`nodes`]: `PoolNode` → `/nodepool/nodes/<id>`, and what Zuul writes to a node back.
+//! - [`session`]: one ZooKeeper session: full resync, then event-driven until the session ends.
+
+pub mod components;
+pub mod nodes;
+pub mod requests;
+pub mod session;
+pub mod zk;
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+pub use session::Settings;
+
+/// Runs the bridge for ever: a session at a time, resyncing both sides on every new session.
+pub async fn run(settings: Settings) -> Result<()> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match session::Session::start(&settings).await {
+            Ok(session) => {
+                backoff = Duration::from_millis(200);
+                match session.run().await {
+                    Ok(()) => tracing::warn!("ZooKeeper session ended; starting a new one and resyncing"),
+                    Err(error) => tracing::error!(error = format!("{error:#}"), "bridge session failed"),
+                }
+            }
+            Err(error) => tracing::error!(error = format!("{error:#}"), "cannot start a bridge session"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,318 @@
+//! Nodes: each `PoolNode` past `init` is mirrored to `/nodepool/nodes/<id>`, written only under
+//! the kazoo node lock; what Zuul writes to the znode (in-use, used, hold, user data) and whether
+//! Zuul holds the lock are carried back into `status.zookeeper` (zk-protocol.md §2.2, §3.2, §4.3,
+//! §4.4).
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use kube::{
+    ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use nodepool_crds::{BRIDGE_MANAGER, NodeState, PoolNode, ZNODE_FINALIZER, ZooKeeperView};
+use serde_json::{Value, json};
+use zookeeper_client::{Acls, CreateMode};
+
+use crate::{
+    components::pool_key,
+    session::Shared,
+    zk::{
+        self,
+        model::{NodeDoc, ZuulFields, now},
+        paths,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct Error(#[from] anyhow::Error);
+
+/// The result of bringing one node's znode in line with its PoolNode.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// The znode matches the PoolNode.
+    Mirrored(String),
+    /// The node is still in `init`; it is not in ZooKeeper yet.
+    NotMirrored,
+    /// The znode needs a write but someone (Zuul) holds its lock.
+    LockedByOthers,
+}
+
+pub async fn reconcile(node: Arc<PoolNode>, shared: Arc<Shared>) -> Result<Action, Error> {
+    if node.metadata.deletion_timestamp.is_some() {
+        return Ok(finalize(&shared, &node).await?);
+    }
+    if !node.finalizers().iter().any(|f| f == ZNODE_FINALIZER) {
+        let mut finalizers = node.finalizers().to_vec();
+        finalizers.push(ZNODE_FINALIZER.to_owned());
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": node.resource_version()}});
+        shared
+            .pool_node_api()
+            .patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .context("adding the znode finalizer")?;
+        return Ok(Action::await_change()); // the update brings us back here
+    }
+    match sync(&shared, &node).await? {
+        SyncOutcome::LockedByOthers => Ok(Action::requeue(Duration::from_secs(2))),
+        _ => Ok(Action::await_change()),
+    }
+}
+
+pub fn error_policy(node: Arc<PoolNode>, error: &Error, _: Arc<Shared>) -> Action {
+    tracing::warn!(node = %node.name_any(), %error, "mirroring a node failed; retrying");
+    Action::requeue(Duration::from_secs(1))
+}
+
+fn recorded_node_id(node: &PoolNode) -> Option<String> {
+    node.status.as_ref()?.zookeeper.as_ref()?.node_id.clone()
+}
+
+/// Makes the znode of `node` match it, creating the znode if needed.
+pub async fn sync(shared: &Arc<Shared>, node: &PoolNode) -> Result<SyncOutcome> {
+    let uid = node.uid().context("PoolNode without uid")?;
+    let mutex = shared.node_mutex(&uid);
+    let _serialised = mutex.lock().await;
+    let state = node.status.as_ref().map(|s| s.state).unwrap_or_default();
+    if state == NodeState::Init || node.metadata.deletion_timestamp.is_some() {
+        return Ok(SyncOutcome::NotMirrored);
+    }
+    let known = recorded_node_id(node).or_else(|| shared.node_ids_by_uid.lock().unwrap().get(&uid).cloned());
+    let Some(node_id) = known else { return create(shared, node, &uid).await };
+
+    let path = paths::node(&node_id);
+    let current = match read_doc(shared, &path).await? {
+        Some(current) => current,
+        None => return create(shared, node, &uid).await, // the znode was deleted: register anew
+    };
+    let desired = desired_doc(shared, node, Some(&current)).await;
+    if same_document(&desired, &current) {
+        record_node_id(shared, node, &node_id).await?;
+        return Ok(SyncOutcome::Mirrored(node_id));
+    }
+    let Some(lock) = shared.try_lock(&paths::node_lock(&node_id)).await? else {
+        return Ok(SyncOutcome::LockedByOthers);
+    };
+    let written = async {
+        // Re-read under the lock: Zuul may have written just before we got it.
+        let Some(current) = read_doc(shared, &path).await? else { return Ok(false) };
+        let desired = desired_doc(shared, node, Some(&current)).await;
+        shared.zk.set_data(&path, &serde_json::to_vec(&desired)?, None).await.context("writing the node")?;
+        Ok::<_, anyhow::Error>(true)
+    }
+    .await;
+    shared.unlock(lock).await;
+    if !written? {
+        return create(shared, node, &uid).await;
+    }
+    record_node_id(shared, node, &node_id).await?;
+    Ok(SyncOutcome::Mirrored(node_id))
+}
+
+async fn create(shared: &Arc<Shared>, node: &PoolNode, uid: &str) -> Result<SyncOutcome> {
+    let doc = desired_doc(shared, node, None).await;
+    let options = CreateMode::PersistentSequential.with_acls(Acls::anyone_all());
+    let prefix = format!("{}/", paths::NODES);
+    let (_, sequence) =
+        shared.zk.create(&prefix, &serde_json::to_vec(&doc)?, &options).await.context("creating the node znode")?;
+    let node_id = sequence.to_string();
+    shared.node_ids_by_uid.lock().unwrap().insert(uid.to_owned(), node_id.clone());
+    tracing::info!(node = %node.name_any(), %node_id, "registered node in ZooKeeper");
+    record_node_id(shared, node, &node_id).await?;
+    Ok(SyncOutcome::Mirrored(node_id))
+}
+
+async fn read_doc(shared: &Shared, path: &str) -> Result<Option<Value>> {
+    match shared.zk.get_data(path).await {
+        Ok((data, _)) if data.is_empty() => Ok(None),
+        Ok((data, _)) => Ok(Some(serde_json::from_slice(&data).unwrap_or(Value::Null))),
+        Err(zookeeper_client::Error::NoNode) => Ok(None),
+        Err(error) => Err(error).with_context(|| format!("reading {path}")),
+    }
+}
+
+/// Equal but for the keys Zuul adds (`id`) and the timestamps only we set.
+fn same_document(desired: &Value, current: &Value) -> bool {
+    let strip = |doc: &Value| {
+        let mut doc = doc.clone();
+        if let Some(map) = doc.as_object_mut() {
+            map.remove("id");
+        }
+        doc
+    };
+    strip(desired) == strip(current)
+}
+
+/// States only Zuul writes; the operator adopts them, it never overrides them with `ready`.
+fn zuul_owned(state: &str) -> bool {
+    matches!(state, "in-use" | "used" | "hold")
+}
+
+/// The znode document for `node`, keeping Zuul's fields (and Zuul's state) from `current`.
+async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) -> Value {
+    let status = node.status.clone().unwrap_or_default();
+    let get = |key: &str| current.and_then(|doc| doc.get(key)).cloned().unwrap_or(Value::Null);
+    let current_state = get("state").as_str().map(str::to_owned);
+    let mut state = status.state.as_str().to_owned();
+    if let Some(zuul_state) = current_state.as_deref().filter(|s| zuul_owned(s))
+        && matches!(status.state, NodeState::Ready | NodeState::InUse | NodeState::Used | NodeState::Hold)
+    {
+        state = zuul_state.to_owned();
+    }
+    let state_time = match (current_state.as_deref() == Some(state.as_str()), get("state_time").as_f64()) {
+        (true, Some(time)) => time,
+        _ => now(),
+    };
+    let created_time = get("created_time").as_f64().unwrap_or_else(|| {
+        node.metadata.creation_timestamp.as_ref().map(|t| t.0.as_millisecond() as f64 / 1000.0).unwrap_or_else(now)
+    });
+    let connection = status.connection.clone().unwrap_or_default();
+    let port = connection.connection_port.unwrap_or(22);
+    let launcher = match &node.spec.static_host {
+        Some(_) => Some("static driver".to_owned()),
+        None => shared.registry.lock().await.id_of(&pool_key(&node.spec.provider, &node.spec.pool)).map(str::to_owned),
+    };
+    let doc = NodeDoc {
+        state,
+        state_time,
+        created_time,
+        type_: node.spec.labels.clone(),
+        provider: Some(node.spec.provider.clone()),
+        pool: Some(node.spec.pool.clone()),
+        cloud: None,
+        region: status.region.clone(),
+        az: status.az.clone(),
+        host_id: None,
+        launcher,
+        allocated_to: status.allocated_to.clone(),
+        interface_ip: status.interface_ip.clone(),
+        public_ipv4: status.public_ipv4.clone(),
+        private_ipv4: status.private_ipv4.clone(),
+        public_ipv6: status.public_ipv6.clone(),
+        hostname: status.hostname.clone(),
+        connection_type: Some(connection.connection_type.unwrap_or_default().as_str().to_owned()),
+        connection_port: json!(port),
+        ssh_port: json!(port),
+        username: Some(connection.username.unwrap_or_else(|| "zuul".into())),
+        python_path: Some(connection.python_path.unwrap_or_else(|| "auto".into())),
+        shell_type: connection.shell_type,
+        host_keys: status.host_keys.clone(),
+        image_id: status.image_id.clone(),
+        external_id: status.external_id.clone().map(Value::String).unwrap_or(Value::Null),
+        attributes: status.attributes.clone().map(|a| json!(a)).unwrap_or(Value::Null),
+        resources: status.resources.clone().map(|r| json!(r)).unwrap_or(Value::Null),
+        slot: node.spec.static_host.as_ref().map(|s| s.slot),
+        driver_data: json!({"k8s": {
+            "namespace": node.namespace(), "name": node.name_any(), "uid": node.uid(),
+        }}),
+        node_properties: json!({}),
+        tenant_name: status.tenant.clone(),
+        requestor: status.requestor.clone(),
+        user_data: get("user_data"),
+        hold_job: get("hold_job"),
+        comment: get("comment"),
+        hold_expiration: get("hold_expiration"),
+    };
+    serde_json::to_value(doc).expect("a node document always serializes")
+}
+
+/// Records the znode id in `status.zookeeper.nodeId` if it is not there yet.
+async fn record_node_id(shared: &Shared, node: &PoolNode, node_id: &str) -> Result<()> {
+    if recorded_node_id(node).as_deref() == Some(node_id) {
+        return Ok(());
+    }
+    let mut view = node.status.as_ref().and_then(|s| s.zookeeper.clone()).unwrap_or_default();
+    view.node_id = Some(node_id.to_owned());
+    patch_view(shared, &node.name_any(), &view).await
+}
+
+async fn patch_view(shared: &Shared, name: &str, view: &ZooKeeperView) -> Result<()> {
+    let body = json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "PoolNode", "status": {"zookeeper": view}});
+    match shared
+        .pool_node_api()
+        .patch_status(name, &PatchParams::apply(BRIDGE_MANAGER).force(), &Patch::Apply(&body))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("recording ZooKeeper state of PoolNode {name}")),
+    }
+}
+
+/// The PoolNode is being deleted: lock the znode, mark it `deleted`, remove it with its lock
+/// directory, then let the PoolNode go. A node Zuul holds locked is left alone until released.
+async fn finalize(shared: &Arc<Shared>, node: &PoolNode) -> Result<Action> {
+    let uid = node.uid().unwrap_or_default();
+    let node_id = recorded_node_id(node).or_else(|| shared.node_ids_by_uid.lock().unwrap().get(&uid).cloned());
+    if let Some(node_id) = node_id {
+        let path = paths::node(&node_id);
+        let Some(lock) = shared.try_lock(&paths::node_lock(&node_id)).await? else {
+            tracing::info!(node = %node.name_any(), %node_id, "node is locked by someone else; deleting it later");
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        };
+        if let Some(Value::Object(mut doc)) = read_doc(shared, &path).await? {
+            doc.insert("state".into(), json!("deleted"));
+            doc.insert("state_time".into(), json!(now()));
+            shared.zk.set_data(&path, &serde_json::to_vec(&doc)?, None).await.context("writing deleted")?;
+        }
+        zk::delete_recursive(&shared.zk, &path).await?; // removes our lock contender too
+        shared.own_contenders.lock().unwrap().remove(&lock.contender);
+        shared.node_ids_by_uid.lock().unwrap().remove(&uid);
+        tracing::info!(node = %node.name_any(), %node_id, "removed node from ZooKeeper");
+    }
+    let finalizers: Vec<String> = node.finalizers().iter().filter(|f| *f != ZNODE_FINALIZER).cloned().collect();
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": node.resource_version()}});
+    match shared.pool_node_api().patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(error) => return Err(error).context("removing the znode finalizer"),
+    }
+    shared.forget_node_mutex(&uid);
+    Ok(Action::await_change())
+}
+
+/// A change of `/nodepool/nodes/<id>` or of its lock: carry Zuul's view back to the PoolNode.
+pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
+    let data = match shared.zk.get_data(&paths::node(node_id)).await {
+        Ok((data, _)) => data,
+        Err(zookeeper_client::Error::NoNode) => return node_vanished(shared, node_id).await,
+        Err(error) => return Err(error).context("reading the node"),
+    };
+    let Some(fields) = ZuulFields::parse(&data) else { return Ok(()) };
+    let Some(uid) = fields.pool_node_uid.clone() else { return Ok(()) }; // not one of ours
+    shared.node_ids_by_uid.lock().unwrap().insert(uid.clone(), node_id.to_owned());
+    let Some(node) = shared.pool_node_by_uid(&uid) else { return Ok(()) };
+    let zuul_state = fields.state.as_deref().filter(|s| zuul_owned(s)).and_then(|s| {
+        NodeState::ALL.into_iter().find(|state| state.as_str() == s)
+    });
+    let view = ZooKeeperView {
+        node_id: Some(node_id.to_owned()),
+        zuul_state,
+        locked: shared.locked_by_others(&paths::node_lock(node_id)).await?,
+        hold_job: fields.hold_job,
+        comment: fields.comment,
+        hold_expiration: fields.hold_expiration,
+        user_data: Some(fields.user_data).filter(|v| !v.is_null()),
+    };
+    if node.status.as_ref().and_then(|s| s.zookeeper.as_ref()) != Some(&view) {
+        patch_view(shared, &node.name_any(), &view).await?;
+    }
+    Ok(())
+}
+
+/// A znode of ours disappeared without us deleting it: register the node again.
+async fn node_vanished(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
+    let Some(node) = shared.pool_node_by_node_id(node_id) else { return Ok(()) };
+    if node.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    if let Some(uid) = node.uid() {
+        shared.node_ids_by_uid.lock().unwrap().remove(&uid);
+    }
+    tracing::warn!(node = %node.name_any(), %node_id, "node znode vanished; registering it again");
+    let mut view = node.status.as_ref().and_then(|s| s.zookeeper.clone()).unwrap_or_default();
+    view.node_id = None;
+    patch_view(shared, &node.name_any(), &view).await
+}

@@ -1,0 +1,270 @@
+//! Requests: `/nodepool/requests/<id>` is mirrored into a `NodeRequest` (spec, bridge-owned) and
+//! the operator's outcome (status) is written back under the request lock (zk-protocol.md §3.1,
+//! §4.2, §6.4, §6.5).
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::controller::Action,
+};
+use nodepool_crds::{
+    BRIDGE_MANAGER, NodeRequest, NodeRequestState, RequestZooKeeperView, node_request::NodeRequestSpec,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    components,
+    nodes::{self, SyncOutcome},
+    session::Shared,
+    zk::{model::RequestDoc, paths},
+};
+
+/// Errors a reconcile reports to the controller (which retries).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct Error(#[from] anyhow::Error);
+
+/// A change of `/nodepool/requests/<id>` (or the resync at session start).
+pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
+    let data = match shared.zk.get_data(&paths::request(id)).await {
+        Ok((data, _)) => data,
+        Err(zookeeper_client::Error::NoNode) => return withdrawn(shared, id).await,
+        Err(error) => return Err(error).context("reading the request"),
+    };
+    let request = match RequestDoc::parse(&data) {
+        Ok(request) => request,
+        Err(error) => return fail_malformed(shared, id, &error.to_string()).await,
+    };
+    if request.state != "requested" {
+        return Ok(());
+    }
+    let ours = shared.registry.lock().await.ids();
+    if ours.is_empty() || ours.iter().all(|pool| request.declined_by.contains(pool)) {
+        return Ok(()); // we serve nothing yet, or every pool of ours declined it
+    }
+    if request.node_types.is_empty() {
+        return fail_malformed(shared, id, "node_types is empty").await;
+    }
+    let existing = shared.node_requests.get(&kube::runtime::reflector::ObjectRef::new(id).within(&shared.namespace));
+    if existing.as_ref().is_some_and(|cr| cr.spec.relative_priority == request.relative_priority) {
+        return Ok(());
+    }
+    let spec = NodeRequestSpec {
+        request_id: id.to_owned(),
+        labels: request.node_types.clone(),
+        relative_priority: request.relative_priority,
+        requestor: request.requestor.clone(),
+        tenant: request.tenant_name.clone(),
+        preferred_provider: request.provider.clone(),
+        reuse: request.reuse,
+        event_id: request.event_id.clone(),
+    };
+    let body = json!({
+        "apiVersion": "nodepool.dev/v1alpha1", "kind": "NodeRequest",
+        "metadata": {"name": id}, "spec": spec,
+    });
+    shared
+        .node_request_api()
+        .patch(id, &PatchParams::apply(BRIDGE_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .with_context(|| format!("mirroring request {id}"))?;
+    tracing::info!(request = %id, labels = ?request.node_types, "mirrored request");
+    Ok(())
+}
+
+/// The requester deleted its request: release what we hold and forget it.
+async fn withdrawn(shared: &Arc<Shared>, id: &str) -> Result<()> {
+    if let Some(lock) = shared.request_locks.lock().await.remove(id) {
+        shared.unlock(lock).await;
+    }
+    match shared.node_request_api().delete(id, &DeleteParams::default()).await {
+        Ok(_) => tracing::info!(request = %id, "request withdrawn"),
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(error) => return Err(error).context("deleting a withdrawn NodeRequest"),
+    }
+    Ok(())
+}
+
+/// A request we cannot read: log it, and fail it if it is a JSON object we can write back.
+async fn fail_malformed(shared: &Arc<Shared>, id: &str, problem: &str) -> Result<()> {
+    tracing::error!(request = %id, %problem, "malformed node request");
+    let path = paths::request(id);
+    let Some(lock) = shared.try_lock(&paths::request_lock(id)).await? else { return Ok(()) };
+    let result = async {
+        let (data, _) = shared.zk.get_data(&path).await?;
+        let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(&data) else {
+            return Ok(()); // not even an object: nothing sensible to write
+        };
+        if doc.get("state").and_then(Value::as_str) != Some("requested") {
+            return Ok(());
+        }
+        let mut declined: Vec<Value> = doc.get("declined_by").and_then(Value::as_array).cloned().unwrap_or_default();
+        for pool in shared.registry.lock().await.ids() {
+            if !declined.contains(&Value::String(pool.clone())) {
+                declined.push(Value::String(pool));
+            }
+        }
+        doc.insert("declined_by".into(), Value::Array(declined));
+        doc.insert("state".into(), json!("failed"));
+        doc.insert("state_time".into(), json!(crate::zk::model::now()));
+        shared.zk.set_data(&path, &serde_json::to_vec(&doc)?, None).await?;
+        tracing::warn!(request = %id, "failed a malformed request");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    shared.unlock(lock).await;
+    match result {
+        Err(error) if matches!(error.downcast_ref(), Some(zookeeper_client::Error::NoNode)) => Ok(()),
+        other => other,
+    }
+}
+
+/// Writes the operator's outcome for a `NodeRequest` back to ZooKeeper.
+pub async fn reconcile(request: Arc<NodeRequest>, shared: Arc<Shared>) -> Result<Action, Error> {
+    let id = request.spec.request_id.clone();
+    let status = request.status.clone().unwrap_or_default();
+    let written = status.zookeeper.as_ref().and_then(|z| z.state);
+    let action = match status.state {
+        NodeRequestState::Fulfilled if written != Some(NodeRequestState::Fulfilled) => {
+            write_fulfilled(&shared, &request, &id, &status.nodes).await?
+        }
+        NodeRequestState::Failed if !matches!(written, Some(NodeRequestState::Failed | NodeRequestState::Requested)) => {
+            write_declined(&shared, &request, &id).await?
+        }
+        NodeRequestState::Pending if written.is_none() => write_pending(&shared, &request, &id).await?,
+        _ => Action::await_change(),
+    };
+    Ok(action)
+}
+
+pub fn error_policy(request: Arc<NodeRequest>, error: &Error, _: Arc<Shared>) -> Action {
+    tracing::warn!(request = %request.name_any(), %error, "writing a request outcome failed; retrying");
+    Action::requeue(Duration::from_secs(1))
+}
+
+const RETRY_SOON: Duration = Duration::from_millis(50);
+
+/// Our lock on the request: the one held since `pending`, or a fresh non-blocking one.
+async fn take_lock(shared: &Shared, id: &str) -> Result<Option<crate::zk::lock::Lock>> {
+    if let Some(lock) = shared.request_locks.lock().await.remove(id) {
+        return Ok(Some(lock));
+    }
+    shared.try_lock(&paths::request_lock(id)).await
+}
+
+/// Reads the request under our lock; `None` if it was withdrawn.
+async fn read_locked(shared: &Shared, id: &str) -> Result<Option<RequestDoc>> {
+    match shared.zk.get_data(&paths::request(id)).await {
+        Ok((data, _)) => Ok(Some(RequestDoc::parse(&data).context("re-reading the request")?)),
+        Err(zookeeper_client::Error::NoNode) => Ok(None),
+        Err(error) => Err(error).context("re-reading the request"),
+    }
+}
+
+async fn write_fulfilled(shared: &Arc<Shared>, request: &NodeRequest, id: &str, names: &[String]) -> Result<Action> {
+    // Every node must be in ZooKeeper, allocated to this request, before the request says so.
+    let mut node_ids = Vec::with_capacity(names.len());
+    for name in names {
+        let node = shared.pool_node_api().get(name).await.with_context(|| format!("PoolNode {name}"))?;
+        match nodes::sync(shared, &node).await? {
+            SyncOutcome::Mirrored(node_id) => node_ids.push(node_id),
+            SyncOutcome::NotMirrored | SyncOutcome::LockedByOthers => return Ok(Action::requeue(RETRY_SOON)),
+        }
+    }
+    let Some(lock) = take_lock(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
+    let outcome = async {
+        let Some(mut doc) = read_locked(shared, id).await? else { return Ok(None) };
+        if doc.state != "requested" && doc.state != "pending" {
+            return Ok(Some(Err(format!("the request is already {} in ZooKeeper", doc.state))));
+        }
+        doc.nodes = node_ids.clone();
+        doc.set_state("fulfilled");
+        shared.zk.set_data(&paths::request(id), &doc.to_bytes(), None).await.context("writing fulfilled")?;
+        Ok::<_, anyhow::Error>(Some(Ok(())))
+    }
+    .await;
+    shared.unlock(lock).await;
+    match outcome? {
+        None => {} // withdrawn; the mirror deletes the NodeRequest
+        Some(Ok(())) => {
+            tracing::info!(request = %id, nodes = ?node_ids, "request fulfilled");
+            let view = RequestZooKeeperView { state: Some(NodeRequestState::Fulfilled), node_ids, ..Default::default() };
+            patch_view(shared, request, view).await?;
+        }
+        Some(Err(problem)) => {
+            tracing::warn!(request = %id, %problem, "cannot fulfil");
+            let view = RequestZooKeeperView { error: Some(problem), ..Default::default() };
+            patch_view(shared, request, view).await?;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// Adds our pools to `declined_by`; the request fails once every registered pool declined.
+async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -> Result<Action> {
+    let Some(lock) = take_lock(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
+    let outcome = async {
+        let Some(mut doc) = read_locked(shared, id).await? else { return Ok(None) };
+        if doc.state != "requested" && doc.state != "pending" {
+            return Ok(None);
+        }
+        for pool in shared.registry.lock().await.ids() {
+            if !doc.declined_by.contains(&pool) {
+                doc.declined_by.push(pool);
+            }
+        }
+        let registered = components::all_registered_ids(&shared.zk).await?;
+        let everyone_declined = registered.iter().all(|pool| doc.declined_by.contains(pool));
+        doc.nodes.clear();
+        doc.set_state(if everyone_declined { "failed" } else { "requested" });
+        shared.zk.set_data(&paths::request(id), &doc.to_bytes(), None).await.context("writing the decline")?;
+        Ok::<_, anyhow::Error>(Some((everyone_declined, doc.declined_by)))
+    }
+    .await;
+    shared.unlock(lock).await;
+    if let Some((failed, declined_by)) = outcome? {
+        tracing::info!(request = %id, failed, "request declined by our pools");
+        let state = if failed { NodeRequestState::Failed } else { NodeRequestState::Requested };
+        let view = RequestZooKeeperView { state: Some(state), declined_by, ..Default::default() };
+        patch_view(shared, request, view).await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// Accepts the request: `pending`, keeping the request lock until the outcome is written.
+async fn write_pending(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -> Result<Action> {
+    let Some(lock) = take_lock(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
+    let doc = match read_locked(shared, id).await {
+        Ok(Some(doc)) if doc.state == "requested" => doc,
+        other => {
+            shared.unlock(lock).await;
+            other?;
+            return Ok(Action::await_change());
+        }
+    };
+    let mut doc = doc;
+    doc.set_state("pending");
+    if let Err(error) = shared.zk.set_data(&paths::request(id), &doc.to_bytes(), None).await {
+        shared.unlock(lock).await;
+        return Err(error).context("writing pending");
+    }
+    shared.request_locks.lock().await.insert(id.to_owned(), lock);
+    let view = RequestZooKeeperView { state: Some(NodeRequestState::Pending), ..Default::default() };
+    patch_view(shared, request, view).await?;
+    Ok(Action::await_change())
+}
+
+async fn patch_view(shared: &Shared, request: &NodeRequest, view: RequestZooKeeperView) -> Result<()> {
+    let body = json!({
+        "apiVersion": "nodepool.dev/v1alpha1", "kind": "NodeRequest",
+        "status": {"zookeeper": view},
+    });
+    let api: Api<NodeRequest> = shared.node_request_api();
+    api.patch_status(&request.name_any(), &PatchParams::apply(BRIDGE_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .context("recording what was written to ZooKeeper")?;
+    Ok(())
+}

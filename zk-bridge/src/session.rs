@@ -1,0 +1,244 @@
+//! One ZooKeeper session of the bridge. On start it registers pool components and resyncs both
+//! sides (every request and node znode, every PoolNode and NodeRequest); then it is driven by
+//! events: a persistent recursive watch on `/nodepool` and Kubernetes watches. When the session
+//! ends every lock it held is gone, so the bridge drops all session state and starts over.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use kube::{
+    Api,
+    runtime::{Controller, reflector::Store, watcher},
+};
+use nodepool_crds::{NodeRequest, PoolNode, Provider};
+use zookeeper_client::{AddWatchMode, EventType, SessionState};
+
+use crate::{
+    components::Registry,
+    nodes, requests,
+    zk::{self, ZooKeeperConfig, lock::Lock, paths},
+};
+
+/// What the bridge is configured with.
+#[derive(Clone)]
+pub struct Settings {
+    pub kube: kube::Client,
+    /// Namespace holding the Providers, NodeRequests and PoolNodes this bridge serves.
+    pub namespace: String,
+    pub zookeeper: ZooKeeperConfig,
+    /// Host name used in pool-component names and ids.
+    pub hostname: String,
+}
+
+/// State shared by the tasks of one session.
+pub struct Shared {
+    pub zk: zookeeper_client::Client,
+    pub kube: kube::Client,
+    pub namespace: String,
+    pub hostname: String,
+    pub registry: tokio::sync::Mutex<Registry>,
+    /// Request locks we hold while a request is pending, by request id.
+    pub request_locks: tokio::sync::Mutex<HashMap<String, Lock>>,
+    /// Serialises work on one node (by PoolNode uid) within this process.
+    node_mutexes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Our own lock contender paths, so our brief locks never count as "locked by Zuul".
+    pub own_contenders: Mutex<HashSet<String>>,
+    pub pool_nodes: Store<PoolNode>,
+    pub node_requests: Store<NodeRequest>,
+    /// Znode id by PoolNode uid, from the `driver_data` of every node znode seen this session, so
+    /// a PoolNode whose id was never recorded (a crash after creating its znode) is not duplicated.
+    pub node_ids_by_uid: Mutex<HashMap<String, String>>,
+}
+
+impl Shared {
+    pub fn pool_node_api(&self) -> Api<PoolNode> {
+        Api::namespaced(self.kube.clone(), &self.namespace)
+    }
+
+    pub fn node_request_api(&self) -> Api<NodeRequest> {
+        Api::namespaced(self.kube.clone(), &self.namespace)
+    }
+
+    pub fn node_mutex(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.node_mutexes.lock().unwrap().entry(uid.to_owned()).or_default().clone()
+    }
+
+    pub fn forget_node_mutex(&self, uid: &str) {
+        self.node_mutexes.lock().unwrap().remove(uid);
+    }
+
+    /// Takes a lock without waiting, remembering the contender as ours.
+    pub async fn try_lock(&self, dir: &str) -> Result<Option<Lock>> {
+        let lock = zk::lock::try_acquire(&self.zk, dir).await?;
+        if let Some(lock) = &lock {
+            self.own_contenders.lock().unwrap().insert(lock.contender.clone());
+        }
+        Ok(lock)
+    }
+
+    pub async fn unlock(&self, lock: Lock) {
+        let contender = lock.contender.clone();
+        lock.release(&self.zk).await;
+        self.own_contenders.lock().unwrap().remove(&contender);
+    }
+
+    /// Whether someone other than this bridge holds or waits for the lock in `dir`.
+    pub async fn locked_by_others(&self, dir: &str) -> Result<bool> {
+        let names = zk::lock::contenders(&self.zk, dir).await?;
+        let own = self.own_contenders.lock().unwrap();
+        Ok(names.iter().any(|name| !own.contains(&format!("{dir}/{name}"))))
+    }
+
+    /// The PoolNode a znode mirrors, found by the uid recorded in its `driver_data`.
+    pub fn pool_node_by_uid(&self, uid: &str) -> Option<Arc<PoolNode>> {
+        self.pool_nodes.state().into_iter().find(|node| node.metadata.uid.as_deref() == Some(uid))
+    }
+
+    /// The PoolNode mirrored to znode `node_id`.
+    pub fn pool_node_by_node_id(&self, node_id: &str) -> Option<Arc<PoolNode>> {
+        self.pool_nodes.state().into_iter().find(|node| {
+            node.status.as_ref().and_then(|s| s.zookeeper.as_ref()).and_then(|z| z.node_id.as_deref())
+                == Some(node_id)
+        })
+    }
+}
+
+pub struct Session {
+    zk: zookeeper_client::Client,
+    settings: Settings,
+}
+
+impl Session {
+    pub async fn start(settings: &Settings) -> Result<Session> {
+        let zk = settings.zookeeper.connect().await?;
+        for path in [paths::REQUESTS, paths::REQUEST_LOCKS, paths::NODES, paths::POOL_COMPONENTS, paths::LAUNCHER_COMPONENTS]
+        {
+            zk::ensure_path(&zk, path).await?;
+        }
+        Ok(Session { zk, settings: settings.clone() })
+    }
+
+    /// Runs until the ZooKeeper session ends.
+    pub async fn run(self) -> Result<()> {
+        let Session { zk, settings } = self;
+        let kube = settings.kube.clone();
+        let namespace = settings.namespace.clone();
+
+        // Watch first, then resync, so nothing that happens in between is missed.
+        let mut zk_events = zk.watch("/nodepool", AddWatchMode::PersistentRecursive).await?;
+        let mut state = zk.state_watcher();
+
+        let node_controller = Controller::new(Api::<PoolNode>::namespaced(kube.clone(), &namespace), watcher::Config::default());
+        let request_controller =
+            Controller::new(Api::<NodeRequest>::namespaced(kube.clone(), &namespace), watcher::Config::default());
+        // The session's stores are the controllers' own reflectors.
+        let shared = Arc::new(Shared {
+            zk,
+            kube: kube.clone(),
+            namespace: namespace.clone(),
+            hostname: settings.hostname.clone(),
+            registry: Default::default(),
+            request_locks: Default::default(),
+            node_mutexes: Default::default(),
+            own_contenders: Default::default(),
+            pool_nodes: node_controller.store(),
+            node_requests: request_controller.store(),
+            node_ids_by_uid: Default::default(),
+        });
+
+        let nodes_task = node_controller
+            .shutdown_on_signal()
+            .run(nodes::reconcile, nodes::error_policy, shared.clone())
+            .for_each(|_| async {});
+        let requests_task = request_controller
+            .run(requests::reconcile, requests::error_policy, shared.clone())
+            .for_each(|_| async {});
+        let providers_task = sync_components(shared.clone());
+
+        let events_task = async {
+            shared.pool_nodes.wait_until_ready().await.context("PoolNode cache")?;
+            shared.node_requests.wait_until_ready().await.context("NodeRequest cache")?;
+            resync_zookeeper(&shared).await?;
+            tracing::info!("resync done; following events");
+            loop {
+                let event = zk_events.changed().await;
+                if event.event_type == EventType::Session {
+                    if event.session_state.is_terminated() {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    continue;
+                }
+                dispatch(&shared, &event.path).await;
+            }
+        };
+        let session_end = async {
+            loop {
+                let state = state.changed().await;
+                if state.is_terminated() || state == SessionState::Expired {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = nodes_task => tracing::warn!("PoolNode controller stopped"),
+            () = requests_task => tracing::warn!("NodeRequest controller stopped"),
+            result = providers_task => result?,
+            result = events_task => result?,
+            () = session_end => tracing::warn!("ZooKeeper session ended"),
+        }
+        Ok(())
+    }
+}
+
+async fn dispatch(shared: &Arc<Shared>, path: &str) {
+    let outcome = match paths::classify(path) {
+        paths::Znode::Request(id) => requests::on_request_event(shared, id).await,
+        paths::Znode::Node(id) | paths::Znode::NodeLock(id) => nodes::on_node_event(shared, id).await,
+        paths::Znode::Other => Ok(()),
+    };
+    if let Err(error) = outcome {
+        tracing::warn!(%path, error = format!("{error:#}"), "handling a ZooKeeper event failed");
+    }
+}
+
+/// Reads every request and node znode once, as if each had just changed.
+async fn resync_zookeeper(shared: &Arc<Shared>) -> Result<()> {
+    for id in shared.zk.list_children(paths::NODES).await? {
+        if let Err(error) = nodes::on_node_event(shared, &id).await {
+            tracing::warn!(node = %id, error = format!("{error:#}"), "resyncing a node failed");
+        }
+    }
+    for id in shared.zk.list_children(paths::REQUESTS).await? {
+        if let Err(error) = requests::on_request_event(shared, &id).await {
+            tracing::warn!(request = %id, error = format!("{error:#}"), "resyncing a request failed");
+        }
+    }
+    Ok(())
+}
+
+/// Keeps pool components in line with the Providers for the whole session.
+async fn sync_components(shared: Arc<Shared>) -> Result<()> {
+    let api: Api<Provider> = Api::namespaced(shared.kube.clone(), &shared.namespace);
+    let (store, writer) = kube::runtime::reflector::store();
+    let mut events = kube::runtime::reflector(writer, watcher(api, watcher::Config::default())).boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            // Wait for the whole initial list before registering anything.
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "watching Providers");
+                continue;
+            }
+        }
+        let providers: Vec<Provider> = store.state().iter().map(|p| (**p).clone()).collect();
+        if let Err(error) = shared.registry.lock().await.sync(&shared.zk, &shared.hostname, &providers).await {
+            tracing::warn!(error = format!("{error:#}"), "updating pool components failed");
+        }
+    }
+    Ok(())
+}
