@@ -22,7 +22,9 @@ pub mod provider;
 pub use common::{ConnectionSettings, ConnectionType, GoDuration, SecretKeyRef};
 pub use image::{Image, ImageSpec, ImageStatus};
 pub use label::{Label, LabelSpec, LabelStatus};
-pub use node_request::{NodeRequest, NodeRequestSpec, NodeRequestState, NodeRequestStatus, RequestZooKeeperView};
+pub use node_request::{
+    NodeRequest, NodeRequestSpec, NodeRequestState, NodeRequestStatus, RequestZooKeeperView,
+};
 pub use pool_node::{NodeState, PoolNode, PoolNodeSpec, PoolNodeStatus, ZooKeeperView};
 pub use provider::{Driver, Provider, ProviderSpec, ProviderStatus};
 

@@ -31,6 +31,14 @@ if ! "$cache/tools/bin/kubectl" version --client 2>/dev/null | grep -q "v$kubect
   ln -sf "$cache/venv-kubectl/bin/kubectl" "$cache/tools/bin/kubectl"
 fi
 
+# Zuul's own client (for driving the bridge as a Zuul scheduler and executor would).
+zuul_version=14.3.0
+if ! "$cache/venv-zuul/bin/python" -c "import zuul, importlib.metadata as m; assert m.version('zuul') == '$zuul_version'" 2>/dev/null; then
+  stage "zuul $zuul_version (PyPI)"
+  python3 -m venv "$cache/venv-zuul"
+  "$cache/venv-zuul/bin/pip" install -q "zuul==$zuul_version"
+fi
+
 # etcd, kube-apiserver and kube-controller-manager, built from the pinned Go modules.
 stage "control-plane binaries (go build, cached by go.sum)"
 NODEPOOL_CACHE="$cache" "$here/../k8s-tools/build.sh" >/dev/null

@@ -8,7 +8,8 @@ cd "$repo"
 stage "install dependencies"
 "$repo/e2e/scripts/install-deps.sh"
 
-stage "build (cargo test --no-run)"
+stage "build (binaries and tests)"
+cargo build --workspace --locked --bins
 cargo test --workspace --locked --no-run
 
 stage "start the test environment"

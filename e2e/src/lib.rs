@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod pki;
 pub mod process;
 pub mod sshd;
+pub mod stack;
 pub mod testenv;
 pub mod tools;
 

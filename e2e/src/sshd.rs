@@ -39,7 +39,11 @@ impl Sshd {
             }
             let public = fs::read_to_string(format!("{}.pub", key.display()))?;
             let mut fields = public.split_whitespace();
-            host_keys.push(format!("{} {}", fields.next().unwrap_or_default(), fields.next().unwrap_or_default()));
+            host_keys.push(format!(
+                "{} {}",
+                fields.next().unwrap_or_default(),
+                fields.next().unwrap_or_default()
+            ));
             key_files.push(key);
         }
         host_keys.sort();

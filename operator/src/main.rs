@@ -26,7 +26,11 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if cli.log_json { builder.json().init() } else { builder.init() }
+    if cli.log_json {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = kube::Client::try_default().await?;
     tracing::info!(namespace = %cli.namespace, "starting nodepool-operator");

@@ -34,7 +34,11 @@ where
 }
 
 /// Applies the operator's part of a PoolNode's status (everything but `zookeeper`).
-pub async fn apply_node_status(api: &Api<PoolNode>, node: &PoolNode, status: &PoolNodeStatus) -> Result<PoolNode> {
+pub async fn apply_node_status(
+    api: &Api<PoolNode>,
+    node: &PoolNode,
+    status: &PoolNodeStatus,
+) -> Result<PoolNode> {
     let status = PoolNodeStatus { zookeeper: None, ..status.clone() };
     apply_status(api, node, &status).await
 }

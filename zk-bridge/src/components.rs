@@ -57,10 +57,12 @@ impl Registry {
             let Some(provider_name) = provider.metadata.name.as_deref() else { continue };
             for pool in &provider.spec.pools {
                 let priority = pool.priority.or(provider.spec.priority).unwrap_or(100);
-                wanted.insert(pool_key(provider_name, &pool.name), (provider_name.to_owned(), pool, priority));
+                wanted
+                    .insert(pool_key(provider_name, &pool.name), (provider_name.to_owned(), pool, priority));
             }
         }
-        let stale: Vec<String> = self.pools.keys().filter(|key| !wanted.contains_key(*key)).cloned().collect();
+        let stale: Vec<String> =
+            self.pools.keys().filter(|key| !wanted.contains_key(*key)).cloned().collect();
         for key in stale {
             if let Some(pool) = self.pools.remove(&key) {
                 tracing::info!(pool = %key, id = %pool.component.id, "unregistering pool component");

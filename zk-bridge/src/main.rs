@@ -26,7 +26,9 @@ async fn main() -> Result<()> {
     init_logging(cli.log_json);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let hostname = cli.hostname.unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into())
     });
     let kube = kube::Client::try_default().await?;
     tracing::info!(namespace = %cli.namespace, zookeeper = %cli.zookeeper.hosts, "starting nodepool-zk-bridge");

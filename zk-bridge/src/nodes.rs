@@ -47,7 +47,8 @@ pub async fn reconcile(node: Arc<PoolNode>, shared: Arc<Shared>) -> Result<Actio
     if !node.finalizers().iter().any(|f| f == ZNODE_FINALIZER) {
         let mut finalizers = node.finalizers().to_vec();
         finalizers.push(ZNODE_FINALIZER.to_owned());
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": node.resource_version()}});
+        let patch =
+            json!({"metadata": {"finalizers": finalizers, "resourceVersion": node.resource_version()}});
         shared
             .pool_node_api()
             .patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
@@ -115,8 +116,11 @@ async fn create(shared: &Arc<Shared>, node: &PoolNode, uid: &str) -> Result<Sync
     let doc = desired_doc(shared, node, None).await;
     let options = CreateMode::PersistentSequential.with_acls(Acls::anyone_all());
     let prefix = format!("{}/", paths::NODES);
-    let (_, sequence) =
-        shared.zk.create(&prefix, &serde_json::to_vec(&doc)?, &options).await.context("creating the node znode")?;
+    let (_, sequence) = shared
+        .zk
+        .create(&prefix, &serde_json::to_vec(&doc)?, &options)
+        .await
+        .context("creating the node znode")?;
     let node_id = sequence.to_string();
     shared.node_ids_by_uid.lock().unwrap().insert(uid.to_owned(), node_id.clone());
     tracing::info!(node = %node.name_any(), %node_id, "registered node in ZooKeeper");
@@ -166,13 +170,22 @@ async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) 
         _ => now(),
     };
     let created_time = get("created_time").as_f64().unwrap_or_else(|| {
-        node.metadata.creation_timestamp.as_ref().map(|t| t.0.as_millisecond() as f64 / 1000.0).unwrap_or_else(now)
+        node.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_millisecond() as f64 / 1000.0)
+            .unwrap_or_else(now)
     });
     let connection = status.connection.clone().unwrap_or_default();
     let port = connection.connection_port.unwrap_or(22);
     let launcher = match &node.spec.static_host {
         Some(_) => Some("static driver".to_owned()),
-        None => shared.registry.lock().await.id_of(&pool_key(&node.spec.provider, &node.spec.pool)).map(str::to_owned),
+        None => shared
+            .registry
+            .lock()
+            .await
+            .id_of(&pool_key(&node.spec.provider, &node.spec.pool))
+            .map(str::to_owned),
     };
     let doc = NodeDoc {
         state,
@@ -229,7 +242,8 @@ async fn record_node_id(shared: &Shared, node: &PoolNode, node_id: &str) -> Resu
 }
 
 async fn patch_view(shared: &Shared, name: &str, view: &ZooKeeperView) -> Result<()> {
-    let body = json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "PoolNode", "status": {"zookeeper": view}});
+    let body =
+        json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "PoolNode", "status": {"zookeeper": view}});
     match shared
         .pool_node_api()
         .patch_status(name, &PatchParams::apply(BRIDGE_MANAGER).force(), &Patch::Apply(&body))
@@ -245,7 +259,8 @@ async fn patch_view(shared: &Shared, name: &str, view: &ZooKeeperView) -> Result
 /// directory, then let the PoolNode go. A node Zuul holds locked is left alone until released.
 async fn finalize(shared: &Arc<Shared>, node: &PoolNode) -> Result<Action> {
     let uid = node.uid().unwrap_or_default();
-    let node_id = recorded_node_id(node).or_else(|| shared.node_ids_by_uid.lock().unwrap().get(&uid).cloned());
+    let node_id =
+        recorded_node_id(node).or_else(|| shared.node_ids_by_uid.lock().unwrap().get(&uid).cloned());
     if let Some(node_id) = node_id {
         let path = paths::node(&node_id);
         let Some(lock) = shared.try_lock(&paths::node_lock(&node_id)).await? else {
@@ -262,9 +277,11 @@ async fn finalize(shared: &Arc<Shared>, node: &PoolNode) -> Result<Action> {
         shared.node_ids_by_uid.lock().unwrap().remove(&uid);
         tracing::info!(node = %node.name_any(), %node_id, "removed node from ZooKeeper");
     }
-    let finalizers: Vec<String> = node.finalizers().iter().filter(|f| *f != ZNODE_FINALIZER).cloned().collect();
+    let finalizers: Vec<String> =
+        node.finalizers().iter().filter(|f| *f != ZNODE_FINALIZER).cloned().collect();
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": node.resource_version()}});
-    match shared.pool_node_api().patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match shared.pool_node_api().patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await
+    {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 404 => {}
         Err(error) => return Err(error).context("removing the znode finalizer"),
@@ -284,9 +301,11 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
     let Some(uid) = fields.pool_node_uid.clone() else { return Ok(()) }; // not one of ours
     shared.node_ids_by_uid.lock().unwrap().insert(uid.clone(), node_id.to_owned());
     let Some(node) = shared.pool_node_by_uid(&uid) else { return Ok(()) };
-    let zuul_state = fields.state.as_deref().filter(|s| zuul_owned(s)).and_then(|s| {
-        NodeState::ALL.into_iter().find(|state| state.as_str() == s)
-    });
+    let zuul_state = fields
+        .state
+        .as_deref()
+        .filter(|s| zuul_owned(s))
+        .and_then(|s| NodeState::ALL.into_iter().find(|state| state.as_str() == s));
     let view = ZooKeeperView {
         node_id: Some(node_id.to_owned()),
         zuul_state,

@@ -48,7 +48,8 @@ pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
     if request.node_types.is_empty() {
         return fail_malformed(shared, id, "node_types is empty").await;
     }
-    let existing = shared.node_requests.get(&kube::runtime::reflector::ObjectRef::new(id).within(&shared.namespace));
+    let existing =
+        shared.node_requests.get(&kube::runtime::reflector::ObjectRef::new(id).within(&shared.namespace));
     if existing.as_ref().is_some_and(|cr| cr.spec.relative_priority == request.relative_priority) {
         return Ok(());
     }
@@ -101,7 +102,8 @@ async fn fail_malformed(shared: &Arc<Shared>, id: &str, problem: &str) -> Result
         if doc.get("state").and_then(Value::as_str) != Some("requested") {
             return Ok(());
         }
-        let mut declined: Vec<Value> = doc.get("declined_by").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut declined: Vec<Value> =
+            doc.get("declined_by").and_then(Value::as_array).cloned().unwrap_or_default();
         for pool in shared.registry.lock().await.ids() {
             if !declined.contains(&Value::String(pool.clone())) {
                 declined.push(Value::String(pool));
@@ -131,7 +133,9 @@ pub async fn reconcile(request: Arc<NodeRequest>, shared: Arc<Shared>) -> Result
         NodeRequestState::Fulfilled if written != Some(NodeRequestState::Fulfilled) => {
             write_fulfilled(&shared, &request, &id, &status.nodes).await?
         }
-        NodeRequestState::Failed if !matches!(written, Some(NodeRequestState::Failed | NodeRequestState::Requested)) => {
+        NodeRequestState::Failed
+            if !matches!(written, Some(NodeRequestState::Failed | NodeRequestState::Requested)) =>
+        {
             write_declined(&shared, &request, &id).await?
         }
         NodeRequestState::Pending if written.is_none() => write_pending(&shared, &request, &id).await?,
@@ -164,7 +168,12 @@ async fn read_locked(shared: &Shared, id: &str) -> Result<Option<RequestDoc>> {
     }
 }
 
-async fn write_fulfilled(shared: &Arc<Shared>, request: &NodeRequest, id: &str, names: &[String]) -> Result<Action> {
+async fn write_fulfilled(
+    shared: &Arc<Shared>,
+    request: &NodeRequest,
+    id: &str,
+    names: &[String],
+) -> Result<Action> {
     // Every node must be in ZooKeeper, allocated to this request, before the request says so.
     let mut node_ids = Vec::with_capacity(names.len());
     for name in names {
@@ -191,7 +200,11 @@ async fn write_fulfilled(shared: &Arc<Shared>, request: &NodeRequest, id: &str, 
         None => {} // withdrawn; the mirror deletes the NodeRequest
         Some(Ok(())) => {
             tracing::info!(request = %id, nodes = ?node_ids, "request fulfilled");
-            let view = RequestZooKeeperView { state: Some(NodeRequestState::Fulfilled), node_ids, ..Default::default() };
+            let view = RequestZooKeeperView {
+                state: Some(NodeRequestState::Fulfilled),
+                node_ids,
+                ..Default::default()
+            };
             patch_view(shared, request, view).await?;
         }
         Some(Err(problem)) => {
@@ -220,7 +233,11 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
         let everyone_declined = registered.iter().all(|pool| doc.declined_by.contains(pool));
         doc.nodes.clear();
         doc.set_state(if everyone_declined { "failed" } else { "requested" });
-        shared.zk.set_data(&paths::request(id), &doc.to_bytes(), None).await.context("writing the decline")?;
+        shared
+            .zk
+            .set_data(&paths::request(id), &doc.to_bytes(), None)
+            .await
+            .context("writing the decline")?;
         Ok::<_, anyhow::Error>(Some((everyone_declined, doc.declined_by)))
     }
     .await;

@@ -115,8 +115,13 @@ pub struct Session {
 impl Session {
     pub async fn start(settings: &Settings) -> Result<Session> {
         let zk = settings.zookeeper.connect().await?;
-        for path in [paths::REQUESTS, paths::REQUEST_LOCKS, paths::NODES, paths::POOL_COMPONENTS, paths::LAUNCHER_COMPONENTS]
-        {
+        for path in [
+            paths::REQUESTS,
+            paths::REQUEST_LOCKS,
+            paths::NODES,
+            paths::POOL_COMPONENTS,
+            paths::LAUNCHER_COMPONENTS,
+        ] {
             zk::ensure_path(&zk, path).await?;
         }
         Ok(Session { zk, settings: settings.clone() })
@@ -132,9 +137,14 @@ impl Session {
         let mut zk_events = zk.watch("/nodepool", AddWatchMode::PersistentRecursive).await?;
         let mut state = zk.state_watcher();
 
-        let node_controller = Controller::new(Api::<PoolNode>::namespaced(kube.clone(), &namespace), watcher::Config::default());
-        let request_controller =
-            Controller::new(Api::<NodeRequest>::namespaced(kube.clone(), &namespace), watcher::Config::default());
+        let node_controller = Controller::new(
+            Api::<PoolNode>::namespaced(kube.clone(), &namespace),
+            watcher::Config::default(),
+        );
+        let request_controller = Controller::new(
+            Api::<NodeRequest>::namespaced(kube.clone(), &namespace),
+            watcher::Config::default(),
+        );
         // The session's stores are the controllers' own reflectors.
         let shared = Arc::new(Shared {
             zk,
@@ -236,7 +246,8 @@ async fn sync_components(shared: Arc<Shared>) -> Result<()> {
             }
         }
         let providers: Vec<Provider> = store.state().iter().map(|p| (**p).clone()).collect();
-        if let Err(error) = shared.registry.lock().await.sync(&shared.zk, &shared.hostname, &providers).await {
+        if let Err(error) = shared.registry.lock().await.sync(&shared.zk, &shared.hostname, &providers).await
+        {
             tracing::warn!(error = format!("{error:#}"), "updating pool components failed");
         }
     }

@@ -108,7 +108,8 @@ pub async fn scan_host_keys(host: &str, port: u16, timeout: Duration) -> Result<
     let keys = parse_keyscan(&String::from_utf8_lossy(&output.stdout));
     if keys.is_empty() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let detail = stderr.lines().find(|l| !l.starts_with('#')).map(|l| format!(": {l}")).unwrap_or_default();
+        let detail =
+            stderr.lines().find(|l| !l.starts_with('#')).map(|l| format!(": {l}")).unwrap_or_default();
         return Err(ProbeError::NoKeys { host: host.to_owned(), port, detail });
     }
     Ok(keys)

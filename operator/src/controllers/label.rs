@@ -12,7 +12,9 @@ pub async fn reconcile(label: Arc<Label>, ctx: Arc<Context>) -> Result<Action, E
     let name = label.name_any();
     let nodes = ctx.nodes.state();
     let of_label = nodes.iter().filter(|n| n.spec.labels.contains(&name));
-    let count = |state: NodeState| of_label.clone().filter(|n| n.status.as_ref().is_some_and(|s| s.state == state)).count();
+    let count = |state: NodeState| {
+        of_label.clone().filter(|n| n.status.as_ref().is_some_and(|s| s.state == state)).count()
+    };
     let mut providers: Vec<String> = plan::pools(&ctx.providers.state())
         .into_iter()
         .filter(|pool| pool.labels.contains(&name))

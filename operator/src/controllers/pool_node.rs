@@ -9,11 +9,7 @@
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{
-    Api, ResourceExt,
-    api::DeleteParams,
-    runtime::controller::Action,
-};
+use kube::{Api, ResourceExt, api::DeleteParams, runtime::controller::Action};
 use nodepool_crds::{NodeRequest, NodeState, PoolNode, PoolNodeStatus, conditions};
 use nodepool_driver_static as static_driver;
 
@@ -32,7 +28,9 @@ pub async fn reconcile(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action,
     let status = node.status.clone().unwrap_or_default();
     match status.state {
         NodeState::Init => register(&node, status, &ctx).await,
-        NodeState::Ready | NodeState::InUse | NodeState::Used | NodeState::Hold => lifecycle(&node, status, &ctx).await,
+        NodeState::Ready | NodeState::InUse | NodeState::Used | NodeState::Hold => {
+            lifecycle(&node, status, &ctx).await
+        }
         NodeState::Failed | NodeState::Aborted | NodeState::Deleting | NodeState::Deleted => {
             delete(&node, &ctx, "finished").await
         }
@@ -80,7 +78,8 @@ async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) ->
             Err(error) => {
                 tracing::warn!(node = %node.name_any(), host = %host.name, %error, "static host not reachable");
                 let message = error.to_string();
-                let changed = conditions::find(&status.conditions, REACHABLE).is_none_or(|c| c.message != message);
+                let changed =
+                    conditions::find(&status.conditions, REACHABLE).is_none_or(|c| c.message != message);
                 if changed {
                     conditions::set_condition(
                         &mut status.conditions,
@@ -96,7 +95,13 @@ async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) ->
     };
     conditions::set_condition(
         &mut status.conditions,
-        conditions::condition(REACHABLE, true, "HostKeysScanned", format!("{} host key(s)", host_keys.len()), generation),
+        conditions::condition(
+            REACHABLE,
+            true,
+            "HostKeysScanned",
+            format!("{} host key(s)", host_keys.len()),
+            generation,
+        ),
     );
     status.state = NodeState::Ready;
     status.state_time = Some(now());
@@ -126,11 +131,13 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
     }
     match status.state {
         NodeState::Used if !zookeeper.locked => delete(node, ctx, "used").await,
-        NodeState::Hold if !zookeeper.locked => match hold_remaining(&status, zookeeper.hold_expiration, ctx.max_hold_age) {
-            Some(remaining) if remaining.is_zero() => delete(node, ctx, "hold expired").await,
-            Some(remaining) => Ok(Action::requeue(remaining)),
-            None => Ok(Action::await_change()),
-        },
+        NodeState::Hold if !zookeeper.locked => {
+            match hold_remaining(&status, zookeeper.hold_expiration, ctx.max_hold_age) {
+                Some(remaining) if remaining.is_zero() => delete(node, ctx, "hold expired").await,
+                Some(remaining) => Ok(Action::requeue(remaining)),
+                None => Ok(Action::await_change()),
+            }
+        }
         NodeState::Ready if !zookeeper.locked => {
             if let Some(request) = &status.allocated_to
                 && !request_exists(ctx, request).await?
@@ -170,7 +177,11 @@ fn held_for(status: &PoolNodeStatus) -> Duration {
 
 /// How long a held node may still be kept: the shorter of its own `hold_expiration` (seconds; 0
 /// means none) and the global max hold age. `None` when neither applies.
-fn hold_remaining(status: &PoolNodeStatus, hold_expiration: Option<i64>, max_hold_age: Option<Duration>) -> Option<Duration> {
+fn hold_remaining(
+    status: &PoolNodeStatus,
+    hold_expiration: Option<i64>,
+    max_hold_age: Option<Duration>,
+) -> Option<Duration> {
     let own = hold_expiration.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64));
     let limit = match (own, max_hold_age) {
         (Some(a), Some(b)) => a.min(b),
@@ -185,7 +196,9 @@ fn ready_age_left(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context) -> Op
         .spec
         .labels
         .iter()
-        .filter_map(|label| ctx.labels.get(&kube::runtime::reflector::ObjectRef::new(label).within(&ctx.namespace)))
+        .filter_map(|label| {
+            ctx.labels.get(&kube::runtime::reflector::ObjectRef::new(label).within(&ctx.namespace))
+        })
         .filter_map(|label| label.spec.max_ready_age.map(|age| age.0))
         .min()?;
     Some(max_age.saturating_sub(held_for(status)))

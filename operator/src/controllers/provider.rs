@@ -10,8 +10,7 @@ use kube::{
     runtime::controller::Action,
 };
 use nodepool_crds::{
-    Driver, NodeState, PoolNode, PoolNodeSpec, Provider, conditions,
-    labels as node_labels,
+    Driver, NodeState, PoolNode, PoolNodeSpec, Provider, conditions, labels as node_labels,
     pool_node::StaticSlot,
     provider::{NodeCounts, QuotaStatus, ResourceUsage},
 };
@@ -23,7 +22,8 @@ use crate::{context::Context, status};
 pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.scheduler_wake.notify_one();
     let name = provider.name_any();
-    let nodes: Vec<Arc<PoolNode>> = ctx.nodes.state().into_iter().filter(|n| n.spec.provider == name).collect();
+    let nodes: Vec<Arc<PoolNode>> =
+        ctx.nodes.state().into_iter().filter(|n| n.spec.provider == name).collect();
     let (ready, reason, message) = readiness(&provider, &ctx).await?;
     if ready && provider.spec.driver == Driver::Static {
         sync_static_slots(&provider, &nodes, &ctx).await?;
@@ -93,8 +93,11 @@ fn usage(nodes: &[Arc<PoolNode>]) -> ResourceUsage {
 
 /// A Kubernetes label value for a host name (label values allow `[A-Za-z0-9_.-]`, 63 long).
 fn label_value(text: &str) -> String {
-    let value: String =
-        text.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).take(63).collect();
+    let value: String = text
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .take(63)
+        .collect();
     value.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
 }
 
@@ -104,8 +107,11 @@ async fn sync_static_slots(provider: &Provider, nodes: &[Arc<PoolNode>], ctx: &C
     let api: Api<PoolNode> = ctx.api();
     let name = provider.name_any();
     let desired = static_driver::desired_slots(provider);
-    let live: Vec<&Arc<PoolNode>> = nodes.iter().filter(|n| n.metadata.deletion_timestamp.is_none()).collect();
-    let slot_of = |node: &PoolNode| node.spec.static_host.as_ref().map(|s| (node.spec.pool.clone(), s.host.clone(), s.slot));
+    let live: Vec<&Arc<PoolNode>> =
+        nodes.iter().filter(|n| n.metadata.deletion_timestamp.is_none()).collect();
+    let slot_of = |node: &PoolNode| {
+        node.spec.static_host.as_ref().map(|s| (node.spec.pool.clone(), s.host.clone(), s.slot))
+    };
 
     for slot in &desired {
         let key = (slot.pool.clone(), slot.host.clone(), slot.slot);

@@ -27,7 +27,8 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
     ctx.requests.wait_until_ready().await?;
     tracing::info!("scheduler running");
     loop {
-        let decisions = plan::plan(&ctx.requests.state(), &ctx.nodes.state(), &plan::pools(&ctx.providers.state()));
+        let decisions =
+            plan::plan(&ctx.requests.state(), &ctx.nodes.state(), &plan::pools(&ctx.providers.state()));
         let mut written = Vec::new();
         for decision in decisions {
             match apply(&ctx, decision).await {
@@ -35,7 +36,9 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
                 Err(error) if status::is_conflict(&error) => {
                     tracing::debug!(error = format!("{error:#}"), "stale cache; deciding again next pass")
                 }
-                Err(error) => tracing::warn!(error = format!("{error:#}"), "applying a scheduling decision failed"),
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "applying a scheduling decision failed")
+                }
             }
         }
         if !written.is_empty() {
@@ -57,7 +60,9 @@ enum Written {
 
 async fn apply(ctx: &Context, decision: Decision) -> Result<Vec<Written>> {
     match decision {
-        Decision::Assign { request, provider, pool, nodes } => assign(ctx, &request, provider, pool, nodes).await,
+        Decision::Assign { request, provider, pool, nodes } => {
+            assign(ctx, &request, provider, pool, nodes).await
+        }
         Decision::Wait { request, reason, message } => {
             let Some(object) = cached(&ctx.requests, ctx, &request) else { return Ok(vec![]) };
             let mut status = object.status.clone().unwrap_or_default();
@@ -102,13 +107,20 @@ where
 
 /// Allocates the nodes, then marks the request fulfilled. If any write fails the allocations
 /// made so far are undone, so a node is never left reserved for a request that did not get it.
-async fn assign(ctx: &Context, request: &str, provider: String, pool: String, names: Vec<String>) -> Result<Vec<Written>> {
+async fn assign(
+    ctx: &Context,
+    request: &str,
+    provider: String,
+    pool: String,
+    names: Vec<String>,
+) -> Result<Vec<Written>> {
     let Some(object) = cached(&ctx.requests, ctx, request) else { return Ok(vec![]) };
     let mut written = Vec::new();
     let mut allocated: Vec<PoolNode> = Vec::new();
     let result = async {
         for name in &names {
-            let node = cached(&ctx.nodes, ctx, name).ok_or_else(|| anyhow::anyhow!("node {name} vanished"))?;
+            let node =
+                cached(&ctx.nodes, ctx, name).ok_or_else(|| anyhow::anyhow!("node {name} vanished"))?;
             let mut status = node.status.clone().unwrap_or_default();
             status.allocated_to = Some(object.spec.request_id.clone());
             status.tenant = object.spec.tenant.clone();

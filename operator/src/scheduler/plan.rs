@@ -91,7 +91,11 @@ pub fn is_free(node: &PoolNode) -> bool {
 
 /// Decides on every open request, in order. Nodes assigned earlier in the pass are not offered
 /// again.
-pub fn plan(requests: &[std::sync::Arc<NodeRequest>], nodes: &[std::sync::Arc<PoolNode>], pools: &[PoolView]) -> Vec<Decision> {
+pub fn plan(
+    requests: &[std::sync::Arc<NodeRequest>],
+    nodes: &[std::sync::Arc<PoolNode>],
+    pools: &[PoolView],
+) -> Vec<Decision> {
     let mut open: Vec<&NodeRequest> = requests.iter().map(|r| r.as_ref()).filter(|r| is_open(r)).collect();
     open.sort_by(|a, b| request_order(a, b));
     let mut taken: HashSet<String> = HashSet::new();
@@ -117,7 +121,9 @@ pub fn plan(requests: &[std::sync::Arc<NodeRequest>], nodes: &[std::sync::Arc<Po
             continue;
         }
         let preferred = request.spec.preferred_provider.as_deref();
-        candidates.sort_by_key(|p| (Some(p.provider.as_str()) != preferred, p.priority, p.provider.clone(), p.pool.clone()));
+        candidates.sort_by_key(|p| {
+            (Some(p.provider.as_str()) != preferred, p.priority, p.provider.clone(), p.pool.clone())
+        });
         let mut assigned = None;
         for pool in candidates.iter().filter(|p| p.usable) {
             let mut chosen: Vec<&PoolNode> = Vec::new();
@@ -152,11 +158,13 @@ pub fn plan(requests: &[std::sync::Arc<NodeRequest>], nodes: &[std::sync::Arc<Po
             }
             None => {
                 let (reason, message) = if candidates.iter().all(|p| !p.usable) {
-                    ("ProvidersUnavailable", format!(
-                        "every pool serving {labels:?} is paused or its provider is not Ready"
-                    ))
+                    (
+                        "ProvidersUnavailable",
+                        format!("every pool serving {labels:?} is paused or its provider is not Ready"),
+                    )
                 } else {
-                    let names: Vec<String> = candidates.iter().map(|p| format!("{}/{}", p.provider, p.pool)).collect();
+                    let names: Vec<String> =
+                        candidates.iter().map(|p| format!("{}/{}", p.provider, p.pool)).collect();
                     ("NoFreeNodes", format!("waiting for free nodes for {labels:?} in {}", names.join(", ")))
                 };
                 decisions.push(Decision::Wait { request: name, reason, message });
@@ -235,12 +243,21 @@ mod tests {
     #[test]
     fn nodes_come_in_label_order_from_one_pool() {
         let requests = [request("100-0000000001", &["b", "a", "b"], 0)];
-        let nodes = [node("a1", "p", &["a"]), node("b1", "p", &["b"]), node("b2", "p", &["b"]), node("x", "q", &["a"])];
+        let nodes = [
+            node("a1", "p", &["a"]),
+            node("b1", "p", &["b"]),
+            node("b2", "p", &["b"]),
+            node("x", "q", &["a"]),
+        ];
         let decisions = plan(&requests, &nodes, &[pool("p", 100, &["a", "b"]), pool("q", 100, &["a"])]);
         assert_eq!(
             decisions,
-            [Decision::Assign { request: "100-0000000001".into(), provider: "p".into(), pool: "main".into(),
-                nodes: vec!["b1".into(), "a1".into(), "b2".into()] }]
+            [Decision::Assign {
+                request: "100-0000000001".into(),
+                provider: "p".into(),
+                pool: "main".into(),
+                nodes: vec!["b1".into(), "a1".into(), "b2".into()]
+            }]
         );
     }
 

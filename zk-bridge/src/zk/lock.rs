@@ -107,7 +107,10 @@ mod tests {
 
     #[test]
     fn recognises_kazoo_contenders_only() {
-        assert_eq!(contender_sequence("0123456789abcdef0123456789abcdef__lock__0000000007"), Some("0000000007"));
+        assert_eq!(
+            contender_sequence("0123456789abcdef0123456789abcdef__lock__0000000007"),
+            Some("0000000007")
+        );
         assert_eq!(contender_sequence("abc__lock__-000000001"), Some("-000000001"));
         assert_eq!(contender_sequence("abc__rlock__0000000007"), None);
         assert_eq!(contender_sequence("abc__lock__7"), None);

@@ -26,7 +26,11 @@ pub struct ZooKeeperConfig {
     #[arg(long = "zookeeper-tls-key", env = "NODEPOOL_ZOOKEEPER_TLS_KEY")]
     pub tls_key: PathBuf,
     /// Session timeout in seconds (Nodepool's default is 10).
-    #[arg(long = "zookeeper-session-timeout", env = "NODEPOOL_ZOOKEEPER_SESSION_TIMEOUT", default_value_t = 10)]
+    #[arg(
+        long = "zookeeper-session-timeout",
+        env = "NODEPOOL_ZOOKEEPER_SESSION_TIMEOUT",
+        default_value_t = 10
+    )]
     pub session_timeout: u64,
 }
 
@@ -34,7 +38,8 @@ impl ZooKeeperConfig {
     /// Opens a new TLS session. The chroot in `hosts` must exist.
     pub async fn connect(&self) -> Result<Client> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let read = |path: &PathBuf| fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+        let read =
+            |path: &PathBuf| fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
         let tls = TlsOptions::new()
             .with_pem_ca(&read(&self.tls_ca)?)
             .context("ZooKeeper CA certificate")?

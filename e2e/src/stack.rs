@@ -1,0 +1,189 @@
+//! The whole system for one test: its own namespace and ZooKeeper chroot in the shared
+//! environment, a real sshd for static hosts, and the `nodepool-operator` and
+//! `nodepool-zk-bridge` binaries running as separate processes, as in production.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use nodepool_crds::Provider;
+use zookeeper_client::{Acls, CreateMode};
+
+use crate::{
+    TestEnv, cluster,
+    process::{self, Server},
+    sshd::Sshd,
+    tools,
+};
+
+pub struct Stack {
+    pub env: TestEnv,
+    pub client: Client,
+    pub namespace: String,
+    /// ZooKeeper chroot shared by the bridge and Zuul in this test, e.g. `/e2e-zuul-x1y2z`.
+    pub chroot: String,
+    pub dir: PathBuf,
+    pub sshd: Sshd,
+    pub operator: Option<Server>,
+    pub bridge: Option<Server>,
+}
+
+/// `target/debug` (or wherever this test binary's sibling binaries are).
+fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(Path::parent).context("test binary has no target directory")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} is missing: run `cargo build --workspace --bins` first", path.display());
+    }
+    Ok(path)
+}
+
+impl Stack {
+    /// Starts operator, bridge and sshd for a test called `name`.
+    pub async fn start(name: &str) -> Result<Stack> {
+        let env = TestEnv::shared().await?;
+        let client = env.kube_client().await?;
+        cluster::install_crds(&client).await?;
+        let namespace = cluster::fresh_namespace(&client, name).await?;
+        let chroot = format!("/{namespace}");
+        let root = env.zookeeper(None).await?;
+        match root.create(&chroot, b"", &CreateMode::Persistent.with_acls(Acls::anyone_all())).await {
+            Ok(_) | Err(zookeeper_client::Error::NodeExists) => {}
+            Err(error) => return Err(error).context("creating the test chroot"),
+        }
+        let dir = env.info.dir.join("stacks").join(&namespace);
+        fs::create_dir_all(&dir)?;
+        let sshd = Sshd::start(&dir.join("sshd"))?;
+        let mut stack = Stack { env, client, namespace, chroot, dir, sshd, operator: None, bridge: None };
+        stack.start_operator()?;
+        stack.start_bridge()?;
+        Ok(stack)
+    }
+
+    fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    fn with_env(&self, mut command: Command) -> Command {
+        command
+            .env("KUBECONFIG", &self.env.info.kubeconfig)
+            .env("NODEPOOL_NAMESPACE", &self.namespace)
+            .env("RUST_LOG", std::env::var("NODEPOOL_E2E_LOG").unwrap_or_else(|_| "info".into()));
+        command
+    }
+
+    pub fn start_operator(&mut self) -> Result<()> {
+        let command = self.with_env(Command::new(binary("nodepool-operator")?));
+        self.operator = Some(process::spawn("operator", command, &self.logs())?);
+        Ok(())
+    }
+
+    pub fn start_bridge(&mut self) -> Result<()> {
+        let zk = &self.env.info.zookeeper;
+        let mut command = self.with_env(Command::new(binary("nodepool-zk-bridge")?));
+        command
+            .env("NODEPOOL_ZOOKEEPER_HOSTS", format!("{}{}", zk.hosts, self.chroot))
+            .env("NODEPOOL_ZOOKEEPER_TLS_CA", &zk.tls_ca)
+            .env("NODEPOOL_ZOOKEEPER_TLS_CERT", &zk.tls_cert)
+            .env("NODEPOOL_ZOOKEEPER_TLS_KEY", &zk.tls_key)
+            .env("NODEPOOL_HOSTNAME", "e2e-bridge");
+        self.bridge = Some(process::spawn("bridge", command, &self.logs())?);
+        Ok(())
+    }
+
+    /// Kills the bridge at once (SIGKILL: no clean shutdown), as a crash would.
+    pub fn kill_bridge(&mut self) {
+        if let Some(bridge) = self.bridge.take() {
+            bridge.stop(Duration::ZERO);
+        }
+    }
+
+    /// Kills the operator at once, as a crash would.
+    pub fn kill_operator(&mut self) {
+        if let Some(operator) = self.operator.take() {
+            operator.stop(Duration::ZERO);
+        }
+    }
+
+    /// Applies a Provider (server-side apply, as `kubectl apply --server-side` would).
+    pub async fn apply_provider(&self, provider: serde_json::Value) -> Result<()> {
+        let api: Api<Provider> = Api::namespaced(self.client.clone(), &self.namespace);
+        let name = provider["metadata"]["name"].as_str().context("provider needs a name")?.to_owned();
+        api.patch(&name, &PatchParams::apply(cluster::FIELD_MANAGER).force(), &Patch::Apply(&provider))
+            .await?;
+        Ok(())
+    }
+
+    /// A static provider on this stack's sshd: `static-label` with `slots` slots on 127.0.0.1, and
+    /// `static-single` with one slot on `localhost` (the cancel and priority scenarios need a
+    /// label with exactly one node).
+    pub fn static_provider(&self, name: &str, slots: u32) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": name},
+            "spec": {"driver": "static", "pools": [{
+                "name": "main",
+                "nodeAttributes": {"executor-zone": "e2e"},
+                "hosts": [
+                    {"name": "127.0.0.1", "labels": ["static-label"], "connectionPort": self.sshd.port,
+                     "maxParallelJobs": slots, "username": "zuul-worker"},
+                    {"name": "localhost", "labels": ["static-single"], "connectionPort": self.sshd.port},
+                ],
+            }]},
+        })
+    }
+
+    /// The JSON `nodepool-testenv up` prints, for tools that take `--testenv-json`.
+    fn testenv_json(&self) -> Result<PathBuf> {
+        let path = self.dir.join("testenv.json");
+        let zk = &self.env.info.zookeeper;
+        let json = serde_json::json!({
+            "kubeconfig": self.env.info.kubeconfig,
+            "zookeeper": {"hosts": zk.hosts, "tls_ca": zk.tls_ca, "tls_cert": zk.tls_cert, "tls_key": zk.tls_key},
+        });
+        fs::write(&path, serde_json::to_vec_pretty(&json)?)?;
+        Ok(path)
+    }
+
+    /// Runs `e2e/zuul/zuul_driver.py` (Zuul 14.3's own client classes) against this stack.
+    pub async fn zuul(&self, args: &[&str]) -> Result<Output> {
+        let python = tools::cache_dir().join("venv-zuul/bin/python");
+        let script = tools::repo_root().join("e2e/zuul/zuul_driver.py");
+        let mut command = tokio::process::Command::new(&python);
+        command
+            .arg(&script)
+            .arg("--testenv-json")
+            .arg(self.testenv_json()?)
+            .args(["--chroot", &self.chroot])
+            .args(args)
+            .env("ZUUL_VENV_PYTHON", &python)
+            .kill_on_drop(true);
+        command.output().await.with_context(|| {
+            format!("running {} (e2e/scripts/install-deps.sh installs Zuul)", python.display())
+        })
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for server in [self.bridge.take(), self.operator.take()].into_iter().flatten() {
+            server.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Parses the JSON lines a tool printed on stdout.
+pub fn json_lines(output: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}

@@ -1,0 +1,121 @@
+//! An unmodified Zuul 14.3 (its own client classes, driven by `e2e/zuul/zuul_driver.py`) gets
+//! static nodes from the operator and the bridge exactly as it would from Nodepool 11.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kube::Api;
+use nodepool_crds::{NodeState, PoolNode};
+use nodepool_e2e::stack::{Stack, json_lines};
+
+/// Waits until the stack has `count` ready, registered nodes.
+async fn wait_for_ready_nodes(stack: &Stack, count: usize) -> Result<Vec<PoolNode>> {
+    let api: Api<PoolNode> = Api::namespaced(stack.client.clone(), &stack.namespace);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes: Vec<PoolNode> = api
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|n| {
+                n.status.as_ref().is_some_and(|s| {
+                    s.state == NodeState::Ready && s.zookeeper.as_ref().is_some_and(|z| z.node_id.is_some())
+                })
+            })
+            .collect();
+        if nodes.len() >= count {
+            return Ok(nodes);
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "only {} of {count} nodes ready after 60s; see {}",
+                nodes.len(),
+                stack.dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn scenario_results(output: &std::process::Output) -> Vec<(String, String)> {
+    json_lines(output)
+        .into_iter()
+        .filter_map(|line| Some((line["scenario"].as_str()?.to_owned(), line["result"].as_str()?.to_owned())))
+        .collect()
+}
+
+#[tokio::test]
+async fn zuul_gets_static_nodes_like_from_nodepool() -> Result<()> {
+    let stack = Stack::start("zuul-scenarios").await?;
+    stack.apply_provider(stack.static_provider("lab", 2)).await?;
+    let nodes = wait_for_ready_nodes(&stack, 3).await?;
+
+    // Host keys come from a real SSH handshake with the sshd.
+    for node in &nodes {
+        assert_eq!(node.status.as_ref().unwrap().host_keys, stack.sshd.host_keys, "{:?}", node.metadata.name);
+    }
+
+    let output = stack.zuul(&["run-scenario", "all", "--timeout", "30"]).await?;
+    let results = scenario_results(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let names: Vec<&str> = results.iter().map(|(name, _)| name.as_str()).collect();
+    for expected in ["happy", "two-node", "unknown-label", "cancel", "revise", "autohold"] {
+        assert!(names.contains(&expected), "scenario {expected} did not run; stderr:\n{stderr}");
+    }
+    for (name, result) in &results {
+        assert_eq!(
+            result,
+            "pass",
+            "scenario {name} failed:\n{}\n{stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    assert!(output.status.success(), "zuul_driver exited with {:?}", output.status);
+    Ok(())
+}
+
+#[tokio::test]
+async fn node_data_zuul_reads_is_complete() -> Result<()> {
+    let stack = Stack::start("zuul-node-data").await?;
+    stack.apply_provider(stack.static_provider("lab", 1)).await?;
+    let nodes = wait_for_ready_nodes(&stack, 2).await?;
+    let zk = stack.env.zookeeper(Some(&stack.chroot)).await?;
+    let node = nodes.iter().find(|n| n.spec.labels == ["static-label"]).context("static-label node")?;
+    let node_id = node.status.as_ref().unwrap().zookeeper.as_ref().unwrap().node_id.clone().unwrap();
+    let (data, _) = zk.get_data(&format!("/nodepool/nodes/{node_id}")).await?;
+    let doc: serde_json::Value = serde_json::from_slice(&data)?;
+    // zk-protocol.md §6.8 / scenario 31: what Nodepool's static driver writes.
+    assert_eq!(doc["state"], "ready");
+    assert_eq!(doc["type"], serde_json::json!(["static-label"]));
+    assert_eq!(doc["provider"], "lab");
+    assert_eq!(doc["pool"], "main");
+    assert_eq!(doc["launcher"], "static driver");
+    assert_eq!(doc["hostname"], "127.0.0.1");
+    assert_eq!(doc["interface_ip"], "127.0.0.1");
+    assert_eq!(doc["external_id"], "127.0.0.1");
+    assert_eq!(doc["username"], "zuul-worker");
+    assert_eq!(doc["connection_type"], "ssh");
+    assert_eq!(doc["connection_port"], stack.sshd.port);
+    assert_eq!(doc["ssh_port"], stack.sshd.port);
+    assert_eq!(doc["python_path"], "auto");
+    assert_eq!(doc["shell_type"], serde_json::Value::Null);
+    assert_eq!(doc["slot"], 0);
+    assert_eq!(doc["attributes"], serde_json::json!({"executor-zone": "e2e"}));
+    assert_eq!(doc["allocated_to"], serde_json::Value::Null);
+    assert!(doc["host_keys"].as_array().is_some_and(|keys| !keys.is_empty()));
+    for key in ["lock", "name", "label", "aliases"] {
+        assert!(doc.get(key).is_none(), "{key} must not be written (Zuul turns keys into attributes)");
+    }
+
+    // The pool component Zuul reads for its labels API.
+    let components = zk.list_children("/nodepool/components/pool").await?;
+    assert_eq!(components.len(), 1, "{components:?}");
+    let (data, _) = zk.get_data(&format!("/nodepool/components/pool/{}", components[0])).await?;
+    let component: serde_json::Value = serde_json::from_slice(&data)?;
+    assert_eq!(component["supported_labels"], serde_json::json!(["static-label", "static-single"]));
+    assert_eq!(component["model_api"], 0);
+    assert_eq!(component["provider_name"], "lab");
+    assert!(component["id"].as_str().unwrap().starts_with("e2e-bridge-PoolWorker.lab-main-"));
+    Ok(())
+}
