@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job, locally: starts a real kube-apiserver + etcd and a TLS-only ZooKeeper on loopback,
-# installs the nodepool.dev CRDs, applies the examples and shows them with kubectl.
-# The environment keeps running afterwards; stop it with `e2e/scripts/demo.sh down`.
+# The main job, locally: a real kube-apiserver + etcd and a TLS-only ZooKeeper on loopback, the
+# nodepool.dev CRDs and examples, nodepool-operator and nodepool-zk-bridge, a static provider on a
+# local sshd, and Zuul's own client getting a node, using it and returning it.
+# The control plane keeps running afterwards; stop it with `e2e/scripts/demo.sh down`.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$repo"
@@ -15,7 +16,7 @@ stage "install dependencies"
 "$repo/e2e/scripts/install-deps.sh"
 
 stage "build"
-cargo build --locked -p nodepool-e2e --bin nodepool-testenv
+cargo build --locked --workspace --bins
 
 stage "start the control plane and ZooKeeper"
 env_json=$("$CARGO_TARGET_DIR/debug/nodepool-testenv" up)
@@ -26,15 +27,16 @@ export KUBECONFIG
 stage "install the CRDs and the examples"
 kubectl apply -f crds/generated/
 kubectl wait --for condition=Established --timeout=60s -f crds/generated/ >/dev/null
-kubectl create namespace nodepool-demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl apply -n nodepool-demo -f examples/
+kubectl create namespace nodepool-examples --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -n nodepool-examples -f examples/
+kubectl get -n nodepool-examples nodepool
 
-stage "what is there"
-kubectl get -n nodepool-demo nodepool
+stage "operator + bridge + static provider + a Zuul request"
+"$CARGO_TARGET_DIR/debug/nodepool-demo"
 stage ""
 cat <<MSG
 
-The environment is still running. Use it with:
+Use the control plane with:
   export KUBECONFIG=$KUBECONFIG
 Stop it with: e2e/scripts/demo.sh down
 MSG

@@ -11,6 +11,7 @@ pub mod sshd;
 pub mod stack;
 pub mod testenv;
 pub mod tools;
+pub mod zuul;
 
 pub use testenv::{EnvInfo, TestEnv};
 

@@ -50,7 +50,7 @@ impl Sshd {
         let port = process::free_port()?;
         let config = dir.join("sshd_config");
         let mut text = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nPidFile {}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n",
+            "Port {port}\nListenAddress 127.0.0.1\nPidFile {}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nMaxStartups 200\n",
             dir.join("sshd.pid").display()
         );
         for key in &key_files {

@@ -4,17 +4,18 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output},
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
+
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
 };
-use nodepool_crds::Provider;
+use nodepool_crds::{NodeState, PoolNode, Provider};
 use zookeeper_client::{Acls, CreateMode};
 
 use crate::{
@@ -36,15 +37,15 @@ pub struct Stack {
     pub bridge: Option<Server>,
 }
 
-/// `target/debug` (or wherever this test binary's sibling binaries are).
+/// A workspace binary next to the running one: `target/debug/NAME`, seen from a binary in
+/// `target/debug` or from a test in `target/debug/deps`.
 fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("test binary has no target directory")?;
-    let path = dir.join(name);
-    if !path.exists() {
-        bail!("{} is missing: run `cargo build --workspace --bins` first", path.display());
-    }
-    Ok(path)
+    let dir = exe.parent().context("the running binary has no directory")?;
+    let candidates = [dir.join(name), dir.parent().map(|p| p.join(name)).unwrap_or_default()];
+    candidates.into_iter().find(|path| path.is_file()).with_context(|| {
+        format!("{name} is missing next to {}: run `cargo build --workspace --bins` first", exe.display())
+    })
 }
 
 impl Stack {
@@ -141,8 +142,39 @@ impl Stack {
         })
     }
 
+    /// Waits until `count` nodes are ready and registered in ZooKeeper.
+    pub async fn wait_for_ready_nodes(&self, count: usize, timeout: Duration) -> Result<Vec<PoolNode>> {
+        let api: Api<PoolNode> = Api::namespaced(self.client.clone(), &self.namespace);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let nodes: Vec<PoolNode> = api
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|n| {
+                    n.status.as_ref().is_some_and(|s| {
+                        s.state == NodeState::Ready
+                            && s.zookeeper.as_ref().is_some_and(|z| z.node_id.is_some())
+                    })
+                })
+                .collect();
+            if nodes.len() >= count {
+                return Ok(nodes);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "only {} of {count} nodes ready after {timeout:?}; see {}",
+                    nodes.len(),
+                    self.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The JSON `nodepool-testenv up` prints, for tools that take `--testenv-json`.
-    fn testenv_json(&self) -> Result<PathBuf> {
+    pub fn testenv_json(&self) -> Result<PathBuf> {
         let path = self.dir.join("testenv.json");
         let zk = &self.env.info.zookeeper;
         let json = serde_json::json!({
@@ -155,6 +187,11 @@ impl Stack {
 
     /// Runs `e2e/zuul/zuul_driver.py` (Zuul 14.3's own client classes) against this stack.
     pub async fn zuul(&self, args: &[&str]) -> Result<Output> {
+        self.zuul_at(&self.chroot, args).await
+    }
+
+    /// Runs Zuul's client against another chroot of the same ZooKeeper (e.g. a Nodepool's).
+    pub async fn zuul_at(&self, chroot: &str, args: &[&str]) -> Result<Output> {
         let python = tools::cache_dir().join("venv-zuul/bin/python");
         let script = tools::repo_root().join("e2e/zuul/zuul_driver.py");
         let mut command = tokio::process::Command::new(&python);
@@ -162,7 +199,7 @@ impl Stack {
             .arg(&script)
             .arg("--testenv-json")
             .arg(self.testenv_json()?)
-            .args(["--chroot", &self.chroot])
+            .args(["--chroot", chroot])
             .args(args)
             .env("ZUUL_VENV_PYTHON", &python)
             .kill_on_drop(true);

@@ -4,39 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kube::Api;
-use nodepool_crds::{NodeState, PoolNode};
 use nodepool_e2e::stack::{Stack, json_lines};
-
-/// Waits until the stack has `count` ready, registered nodes.
-async fn wait_for_ready_nodes(stack: &Stack, count: usize) -> Result<Vec<PoolNode>> {
-    let api: Api<PoolNode> = Api::namespaced(stack.client.clone(), &stack.namespace);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let nodes: Vec<PoolNode> = api
-            .list(&Default::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|n| {
-                n.status.as_ref().is_some_and(|s| {
-                    s.state == NodeState::Ready && s.zookeeper.as_ref().is_some_and(|z| z.node_id.is_some())
-                })
-            })
-            .collect();
-        if nodes.len() >= count {
-            return Ok(nodes);
-        }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "only {} of {count} nodes ready after 60s; see {}",
-                nodes.len(),
-                stack.dir.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn scenario_results(output: &std::process::Output) -> Vec<(String, String)> {
     json_lines(output)
@@ -49,7 +17,7 @@ fn scenario_results(output: &std::process::Output) -> Vec<(String, String)> {
 async fn zuul_gets_static_nodes_like_from_nodepool() -> Result<()> {
     let stack = Stack::start("zuul-scenarios").await?;
     stack.apply_provider(stack.static_provider("lab", 2)).await?;
-    let nodes = wait_for_ready_nodes(&stack, 3).await?;
+    let nodes = stack.wait_for_ready_nodes(3, Duration::from_secs(60)).await?;
 
     // Host keys come from a real SSH handshake with the sshd.
     for node in &nodes {
@@ -79,7 +47,7 @@ async fn zuul_gets_static_nodes_like_from_nodepool() -> Result<()> {
 async fn node_data_zuul_reads_is_complete() -> Result<()> {
     let stack = Stack::start("zuul-node-data").await?;
     stack.apply_provider(stack.static_provider("lab", 1)).await?;
-    let nodes = wait_for_ready_nodes(&stack, 2).await?;
+    let nodes = stack.wait_for_ready_nodes(2, Duration::from_secs(60)).await?;
     let zk = stack.env.zookeeper(Some(&stack.chroot)).await?;
     let node = nodes.iter().find(|n| n.spec.labels == ["static-label"]).context("static-label node")?;
     let node_id = node.status.as_ref().unwrap().zookeeper.as_ref().unwrap().node_id.clone().unwrap();

@@ -51,13 +51,13 @@ pub async fn run(settings: Settings) -> Result<()> {
     let provider_task = provider_controller
         .owns(nodes, watcher::Config::default())
         .run(controllers::provider::reconcile, controllers::provider::error_policy, context.clone())
-        .for_each(|_| async {});
+        .for_each(log_controller_error);
     let node_task = node_controller
         .run(controllers::pool_node::reconcile, controllers::pool_node::error_policy, context.clone())
-        .for_each(|_| async {});
+        .for_each(log_controller_error);
     let label_task = label_controller
         .run(controllers::label::reconcile, controllers::label::error_policy, context.clone())
-        .for_each(|_| async {});
+        .for_each(log_controller_error);
     let scheduler_task = scheduler::run(context.clone());
 
     tokio::select! {
@@ -68,4 +68,15 @@ pub async fn run(settings: Settings) -> Result<()> {
         result = scheduler_task => result?,
     }
     Ok(())
+}
+
+/// Reconcile failures are logged by each error policy; this reports what else a controller
+/// stream yields: watch errors and objects missing from the cache.
+async fn log_controller_error<T: std::fmt::Debug, E: std::fmt::Display>(
+    result: Result<T, kube::runtime::controller::Error<controllers::Error, E>>,
+) {
+    match result {
+        Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+        Err(error) => tracing::warn!(%error, "controller stream error"),
+    }
 }

@@ -41,9 +41,19 @@ async fn main() -> Result<()> {
     };
     tokio::select! {
         result = nodepool_operator::run(settings) => result,
-        _ = tokio::signal::ctrl_c() => {
+        () = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())
         }
+    }
+}
+
+/// SIGINT or SIGTERM (what Kubernetes sends before it kills a pod).
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
 }

@@ -18,6 +18,14 @@ use anyhow::Result;
 
 pub use session::Settings;
 
+/// Whether an error is the apiserver's "the object has been modified" conflict, which a retry
+/// with a fresh read resolves.
+pub fn is_conflict(error: &anyhow::Error) -> bool {
+    error.chain().any(
+        |cause| matches!(cause.downcast_ref::<kube::Error>(), Some(kube::Error::Api(s)) if s.code == 409),
+    )
+}
+
 /// Runs the bridge for ever: a session at a time, resyncing both sides on every new session.
 pub async fn run(settings: Settings) -> Result<()> {
     let mut backoff = Duration::from_millis(200);

@@ -35,7 +35,7 @@ async fn main() -> Result<()> {
     let settings = Settings { kube, namespace: cli.namespace, zookeeper: cli.zookeeper, hostname };
     tokio::select! {
         result = nodepool_zk_bridge::run(settings) => result,
-        _ = tokio::signal::ctrl_c() => {
+        () = shutdown_signal() => {
             tracing::info!("shutting down; the ZooKeeper session closes and releases our locks");
             Ok(())
         }
@@ -46,4 +46,14 @@ fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json { builder.json().init() } else { builder.init() }
+}
+
+/// SIGINT or SIGTERM (what Kubernetes sends before it kills a pod).
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
 }

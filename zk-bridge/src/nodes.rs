@@ -47,13 +47,7 @@ pub async fn reconcile(node: Arc<PoolNode>, shared: Arc<Shared>) -> Result<Actio
     if !node.finalizers().iter().any(|f| f == ZNODE_FINALIZER) {
         let mut finalizers = node.finalizers().to_vec();
         finalizers.push(ZNODE_FINALIZER.to_owned());
-        let patch =
-            json!({"metadata": {"finalizers": finalizers, "resourceVersion": node.resource_version()}});
-        shared
-            .pool_node_api()
-            .patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .context("adding the znode finalizer")?;
+        set_finalizers(&shared, &node, finalizers).await.context("adding the znode finalizer")?;
         return Ok(Action::await_change()); // the update brings us back here
     }
     match sync(&shared, &node).await? {
@@ -62,7 +56,34 @@ pub async fn reconcile(node: Arc<PoolNode>, shared: Arc<Shared>) -> Result<Actio
     }
 }
 
+/// Replaces the finalizer list if it is still the one we read (a JSON-patch test, so unrelated
+/// writes such as status updates do not make this fail).
+async fn set_finalizers(
+    shared: &Shared,
+    node: &PoolNode,
+    finalizers: Vec<String>,
+) -> Result<(), kube::Error> {
+    let current = node.finalizers();
+    let operations = if current.is_empty() {
+        json!([{"op": "add", "path": "/metadata/finalizers", "value": finalizers}])
+    } else {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
+        ])
+    };
+    let patch: json_patch::Patch = serde_json::from_value(operations).expect("a valid JSON patch");
+    shared
+        .pool_node_api()
+        .patch(&node.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await?;
+    Ok(())
+}
+
 pub fn error_policy(node: Arc<PoolNode>, error: &Error, _: Arc<Shared>) -> Action {
+    if crate::is_conflict(&error.0) {
+        return Action::requeue(Duration::from_millis(50));
+    }
     tracing::warn!(node = %node.name_any(), %error, "mirroring a node failed; retrying");
     Action::requeue(Duration::from_secs(1))
 }
@@ -279,10 +300,8 @@ async fn finalize(shared: &Arc<Shared>, node: &PoolNode) -> Result<Action> {
     }
     let finalizers: Vec<String> =
         node.finalizers().iter().filter(|f| *f != ZNODE_FINALIZER).cloned().collect();
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": node.resource_version()}});
-    match shared.pool_node_api().patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await
-    {
-        Ok(_) => {}
+    match set_finalizers(shared, node, finalizers).await {
+        Ok(()) => {}
         Err(kube::Error::Api(status)) if status.code == 404 => {}
         Err(error) => return Err(error).context("removing the znode finalizer"),
     }

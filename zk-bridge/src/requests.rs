@@ -110,6 +110,17 @@ async fn fail_malformed(shared: &Arc<Shared>, id: &str, problem: &str) -> Result
             }
         }
         doc.insert("declined_by".into(), Value::Array(declined));
+        // Zuul's cache reads these keys on every request; give them Nodepool's defaults.
+        for (key, default) in [
+            ("node_types", json!([])),
+            ("nodes", json!([])),
+            ("requestor", Value::Null),
+            ("requestor_data", Value::Null),
+            ("provider", Value::Null),
+            ("event_id", Value::Null),
+        ] {
+            doc.entry(key).or_insert(default);
+        }
         doc.insert("state".into(), json!("failed"));
         doc.insert("state_time".into(), json!(crate::zk::model::now()));
         shared.zk.set_data(&path, &serde_json::to_vec(&doc)?, None).await?;
@@ -145,6 +156,9 @@ pub async fn reconcile(request: Arc<NodeRequest>, shared: Arc<Shared>) -> Result
 }
 
 pub fn error_policy(request: Arc<NodeRequest>, error: &Error, _: Arc<Shared>) -> Action {
+    if crate::is_conflict(&error.0) {
+        return Action::requeue(Duration::from_millis(50));
+    }
     tracing::warn!(request = %request.name_any(), %error, "writing a request outcome failed; retrying");
     Action::requeue(Duration::from_secs(1))
 }

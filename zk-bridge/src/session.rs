@@ -160,10 +160,8 @@ impl Session {
             node_ids_by_uid: Default::default(),
         });
 
-        let nodes_task = node_controller
-            .shutdown_on_signal()
-            .run(nodes::reconcile, nodes::error_policy, shared.clone())
-            .for_each(|_| async {});
+        let nodes_task =
+            node_controller.run(nodes::reconcile, nodes::error_policy, shared.clone()).for_each(|_| async {});
         let requests_task = request_controller
             .run(requests::reconcile, requests::error_policy, shared.clone())
             .for_each(|_| async {});

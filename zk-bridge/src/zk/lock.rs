@@ -111,7 +111,9 @@ mod tests {
             contender_sequence("0123456789abcdef0123456789abcdef__lock__0000000007"),
             Some("0000000007")
         );
-        assert_eq!(contender_sequence("abc__lock__-000000001"), Some("-000000001"));
+        // kazoo's pattern is `__lock__(-?\d{10})$`: ten digits after an optional sign.
+        assert_eq!(contender_sequence("abc__lock__-0000000001"), Some("-0000000001"));
+        assert_eq!(contender_sequence("abc__lock__-000000001"), None);
         assert_eq!(contender_sequence("abc__rlock__0000000007"), None);
         assert_eq!(contender_sequence("abc__lock__7"), None);
         assert_eq!(contender_sequence("lock"), None);

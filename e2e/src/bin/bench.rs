@@ -1,0 +1,162 @@
+//! `nodepool-bench`: Zuul's own client against the operator + bridge and, in the same run and on
+//! the same ZooKeeper, against Nodepool 11's launcher, with the same static hosts and slots.
+//! Each worker loops request → fulfilled → accept → in-use → used, as Zuul's executor does.
+//! Prints fulfilled requests per second and request-to-fulfilled latency, and the ratios.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use nodepool_e2e::{stack::Stack, tools};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(about = "Static-node throughput and latency: nodepool-operator vs Nodepool 11")]
+struct Cli {
+    /// Worker counts to measure (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "4,16")]
+    workers: Vec<u32>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 20)]
+    duration: u32,
+    /// Static hosts (127.0.0.1, 127.0.0.2, ...).
+    #[arg(long, default_value_t = 4)]
+    hosts: u32,
+    /// Slots (max-parallel-jobs) per host.
+    #[arg(long, default_value_t = 4)]
+    slots: u32,
+    /// Measure only nodepool-operator.
+    #[arg(long)]
+    skip_nodepool: bool,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn bench_args(workers: u32, duration: u32) -> Vec<String> {
+    [
+        "bench",
+        "--workers",
+        &workers.to_string(),
+        "--duration",
+        &duration.to_string(),
+        "--label",
+        "static-label",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn parse_bench(output: &std::process::Output) -> Result<Value> {
+    nodepool_e2e::stack::json_lines(output)
+        .into_iter()
+        .find_map(|line| line.get("bench").cloned())
+        .with_context(|| format!("no bench result; stderr:\n{}", String::from_utf8_lossy(&output.stderr)))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let stack = Stack::start("bench").await?;
+    let hosts: Vec<Value> = (1..=cli.hosts)
+        .map(|i| {
+            json!({"name": format!("127.0.0.{i}"), "labels": ["static-label"], "maxParallelJobs": cli.slots,
+                   "hostKeyChecking": false})
+        })
+        .collect();
+    stack
+        .apply_provider(json!({
+            "apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "bench"},
+            "spec": {"driver": "static", "pools": [{"name": "main", "hosts": hosts}]},
+        }))
+        .await?;
+    stack.wait_for_ready_nodes((cli.hosts * cli.slots) as usize, Duration::from_secs(120)).await?;
+
+    let mut results = Vec::new();
+    for &workers in &cli.workers {
+        eprintln!("nodepool-operator, {workers} workers, {}s ...", cli.duration);
+        let ours = parse_bench(
+            &stack
+                .zuul(&bench_args(workers, cli.duration).iter().map(String::as_str).collect::<Vec<_>>())
+                .await?,
+        )?;
+        results.push(json!({"system": "nodepool-operator", "workers": workers, "result": ours}));
+    }
+
+    if !cli.skip_nodepool {
+        let chroot = format!("{}-nodepool", stack.chroot);
+        let workdir = stack.dir.join("nodepool");
+        let script = tools::repo_root().join("e2e/zuul/nodepool_static.py");
+        let common = |action: &str| {
+            let mut command = Command::new("python3");
+            command
+                .arg(&script)
+                .arg(action)
+                .arg("--testenv-json")
+                .arg(stack.testenv_json().expect("testenv json"))
+                .args([
+                    "--chroot",
+                    &chroot,
+                    "--hosts",
+                    &cli.hosts.to_string(),
+                    "--slots",
+                    &cli.slots.to_string(),
+                ])
+                .arg("--workdir")
+                .arg(&workdir);
+            command
+        };
+        let started = common("start").output().context("starting Nodepool 11's launcher")?;
+        if !started.status.success() {
+            bail!("nodepool-launcher did not start:\n{}", String::from_utf8_lossy(&started.stderr));
+        }
+        for &workers in &cli.workers {
+            eprintln!("Nodepool 11, {workers} workers, {}s ...", cli.duration);
+            let args = bench_args(workers, cli.duration);
+            let theirs = parse_bench(
+                &stack.zuul_at(&chroot, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?,
+            )?;
+            results.push(json!({"system": "nodepool-11", "workers": workers, "result": theirs}));
+        }
+        common("stop").output().ok();
+    }
+
+    println!("| system | workers | fulfilled/s | p50 ms | p99 ms | fulfilled | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    for row in &results {
+        let r = &row["result"];
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row["system"].as_str().unwrap_or_default(),
+            row["workers"],
+            r["fulfilled_per_s"],
+            r["latency_ms"]["p50"],
+            r["latency_ms"]["p99"],
+            r["fulfilled"],
+            r["errors"]
+        );
+    }
+    for &workers in &cli.workers {
+        let find = |system: &str| {
+            results
+                .iter()
+                .find(|r| r["system"] == system && r["workers"] == workers)
+                .map(|r| r["result"].clone())
+        };
+        if let (Some(ours), Some(theirs)) = (find("nodepool-operator"), find("nodepool-11")) {
+            let ratio =
+                |key: &str| ours[key].as_f64().unwrap_or(0.0) / theirs[key].as_f64().unwrap_or(f64::NAN);
+            let p50 = theirs["latency_ms"]["p50"].as_f64().unwrap_or(f64::NAN)
+                / ours["latency_ms"]["p50"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "{workers} workers: throughput {:.1}x Nodepool 11, p50 latency {:.1}x lower",
+                ratio("fulfilled_per_s"),
+                p50
+            );
+        }
+    }
+    if let Some(path) = cli.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&results)?)?;
+    }
+    Ok(())
+}

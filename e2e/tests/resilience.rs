@@ -1,0 +1,143 @@
+//! Crashes and bad input: a bridge or operator killed mid-flight loses no request and duplicates
+//! no node; a malformed request fails with a clear outcome and breaks nothing else.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use anyhow::{Context, Result};
+use nodepool_e2e::{stack::Stack, zuul::Zuul};
+use serde_json::json;
+use zookeeper_client::{Acls, CreateMode};
+
+const WAIT: u64 = 60;
+
+async fn ready_stack(name: &str) -> Result<Stack> {
+    let stack = Stack::start(name).await?;
+    stack.apply_provider(stack.static_provider("lab", 2)).await?;
+    stack.wait_for_ready_nodes(3, Duration::from_secs(60)).await?;
+    Ok(stack)
+}
+
+/// The node znodes in the chroot (ids).
+async fn node_ids(stack: &Stack) -> Result<BTreeSet<String>> {
+    let zk = stack.env.zookeeper(Some(&stack.chroot)).await?;
+    Ok(zk.list_children("/nodepool/nodes").await?.into_iter().collect())
+}
+
+/// Waits until ZooKeeper holds exactly `count` nodes for the stack (one per static slot).
+async fn wait_for_node_count(stack: &Stack, count: usize) -> Result<BTreeSet<String>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ids = node_ids(stack).await?;
+        if ids.len() == count || tokio::time::Instant::now() > deadline {
+            return Ok(ids);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn bridge_killed_mid_flight_loses_nothing() -> Result<()> {
+    let mut stack = ready_stack("bridge-restart").await?;
+    let mut zuul = Zuul::connect(&stack).await?;
+
+    // A request made while the bridge is down is served once it is back.
+    stack.kill_bridge();
+    let first = zuul.request(&["static-label"]).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.start_bridge()?;
+    let outcome = zuul.wait(&first, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    assert_eq!(outcome["requestor_data_preserved"], true, "{outcome}");
+
+    // Nodes Zuul returns while the bridge is down are recycled once it is back.
+    let build = zuul.call("accept", json!({"request_id": first})).await?["build"].clone();
+    zuul.call("use", json!({"build": build})).await?;
+    stack.kill_bridge();
+    zuul.call("return", json!({"build": build})).await?;
+    stack.start_bridge()?;
+    let used_node = outcome["nodes"][0].as_str().context("node id")?.to_owned();
+    let gone = zuul.call("wait_node_gone", json!({"node_id": used_node, "timeout": 30})).await?;
+    assert_eq!(gone["gone"], true, "the used node was not deleted after the restart");
+
+    // Every slot is in ZooKeeper exactly once: nothing duplicated by the restarts.
+    let ids = wait_for_node_count(&stack, 3).await?;
+    assert_eq!(ids.len(), 3, "node znodes after restarts: {ids:?}");
+
+    // And the bridge keeps serving.
+    let second = zuul.request(&["static-label", "static-label"]).await?;
+    assert_eq!(zuul.wait(&second, WAIT).await?["state"], "fulfilled");
+    zuul.run_build(&second).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn operator_killed_mid_flight_loses_nothing() -> Result<()> {
+    let mut stack = ready_stack("operator-restart").await?;
+    let mut zuul = Zuul::connect(&stack).await?;
+
+    stack.kill_operator();
+    let request = zuul.request(&["static-label"]).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pending = zuul.call("get_request", json!({"request_id": request})).await?;
+    assert_eq!(pending["data"]["state"], "requested", "nothing decides while the operator is down");
+    stack.start_operator()?;
+    let outcome = zuul.wait(&request, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+
+    let build = zuul.call("accept", json!({"request_id": request})).await?["build"].clone();
+    zuul.call("use", json!({"build": build})).await?;
+    stack.kill_operator();
+    zuul.call("return", json!({"build": build})).await?;
+    stack.start_operator()?;
+    let used_node = outcome["nodes"][0].as_str().context("node id")?.to_owned();
+    let gone = zuul.call("wait_node_gone", json!({"node_id": used_node, "timeout": 30})).await?;
+    assert_eq!(gone["gone"], true, "the used node was not recycled after the restart");
+    let ids = wait_for_node_count(&stack, 3).await?;
+    assert_eq!(ids.len(), 3, "node znodes after restarts: {ids:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_requests_fail_or_are_ignored_without_harm() -> Result<()> {
+    let stack = ready_stack("malformed").await?;
+    let zk = stack.env.zookeeper(Some(&stack.chroot)).await?;
+    let create = CreateMode::PersistentSequential.with_acls(Acls::anyone_all());
+
+    // A JSON object without node_types: failed, declined by our pool, with its other keys kept.
+    let doc = json!({"state": "requested", "state_time": 1.0, "requestor": "test", "custom": "kept"});
+    let (_, sequence) = zk.create("/nodepool/requests/200-", doc.to_string().as_bytes(), &create).await?;
+    let missing_labels = format!("/nodepool/requests/200-{sequence}");
+    // Not JSON at all: nothing sensible can be written back; it must just not break anything.
+    let (_, sequence) = zk.create("/nodepool/requests/200-", b"{not json", &create).await?;
+    let garbage = format!("/nodepool/requests/200-{sequence}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let (data, _) = zk.get_data(&missing_labels).await?;
+        let doc: serde_json::Value = serde_json::from_slice(&data)?;
+        if doc["state"] == "failed" || tokio::time::Instant::now() > deadline {
+            break doc;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["custom"], "kept");
+    assert!(failed["declined_by"].as_array().is_some_and(|d| d.len() == 1), "{failed}");
+    assert!(
+        failed["node_types"].is_array() && failed["requestor_data"].is_null(),
+        "keys Zuul reads: {failed}"
+    );
+    let (data, _) = zk.get_data(&garbage).await?;
+    assert_eq!(data, b"{not json", "a request we cannot parse is left as it is");
+    // Only the requester deletes requests; Zuul's own cache cannot parse the garbage one either.
+    zk.delete(&missing_labels, None).await?;
+    zk.delete(&garbage, None).await?;
+
+    // A well-formed request right after is served as usual.
+    let mut zuul = Zuul::connect(&stack).await?;
+    let request = zuul.request(&["static-label"]).await?;
+    assert_eq!(zuul.wait(&request, WAIT).await?["state"], "fulfilled");
+    zuul.run_build(&request).await?;
+    assert!(stack.bridge.as_ref().is_some_and(|b| b.is_running()), "the bridge survived");
+    Ok(())
+}
