@@ -27,6 +27,8 @@ pub struct Context {
     pub labels: Store<Label>,
     /// Wakes the scheduler for another pass.
     pub scheduler_wake: Arc<Notify>,
+    /// True once the provider, node and request caches hold their initial lists.
+    caches_ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Context {
@@ -36,6 +38,7 @@ impl Context {
         nodes: Store<PoolNode>,
         requests: Store<NodeRequest>,
         labels: Store<Label>,
+        caches_ready: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Context {
             client: settings.client,
@@ -46,7 +49,14 @@ impl Context {
             requests,
             labels,
             scheduler_wake: Arc::new(Notify::new()),
+            caches_ready,
         }
+    }
+
+    /// Waits until the caches hold their initial lists (any number of callers may wait).
+    pub async fn caches_ready(&self) {
+        let mut ready = self.caches_ready.clone();
+        let _ = ready.wait_for(|ready| *ready).await;
     }
 
     pub fn api<K>(&self) -> Api<K>

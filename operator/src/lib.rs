@@ -31,25 +31,49 @@ pub async fn run(settings: Settings) -> Result<()> {
     let requests: Api<NodeRequest> = Api::namespaced(client.clone(), &namespace);
     let labels: Api<Label> = Api::namespaced(client.clone(), &namespace);
 
-    let provider_controller = Controller::new(providers.clone(), watcher::Config::default());
-    let node_controller = Controller::new(nodes.clone(), watcher::Config::default());
-    let label_controller = Controller::new(labels, watcher::Config::default());
-    let (request_store, request_writer) = reflector::store();
-    let request_stream = reflector::reflector(request_writer, watcher(requests, watcher::Config::default()));
+    let provider_controller = Controller::new(providers.clone(), crate::watch_config());
+    let node_controller = Controller::new(nodes.clone(), crate::watch_config());
+    let label_controller = Controller::new(labels, crate::watch_config());
 
+    // The caches the scheduler and the reconcilers read. They are separate from the controllers'
+    // own stores on purpose: a store's `wait_until_ready` wakes only one waiter, and each
+    // controller already waits on its own store before it starts.
+    let (provider_store, provider_writer) = reflector::store();
+    let (node_store, node_writer) = reflector::store();
+    let (request_store, request_writer) = reflector::store();
+    let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
     let context = Arc::new(Context::new(
         settings,
-        provider_controller.store(),
-        node_controller.store(),
-        request_store,
+        provider_store.clone(),
+        node_store.clone(),
+        request_store.clone(),
         label_controller.store(),
+        caches_ready,
     ));
 
     // Every change to requests, nodes or providers is a reason for another scheduling pass.
-    let wake = context.scheduler_wake.clone();
-    let request_events = request_stream.for_each(|_| async { wake.notify_one() });
+    let cache_tasks = futures::future::join3(
+        reflector::reflector(provider_writer, watcher(providers, crate::watch_config()))
+            .for_each(wake_scheduler(context.scheduler_wake.clone())),
+        reflector::reflector(node_writer, watcher(nodes.clone(), crate::watch_config()))
+            .for_each(wake_scheduler(context.scheduler_wake.clone())),
+        reflector::reflector(request_writer, watcher(requests, crate::watch_config()))
+            .for_each(wake_scheduler(context.scheduler_wake.clone())),
+    );
+    // The one waiter on those stores; everyone else waits on `caches_ready`.
+    let gate = async move {
+        let ready = async {
+            provider_store.wait_until_ready().await?;
+            node_store.wait_until_ready().await?;
+            request_store.wait_until_ready().await
+        };
+        if ready.await.is_ok() {
+            let _ = ready_tx.send(true);
+        }
+        std::future::pending::<()>().await
+    };
     let provider_task = provider_controller
-        .owns(nodes, watcher::Config::default())
+        .owns(nodes, crate::watch_config())
         .run(controllers::provider::reconcile, controllers::provider::error_policy, context.clone())
         .for_each(log_controller_error);
     let node_task = node_controller
@@ -61,13 +85,22 @@ pub async fn run(settings: Settings) -> Result<()> {
     let scheduler_task = scheduler::run(context.clone());
 
     tokio::select! {
-        () = request_events => tracing::warn!("NodeRequest watch ended"),
+        _ = cache_tasks => tracing::warn!("a watch ended"),
+        () = gate => {}
         () = provider_task => tracing::warn!("Provider controller ended"),
         () = node_task => tracing::warn!("PoolNode controller ended"),
         () = label_task => tracing::warn!("Label controller ended"),
         result = scheduler_task => result?,
     }
     Ok(())
+}
+
+/// A stream consumer that wakes the scheduler on every item.
+fn wake_scheduler<T>(notify: Arc<tokio::sync::Notify>) -> impl FnMut(T) -> std::future::Ready<()> {
+    move |_| {
+        notify.notify_one();
+        std::future::ready(())
+    }
 }
 
 /// Reconcile failures are logged by each error policy; this reports what else a controller
@@ -79,4 +112,12 @@ async fn log_controller_error<T: std::fmt::Debug, E: std::fmt::Display>(
         Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
         Err(error) => tracing::warn!(%error, "controller stream error"),
     }
+}
+
+/// How every watch is opened: as a streaming list (the apiserver sends the current objects as
+/// events, then keeps watching), which has no gap between a list and the watch that follows.
+/// Right after an apiserver start, watches opened at a list's resourceVersion were seen to miss
+/// events for a newly served custom resource; streaming lists do not.
+pub fn watch_config() -> kube::runtime::watcher::Config {
+    kube::runtime::watcher::Config::default().streaming_lists()
 }

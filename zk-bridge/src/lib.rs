@@ -44,3 +44,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
+
+/// How every watch is opened: as a streaming list (the apiserver sends the current objects as
+/// events, then keeps watching), which has no gap between a list and the watch that follows.
+/// Right after an apiserver start, watches opened at a list's resourceVersion were seen to miss
+/// events for a newly served custom resource; streaming lists do not.
+pub fn watch_config() -> kube::runtime::watcher::Config {
+    kube::runtime::watcher::Config::default().streaming_lists()
+}

@@ -137,15 +137,26 @@ impl Session {
         let mut zk_events = zk.watch("/nodepool", AddWatchMode::PersistentRecursive).await?;
         let mut state = zk.state_watcher();
 
-        let node_controller = Controller::new(
-            Api::<PoolNode>::namespaced(kube.clone(), &namespace),
-            watcher::Config::default(),
+        let node_controller =
+            Controller::new(Api::<PoolNode>::namespaced(kube.clone(), &namespace), crate::watch_config());
+        let request_controller =
+            Controller::new(Api::<NodeRequest>::namespaced(kube.clone(), &namespace), crate::watch_config());
+        // Our own caches, separate from the controllers' stores: a store's `wait_until_ready`
+        // wakes only one waiter, and each controller already waits on its own store.
+        let (node_store, node_writer) = kube::runtime::reflector::store();
+        let (request_store, request_writer) = kube::runtime::reflector::store();
+        let caches = futures::future::join(
+            kube::runtime::reflector(
+                node_writer,
+                watcher(Api::<PoolNode>::namespaced(kube.clone(), &namespace), crate::watch_config()),
+            )
+            .for_each(|_| std::future::ready(())),
+            kube::runtime::reflector(
+                request_writer,
+                watcher(Api::<NodeRequest>::namespaced(kube.clone(), &namespace), crate::watch_config()),
+            )
+            .for_each(|_| std::future::ready(())),
         );
-        let request_controller = Controller::new(
-            Api::<NodeRequest>::namespaced(kube.clone(), &namespace),
-            watcher::Config::default(),
-        );
-        // The session's stores are the controllers' own reflectors.
         let shared = Arc::new(Shared {
             zk,
             kube: kube.clone(),
@@ -155,8 +166,8 @@ impl Session {
             request_locks: Default::default(),
             node_mutexes: Default::default(),
             own_contenders: Default::default(),
-            pool_nodes: node_controller.store(),
-            node_requests: request_controller.store(),
+            pool_nodes: node_store,
+            node_requests: request_store,
             node_ids_by_uid: Default::default(),
         });
 
@@ -197,6 +208,7 @@ impl Session {
             result = providers_task => result?,
             result = events_task => result?,
             () = session_end => tracing::warn!("ZooKeeper session ended"),
+            _ = caches => tracing::warn!("a Kubernetes watch ended"),
         }
         Ok(())
     }
@@ -232,7 +244,7 @@ async fn resync_zookeeper(shared: &Arc<Shared>) -> Result<()> {
 async fn sync_components(shared: Arc<Shared>) -> Result<()> {
     let api: Api<Provider> = Api::namespaced(shared.kube.clone(), &shared.namespace);
     let (store, writer) = kube::runtime::reflector::store();
-    let mut events = kube::runtime::reflector(writer, watcher(api, watcher::Config::default())).boxed();
+    let mut events = kube::runtime::reflector(writer, watcher(api, crate::watch_config())).boxed();
     while let Some(event) = events.next().await {
         match event {
             // Wait for the whole initial list before registering anything.

@@ -9,8 +9,7 @@ use super::{Error, retry_after};
 use crate::{context::Context, scheduler::plan, status};
 
 pub async fn reconcile(label: Arc<Label>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.nodes.wait_until_ready().await.map_err(|e| Error(e.into()))?;
-    ctx.providers.wait_until_ready().await.map_err(|e| Error(e.into()))?;
+    ctx.caches_ready().await;
     let name = label.name_any();
     let nodes = ctx.nodes.state();
     let of_label = nodes.iter().filter(|n| n.spec.labels.contains(&name));

@@ -21,7 +21,7 @@ const REACHABLE: &str = "Reachable";
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(10);
 
 pub async fn reconcile(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.scheduler_wake.notify_one();
+    ctx.caches_ready().await; // providers are read from the cache
     if node.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

@@ -20,9 +20,8 @@ use super::{Error, retry_after};
 use crate::{context::Context, status};
 
 pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.scheduler_wake.notify_one();
     // Slots are counted from the node cache: it must hold every node before anything is created.
-    ctx.nodes.wait_until_ready().await.map_err(|e| Error(e.into()))?;
+    ctx.caches_ready().await;
     let name = provider.name_any();
     let nodes: Vec<Arc<PoolNode>> =
         ctx.nodes.state().into_iter().filter(|n| n.spec.provider == name).collect();

@@ -22,9 +22,7 @@ use plan::Decision;
 const IDLE_PASS: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: Arc<Context>) -> Result<()> {
-    ctx.providers.wait_until_ready().await?;
-    ctx.nodes.wait_until_ready().await?;
-    ctx.requests.wait_until_ready().await?;
+    ctx.caches_ready().await;
     tracing::info!("scheduler running");
     loop {
         let decisions =
