@@ -322,13 +322,7 @@ fn start(dir: &Path) -> Result<TestEnv> {
                 ca = ca_file.display(),
             ),
         )?;
-        let mut zookeeper = Command::new("java");
-        zookeeper
-            .args(["-Xmx256m", "-cp", &tools::zookeeper_classpath()?])
-            .arg(format!("-Dzookeeper.log.dir={}", logs.display()))
-            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
-            .arg(&zoo_cfg);
-        servers.push(process::spawn("zookeeper", zookeeper, &logs)?);
+        servers.push(spawn_zookeeper(dir)?);
 
         Ok(EnvInfo {
             dir: dir.to_path_buf(),
@@ -351,6 +345,43 @@ fn start(dir: &Path) -> Result<TestEnv> {
             }
             Err(error)
         }
+    }
+}
+
+/// Starts ZooKeeper on the configuration (and data) in `dir/zookeeper`.
+fn spawn_zookeeper(dir: &Path) -> Result<Server> {
+    let logs = dir.join("logs");
+    let mut zookeeper = Command::new("java");
+    zookeeper
+        .args(["-Xmx256m", "-cp", &tools::zookeeper_classpath()?])
+        .arg(format!("-Dzookeeper.log.dir={}", logs.display()))
+        .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+        .arg(dir.join("zookeeper/zoo.cfg"));
+    process::spawn("zookeeper", zookeeper, &logs)
+}
+
+impl TestEnv {
+    /// Stops ZooKeeper, keeps it down for `downtime`, and starts it again on the same data, as
+    /// a ZooKeeper restart in production would. Sessions whose timeout is shorter than the
+    /// downtime expire. Tests that use this must not share the environment with others running
+    /// at the same time (put them in a test binary of their own).
+    pub async fn restart_zookeeper(&mut self, downtime: Duration) -> Result<()> {
+        let dir = self.info.dir.clone();
+        let _lock = lock(&dir)?;
+        let index =
+            self.info.servers.iter().position(|s| s.name == "zookeeper").context("no zookeeper server")?;
+        self.info.servers[index].stop(Duration::from_secs(10));
+        tokio::time::sleep(downtime).await;
+        self.info.servers[index] = spawn_zookeeper(&dir)?;
+        fs::write(dir.join(ENV_FILE), serde_json::to_string_pretty(&self.info)?)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.zookeeper(None).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("ZooKeeper did not come back; see {}", dir.join("logs/zookeeper.log").display());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
     }
 }
 

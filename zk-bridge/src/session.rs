@@ -189,6 +189,12 @@ impl Session {
                     if event.session_state.is_terminated() {
                         return Ok::<_, anyhow::Error>(());
                     }
+                    if event.session_state == SessionState::SyncConnected {
+                        // Reconnected within the session: the watch is back, but what changed
+                        // while we were disconnected was not delivered. Read everything again.
+                        tracing::info!("reconnected to ZooKeeper; resyncing");
+                        resync_zookeeper(&shared).await?;
+                    }
                     continue;
                 }
                 dispatch(&shared, &event.path).await;
