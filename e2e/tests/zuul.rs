@@ -87,3 +87,49 @@ async fn node_data_zuul_reads_is_complete() -> Result<()> {
     assert!(component["id"].as_str().unwrap().starts_with("e2e-bridge-PoolWorker.lab-main-"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_waiting_request_says_why_in_its_status_and_events() -> Result<()> {
+    use k8s_openapi::api::core::v1::Event;
+    use kube::{Api, api::ListParams};
+    use nodepool_crds::{NodeRequest, conditions};
+
+    let stack = Stack::start("zuul-waiting").await?;
+    stack.apply_provider(stack.static_provider("lab", 1)).await?;
+    stack.wait_for_ready_nodes(2, Duration::from_secs(60)).await?;
+    let mut zuul = nodepool_e2e::zuul::Zuul::connect(&stack).await?;
+    let first = zuul.request(&["static-single"]).await?;
+    assert_eq!(zuul.wait(&first, 60).await?["state"], "fulfilled");
+    let second = zuul.request(&["static-single"]).await?; // the only node is taken
+
+    let requests: Api<NodeRequest> = Api::namespaced(stack.client.clone(), &stack.namespace);
+    let events: Api<Event> = Api::namespaced(stack.client.clone(), &stack.namespace);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (condition, event) = loop {
+        let request = requests.get_opt(&second).await?;
+        let condition = request
+            .and_then(|r| r.status)
+            .and_then(|s| conditions::find(&s.conditions, conditions::types::WAITING).cloned());
+        let listed =
+            events.list(&ListParams::default().fields(&format!("involvedObject.name={second}"))).await?;
+        let event = listed.items.into_iter().find(|e| e.reason.as_deref() == Some("NoFreeNodes"));
+        if (condition.is_some() && event.is_some()) || tokio::time::Instant::now() > deadline {
+            break (condition, event);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let condition = condition.context("no Waiting condition")?;
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "NoFreeNodes"));
+    assert!(
+        condition.message.contains("static-single") && condition.message.contains("lab/main"),
+        "{}",
+        condition.message
+    );
+    assert!(event.context("no NoFreeNodes event")?.message.unwrap_or_default().contains("static-single"));
+
+    // Freeing the node serves the waiting request.
+    zuul.run_build(&first).await?;
+    assert_eq!(zuul.wait(&second, 60).await?["state"], "fulfilled");
+    zuul.run_build(&second).await?;
+    Ok(())
+}

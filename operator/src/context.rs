@@ -2,7 +2,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use kube::{Api, runtime::reflector::Store};
+use kube::{
+    Api, Resource,
+    runtime::{
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::Store,
+    },
+};
 use nodepool_crds::{Label, NodeRequest, PoolNode, Provider};
 use tokio::sync::Notify;
 
@@ -29,6 +35,8 @@ pub struct Context {
     pub scheduler_wake: Arc<Notify>,
     /// True once the provider, node and request caches hold their initial lists.
     caches_ready: tokio::sync::watch::Receiver<bool>,
+    /// Publishes Kubernetes Events (shown by `kubectl describe`).
+    recorder: Recorder,
 }
 
 impl Context {
@@ -40,7 +48,12 @@ impl Context {
         labels: Store<Label>,
         caches_ready: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
+        let recorder = Recorder::new(
+            settings.client.clone(),
+            Reporter { controller: "nodepool-operator".into(), instance: None },
+        );
         Context {
+            recorder,
             client: settings.client,
             namespace: settings.namespace,
             max_hold_age: settings.max_hold_age,
@@ -67,6 +80,26 @@ impl Context {
             + std::fmt::Debug,
     {
         Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Publishes an Event about `object`; a failure to publish is logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Scheduling".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::debug!(%error, "publishing an event failed");
+        }
     }
 
     pub fn provider(&self, name: &str) -> Option<Arc<Provider>> {

@@ -72,10 +72,11 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Vec<Written>> {
             let generation = object.metadata.generation;
             conditions::set_condition(
                 &mut status.conditions,
-                conditions::condition(conditions::types::WAITING, true, reason, message, generation),
+                conditions::condition(conditions::types::WAITING, true, reason, message.clone(), generation),
             );
             status.observed_generation = generation;
             let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
+            ctx.event(&updated, false, reason, message).await;
             Ok(vec![Written::Request(request, updated.resource_version().unwrap_or_default())])
         }
         Decision::Decline { request, pools, message } => {
@@ -88,9 +89,16 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Vec<Written>> {
             let generation = object.metadata.generation;
             conditions::set_condition(
                 &mut status.conditions,
-                conditions::condition(conditions::types::WAITING, false, "Declined", message, generation),
+                conditions::condition(
+                    conditions::types::WAITING,
+                    false,
+                    "Declined",
+                    message.clone(),
+                    generation,
+                ),
             );
             let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
+            ctx.event(&updated, true, "Declined", message).await;
             Ok(vec![Written::Request(request, updated.resource_version().unwrap_or_default())])
         }
     }
