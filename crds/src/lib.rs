@@ -7,6 +7,7 @@
 //! | [`Image`]     | how to find a cloud image in each kind of cloud                      |
 //! | [`NodeRequest`] | one Zuul node request, mirrored from ZooKeeper                     |
 //! | [`PoolNode`]  | one node and its lifecycle                                           |
+//! | [`TenantLimit`] | how much one Zuul tenant may use at once                           |
 //!
 //! The generated CustomResourceDefinitions are checked in under `crds/generated/` and kept in
 //! sync by a test (`cargo run -p nodepool-crds --bin nodepool-crdgen` rewrites them).
@@ -18,6 +19,7 @@ pub mod label;
 pub mod node_request;
 pub mod pool_node;
 pub mod provider;
+pub mod tenant_limit;
 
 pub use common::{ConnectionSettings, ConnectionType, GoDuration, SecretKeyRef};
 pub use image::{Image, ImageSpec, ImageStatus};
@@ -27,6 +29,7 @@ pub use node_request::{
 };
 pub use pool_node::{NodeState, PoolNode, PoolNodeSpec, PoolNodeStatus, ZooKeeperView};
 pub use provider::{Driver, Provider, ProviderSpec, ProviderStatus};
+pub use tenant_limit::{TenantLimit, TenantLimitSpec, TenantLimitStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -53,7 +56,7 @@ pub mod labels {
 
 /// Every CustomResourceDefinition, in the order they are installed.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
-    vec![Provider::crd(), Label::crd(), Image::crd(), NodeRequest::crd(), PoolNode::crd()]
+    vec![Provider::crd(), Label::crd(), Image::crd(), NodeRequest::crd(), PoolNode::crd(), TenantLimit::crd()]
 }
 
 /// The file name under `crds/generated/` for a CRD, e.g. `providers.nodepool.dev.yaml`.

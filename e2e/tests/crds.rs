@@ -36,6 +36,7 @@ async fn every_crd_is_established_with_status_subresource_and_short_names() -> R
         ("images.nodepool.dev", "npi"),
         ("noderequests.nodepool.dev", "npr"),
         ("poolnodes.nodepool.dev", "npn"),
+        ("tenantlimits.nodepool.dev", "nptl"),
     ] {
         let crd = api.get(name).await?;
         let status = crd.status.context("CRD has no status")?;

@@ -133,3 +133,42 @@ async fn a_waiting_request_says_why_in_its_status_and_events() -> Result<()> {
     zuul.run_build(&second).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_tenant_at_its_limit_waits_while_others_are_served() -> Result<()> {
+    use kube::{
+        Api,
+        api::{Patch, PatchParams},
+    };
+    use nodepool_crds::TenantLimit;
+    use serde_json::json;
+
+    let stack = Stack::start("zuul-tenant-limit").await?;
+    stack.apply_provider(stack.static_provider("lab", 3)).await?;
+    stack.wait_for_ready_nodes(4, Duration::from_secs(60)).await?;
+    let limits: Api<TenantLimit> = Api::namespaced(stack.client.clone(), &stack.namespace);
+    let limit = json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "TenantLimit", "metadata": {"name": "tenant-one"},
+                       "spec": {"tenant": "tenant-one", "maxServers": 1}});
+    limits.patch("tenant-one", &PatchParams::apply("e2e"), &Patch::Apply(&limit)).await?;
+
+    let mut zuul = nodepool_e2e::zuul::Zuul::connect(&stack).await?;
+    let request = |tenant: &str| json!({"labels": ["static-label"], "tenant": tenant});
+    let first = zuul.call("request", request("tenant-one")).await?["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(zuul.wait(&first, 60).await?["state"], "fulfilled");
+    let second =
+        zuul.call("request", request("tenant-one")).await?["request_id"].as_str().unwrap().to_owned();
+    let other = zuul.call("request", request("tenant-two")).await?["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(zuul.wait(&other, 60).await?["state"], "fulfilled", "another tenant is not held back");
+
+    let waiting = zuul.call("get_request", json!({"request_id": second})).await?;
+    assert_eq!(waiting["data"]["state"], "requested", "{waiting}");
+    let declined = &waiting["data"]["declined_by"];
+    assert!(declined.is_null() || declined == &json!([]), "tenant quota never declines: {waiting}");
+
+    // Once tenant-one's first build returns its node, the waiting request is served.
+    zuul.run_build(&first).await?;
+    assert_eq!(zuul.wait(&second, 60).await?["state"], "fulfilled");
+    zuul.run_build(&second).await?;
+    zuul.run_build(&other).await?;
+    Ok(())
+}

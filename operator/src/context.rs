@@ -9,7 +9,7 @@ use kube::{
         reflector::Store,
     },
 };
-use nodepool_crds::{Label, NodeRequest, PoolNode, Provider};
+use nodepool_crds::{Label, NodeRequest, PoolNode, Provider, TenantLimit};
 use tokio::sync::Notify;
 
 /// Configuration of the operator.
@@ -31,6 +31,7 @@ pub struct Context {
     pub nodes: Store<PoolNode>,
     pub requests: Store<NodeRequest>,
     pub labels: Store<Label>,
+    pub tenant_limits: Store<TenantLimit>,
     /// Wakes the scheduler for another pass.
     pub scheduler_wake: Arc<Notify>,
     /// True once the provider, node and request caches hold their initial lists.
@@ -46,6 +47,7 @@ impl Context {
         nodes: Store<PoolNode>,
         requests: Store<NodeRequest>,
         labels: Store<Label>,
+        tenant_limits: Store<TenantLimit>,
         caches_ready: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         let recorder = Recorder::new(
@@ -61,6 +63,7 @@ impl Context {
             nodes,
             requests,
             labels,
+            tenant_limits,
             scheduler_wake: Arc::new(Notify::new()),
             caches_ready,
         }

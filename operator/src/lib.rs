@@ -18,7 +18,7 @@ use kube::{
     Api,
     runtime::{Controller, reflector, watcher},
 };
-use nodepool_crds::{Label, NodeRequest, PoolNode, Provider};
+use nodepool_crds::{Label, NodeRequest, PoolNode, Provider, TenantLimit};
 
 pub use context::{Context, Settings};
 
@@ -30,10 +30,12 @@ pub async fn run(settings: Settings) -> Result<()> {
     let nodes: Api<PoolNode> = Api::namespaced(client.clone(), &namespace);
     let requests: Api<NodeRequest> = Api::namespaced(client.clone(), &namespace);
     let labels: Api<Label> = Api::namespaced(client.clone(), &namespace);
+    let tenant_limits: Api<TenantLimit> = Api::namespaced(client.clone(), &namespace);
 
     let provider_controller = Controller::new(providers.clone(), crate::watch_config());
     let node_controller = Controller::new(nodes.clone(), crate::watch_config());
     let label_controller = Controller::new(labels, crate::watch_config());
+    let tenant_limit_controller = Controller::new(tenant_limits, crate::watch_config());
 
     // The caches the scheduler and the reconcilers read. They are separate from the controllers'
     // own stores on purpose: a store's `wait_until_ready` wakes only one waiter, and each
@@ -48,6 +50,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         node_store.clone(),
         request_store.clone(),
         label_controller.store(),
+        tenant_limit_controller.store(),
         caches_ready,
     ));
 
@@ -79,6 +82,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     let node_task = node_controller
         .run(controllers::pool_node::reconcile, controllers::pool_node::error_policy, context.clone())
         .for_each(log_controller_error);
+    let tenant_limit_task = tenant_limit_controller
+        .run(controllers::tenant_limit::reconcile, controllers::tenant_limit::error_policy, context.clone())
+        .for_each(log_controller_error);
     let label_task = label_controller
         .run(controllers::label::reconcile, controllers::label::error_policy, context.clone())
         .for_each(log_controller_error);
@@ -90,6 +96,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         () = provider_task => tracing::warn!("Provider controller ended"),
         () = node_task => tracing::warn!("PoolNode controller ended"),
         () = label_task => tracing::warn!("Label controller ended"),
+        () = tenant_limit_task => tracing::warn!("TenantLimit controller ended"),
         result = scheduler_task => result?,
     }
     Ok(())

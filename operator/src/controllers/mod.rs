@@ -4,6 +4,7 @@
 pub mod label;
 pub mod pool_node;
 pub mod provider;
+pub mod tenant_limit;
 
 use std::time::Duration;
 

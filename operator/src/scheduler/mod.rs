@@ -25,8 +25,10 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
     ctx.caches_ready().await;
     tracing::info!("scheduler running");
     loop {
+        let nodes = ctx.nodes.state();
+        let mut tenants = plan::tenant_budgets(&ctx.tenant_limits.state(), &nodes);
         let decisions =
-            plan::plan(&ctx.requests.state(), &ctx.nodes.state(), &plan::pools(&ctx.providers.state()));
+            plan::plan(&ctx.requests.state(), &nodes, &plan::pools(&ctx.providers.state()), &mut tenants);
         let mut written = Vec::new();
         for decision in decisions {
             match apply(&ctx, decision).await {

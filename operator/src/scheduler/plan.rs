@@ -13,7 +13,10 @@ use std::{
 };
 
 use kube::ResourceExt;
-use nodepool_crds::{NodeRequest, NodeRequestState, NodeState, PoolNode, Provider, conditions};
+use nodepool_crds::{
+    NodeRequest, NodeRequestState, NodeState, PoolNode, Provider, TenantLimit, conditions,
+    provider::{ResourceLimits, ResourceUsage},
+};
 
 /// What the scheduler does with one request in this pass.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,6 +39,62 @@ pub struct PoolView {
     /// False when the provider is paused or not Ready: the pool keeps its labels (so requests
     /// are not declined) but takes nothing new.
     pub usable: bool,
+}
+
+/// What one tenant may use and uses, as the scheduler tracks it through a pass.
+#[derive(Clone, Debug)]
+pub struct TenantBudget {
+    pub tenant: String,
+    pub limits: ResourceLimits,
+    pub used: ResourceUsage,
+}
+
+impl TenantBudget {
+    /// Whether `more` still fits.
+    fn fits(&self, more: &ResourceUsage) -> bool {
+        let within =
+            |limit: Option<u64>, used: u64, more: u64| limit.is_none_or(|limit| used + more <= limit);
+        within(self.limits.max_servers.map(u64::from), self.used.servers.into(), more.servers.into())
+            && within(self.limits.max_cores.map(u64::from), self.used.cores.into(), more.cores.into())
+            && within(self.limits.max_ram, self.used.ram, more.ram)
+    }
+
+    fn add(&mut self, more: &ResourceUsage) {
+        self.used.servers += more.servers;
+        self.used.cores += more.cores;
+        self.used.ram += more.ram;
+    }
+}
+
+/// What a set of nodes holds against quota: one server each, plus their cores and memory.
+pub fn footprint<'a>(nodes: impl IntoIterator<Item = &'a PoolNode>) -> ResourceUsage {
+    let mut usage = ResourceUsage::default();
+    for node in nodes {
+        usage.servers += 1;
+        if let Some(resources) = node.status.as_ref().and_then(|s| s.resources.as_ref()) {
+            usage.cores += resources.cores;
+            usage.ram += resources.ram;
+        }
+    }
+    usage
+}
+
+/// Every tenant's limits with what its nodes hold now (any provider, any state).
+pub fn tenant_budgets(
+    limits: &[std::sync::Arc<TenantLimit>],
+    nodes: &[std::sync::Arc<PoolNode>],
+) -> Vec<TenantBudget> {
+    limits
+        .iter()
+        .map(|limit| {
+            let tenant = limit.spec.tenant.clone();
+            let held = nodes.iter().map(|n| n.as_ref()).filter(|n| {
+                n.status.as_ref().and_then(|s| s.tenant.as_deref()) == Some(tenant.as_str())
+                    && n.status.as_ref().is_none_or(|s| s.state != NodeState::Deleted)
+            });
+            TenantBudget { used: footprint(held), limits: limit.spec.limits.clone(), tenant }
+        })
+        .collect()
 }
 
 /// Every pool of every Provider.
@@ -95,6 +154,7 @@ pub fn plan(
     requests: &[std::sync::Arc<NodeRequest>],
     nodes: &[std::sync::Arc<PoolNode>],
     pools: &[PoolView],
+    tenants: &mut [TenantBudget],
 ) -> Vec<Decision> {
     let mut open: Vec<&NodeRequest> = requests.iter().map(|r| r.as_ref()).filter(|r| is_open(r)).collect();
     open.sort_by(|a, b| request_order(a, b));
@@ -144,6 +204,20 @@ pub fn plan(
                 assigned = Some((pool, chosen));
                 break;
             }
+        }
+        // A tenant at its limit waits (Nodepool never declines for tenant quota).
+        let budget = request.spec.tenant.as_ref().and_then(|t| tenants.iter_mut().find(|b| &b.tenant == t));
+        if let (Some((_, chosen)), Some(budget)) = (&assigned, budget) {
+            let need = footprint(chosen.iter().copied());
+            if !budget.fits(&need) {
+                let message = format!(
+                    "tenant {} is at its limit (uses {} servers, {} cores, {} MiB)",
+                    budget.tenant, budget.used.servers, budget.used.cores, budget.used.ram
+                );
+                decisions.push(Decision::Wait { request: name, reason: "TenantLimit", message });
+                continue;
+            }
+            budget.add(&need);
         }
         match assigned {
             Some((pool, chosen)) => {
@@ -228,7 +302,7 @@ mod tests {
             request("200-0000000004", &["l"], 0),
         ];
         let nodes = [node("n1", "p", &["l"]), node("n2", "p", &["l"])];
-        let decisions = plan(&requests, &nodes, &[pool("p", 100, &["l"])]);
+        let decisions = plan(&requests, &nodes, &[pool("p", 100, &["l"])], &mut []);
         let served: Vec<&str> = decisions
             .iter()
             .filter_map(|d| match d {
@@ -249,7 +323,8 @@ mod tests {
             node("b2", "p", &["b"]),
             node("x", "q", &["a"]),
         ];
-        let decisions = plan(&requests, &nodes, &[pool("p", 100, &["a", "b"]), pool("q", 100, &["a"])]);
+        let decisions =
+            plan(&requests, &nodes, &[pool("p", 100, &["a", "b"]), pool("q", 100, &["a"])], &mut []);
         assert_eq!(
             decisions,
             [Decision::Assign {
@@ -264,7 +339,7 @@ mod tests {
     #[test]
     fn unknown_label_is_declined_and_a_busy_one_waits() {
         let requests = [request("100-0000000001", &["nope"], 0), request("100-0000000002", &["l"], 0)];
-        let decisions = plan(&requests, &[], &[pool("p", 100, &["l"])]);
+        let decisions = plan(&requests, &[], &[pool("p", 100, &["l"])], &mut []);
         assert!(matches!(&decisions[0], Decision::Decline { message, .. } if message.contains("nope")));
         assert!(matches!(&decisions[1], Decision::Wait { .. }));
     }
@@ -273,13 +348,44 @@ mod tests {
     fn preferred_provider_then_pool_priority() {
         let nodes = [node("p1", "p", &["l"]), node("q1", "q", &["l"])];
         let pools = [pool("p", 10, &["l"]), pool("q", 20, &["l"])];
-        let plain = plan(&[request("100-0000000001", &["l"], 0)], &nodes, &pools);
+        let plain = plan(&[request("100-0000000001", &["l"], 0)], &nodes, &pools, &mut []);
         assert!(matches!(&plain[0], Decision::Assign { provider, .. } if provider == "p"));
 
         let mut preferring_q = (*request("100-0000000002", &["l"], 0)).clone();
         preferring_q.spec.preferred_provider = Some("q".into());
-        let preferred = plan(&[Arc::new(preferring_q)], &nodes, &pools);
+        let preferred = plan(&[Arc::new(preferring_q)], &nodes, &pools, &mut []);
         assert!(matches!(&preferred[0], Decision::Assign { provider, .. } if provider == "q"));
+    }
+
+    #[test]
+    fn a_tenant_at_its_limit_waits_and_others_are_served() {
+        let mut held = (*node("busy", "p", &["l"])).clone();
+        held.status.as_mut().unwrap().tenant = Some("t1".into());
+        held.status.as_mut().unwrap().allocated_to = Some("100-0000000000".into());
+        let nodes = [Arc::new(held), node("n1", "p", &["l"]), node("n2", "p", &["l"])];
+        let limit = TenantLimit::new(
+            "t1",
+            nodepool_crds::TenantLimitSpec {
+                tenant: "t1".into(),
+                limits: ResourceLimits { max_servers: Some(2), ..Default::default() },
+            },
+        );
+        let mut budgets = tenant_budgets(&[Arc::new(limit)], &nodes);
+        assert_eq!(budgets[0].used.servers, 1);
+        let tenant_request = |id: &str, tenant: &str| {
+            let mut r = (*request(id, &["l"], 0)).clone();
+            r.spec.tenant = Some(tenant.into());
+            Arc::new(r)
+        };
+        let requests = [
+            tenant_request("100-0000000001", "t1"),
+            tenant_request("100-0000000002", "t1"),
+            tenant_request("100-0000000003", "t2"),
+        ];
+        let decisions = plan(&requests, &nodes, &[pool("p", 100, &["l"])], &mut budgets);
+        assert!(matches!(&decisions[0], Decision::Assign { .. }), "{decisions:?}");
+        assert!(matches!(&decisions[1], Decision::Wait { reason: "TenantLimit", .. }), "{decisions:?}");
+        assert!(matches!(&decisions[2], Decision::Assign { .. }), "t2 has no limit: {decisions:?}");
     }
 
     #[test]
