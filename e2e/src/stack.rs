@@ -96,7 +96,10 @@ impl Stack {
             .env("NODEPOOL_ZOOKEEPER_TLS_CA", &zk.tls_ca)
             .env("NODEPOOL_ZOOKEEPER_TLS_CERT", &zk.tls_cert)
             .env("NODEPOOL_ZOOKEEPER_TLS_KEY", &zk.tls_key)
-            .env("NODEPOOL_HOSTNAME", "e2e-bridge");
+            .env("NODEPOOL_HOSTNAME", "e2e-bridge")
+            // Tests cannot wait Nodepool's 60 s and 8 h: clean up every second.
+            .env("NODEPOOL_CLEANUP_INTERVAL", "1")
+            .env("NODEPOOL_REQUEST_LOCK_MAX_AGE", "1");
         self.bridge = Some(process::spawn("bridge", command, &self.logs())?);
         Ok(())
     }

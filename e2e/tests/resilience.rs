@@ -141,3 +141,46 @@ async fn malformed_requests_fail_or_are_ignored_without_harm() -> Result<()> {
     assert!(stack.bridge.as_ref().is_some_and(|b| b.is_running()), "the bridge survived");
     Ok(())
 }
+
+#[tokio::test]
+async fn debris_is_cleaned_up() -> Result<()> {
+    let stack = ready_stack("cleanup").await?;
+    let zk = stack.env.zookeeper(Some(&stack.chroot)).await?;
+    let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+
+    // A node znode without data (what a lock on a just-deleted node leaves behind).
+    zk.create("/nodepool/nodes/12345", b"", &persistent).await?;
+    // The lock directory of a request that no longer exists.
+    zk.mkdir("/nodepool/requests-lock/200-0000099999", &persistent).await?;
+    // A served request keeps its lock directory until the request is deleted.
+    let mut zuul = Zuul::connect(&stack).await?;
+    let request = zuul.request(&["static-label"]).await?;
+    assert_eq!(zuul.wait(&request, WAIT).await?["state"], "fulfilled");
+    let lock_dir = format!("/nodepool/requests-lock/{request}");
+    assert!(
+        zk.check_stat(&lock_dir).await?.is_some(),
+        "the request lock directory exists while the request does"
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let empty_node = zk.check_stat("/nodepool/nodes/12345").await?;
+        let orphan_lock = zk.check_stat("/nodepool/requests-lock/200-0000099999").await?;
+        if empty_node.is_none() && orphan_lock.is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "debris left: node {empty_node:?}, lock {orphan_lock:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Accepting deletes the request; then its lock directory goes too.
+    zuul.run_build(&request).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while zk.check_stat(&lock_dir).await?.is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "lock directory of a deleted request was kept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}

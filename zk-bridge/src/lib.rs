@@ -6,6 +6,7 @@
 //! - [`nodes`]: `PoolNode` → `/nodepool/nodes/<id>`, and what Zuul writes to a node back.
 //! - [`session`]: one ZooKeeper session: full resync, then event-driven until the session ends.
 
+pub mod cleanup;
 pub mod components;
 pub mod nodes;
 pub mod requests;

@@ -1,5 +1,7 @@
 //! `nodepool-zk-bridge`: serves Zuul's ZooKeeper protocol from nodepool.dev custom resources.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use clap::Parser;
 use nodepool_zk_bridge::{Settings, zk::ZooKeeperConfig};
@@ -16,6 +18,12 @@ struct Cli {
     /// Log as JSON lines.
     #[arg(long, env = "NODEPOOL_LOG_JSON")]
     log_json: bool,
+    /// Seconds between ZooKeeper cleanup passes (orphaned lock directories, empty node znodes).
+    #[arg(long, env = "NODEPOOL_CLEANUP_INTERVAL", default_value_t = 60)]
+    cleanup_interval: u64,
+    /// Seconds after which the lock directory of a deleted request is removed (Nodepool: 8 h).
+    #[arg(long, env = "NODEPOOL_REQUEST_LOCK_MAX_AGE", default_value_t = 8 * 3600)]
+    request_lock_max_age: u64,
     #[command(flatten)]
     zookeeper: ZooKeeperConfig,
 }
@@ -32,7 +40,11 @@ async fn main() -> Result<()> {
     });
     let kube = kube::Client::try_default().await?;
     tracing::info!(namespace = %cli.namespace, zookeeper = %cli.zookeeper.hosts, "starting nodepool-zk-bridge");
-    let settings = Settings { kube, namespace: cli.namespace, zookeeper: cli.zookeeper, hostname };
+    let cleanup = nodepool_zk_bridge::cleanup::CleanupSettings {
+        interval: Duration::from_secs(cli.cleanup_interval),
+        request_lock_max_age: Duration::from_secs(cli.request_lock_max_age),
+    };
+    let settings = Settings { kube, namespace: cli.namespace, zookeeper: cli.zookeeper, hostname, cleanup };
     tokio::select! {
         result = nodepool_zk_bridge::run(settings) => result,
         () = shutdown_signal() => {

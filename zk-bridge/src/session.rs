@@ -32,6 +32,7 @@ pub struct Settings {
     pub zookeeper: ZooKeeperConfig,
     /// Host name used in pool-component names and ids.
     pub hostname: String,
+    pub cleanup: crate::cleanup::CleanupSettings,
 }
 
 /// State shared by the tasks of one session.
@@ -177,6 +178,7 @@ impl Session {
             .run(requests::reconcile, requests::error_policy, shared.clone())
             .for_each(|_| async {});
         let providers_task = sync_components(shared.clone());
+        let cleanup_task = crate::cleanup::run(shared.clone(), settings.cleanup);
 
         let events_task = async {
             shared.pool_nodes.wait_until_ready().await.context("PoolNode cache")?;
@@ -212,6 +214,7 @@ impl Session {
             () = nodes_task => tracing::warn!("PoolNode controller stopped"),
             () = requests_task => tracing::warn!("NodeRequest controller stopped"),
             result = providers_task => result?,
+            result = cleanup_task => result?,
             result = events_task => result?,
             () = session_end => tracing::warn!("ZooKeeper session ended"),
             _ = caches => tracing::warn!("a Kubernetes watch ended"),

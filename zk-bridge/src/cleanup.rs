@@ -1,0 +1,78 @@
+//! Periodic ZooKeeper housekeeping, as Nodepool's CleanupWorker does (zk-protocol.md §4.5, §6.7):
+//!
+//! - request-lock directories whose request is gone and which have not changed for a while
+//!   (Nodepool: 8 hours) are removed;
+//! - node znodes with empty data (left by a lock taken on a node just deleted) are removed.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Result;
+
+use crate::{
+    session::Shared,
+    zk::{self, lock, paths},
+};
+
+/// How often and how strictly to clean up.
+#[derive(Clone, Copy, Debug)]
+pub struct CleanupSettings {
+    pub interval: Duration,
+    /// Age after which an orphaned request-lock directory is removed.
+    pub request_lock_max_age: Duration,
+}
+
+impl Default for CleanupSettings {
+    fn default() -> Self {
+        CleanupSettings {
+            interval: Duration::from_secs(60),
+            request_lock_max_age: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+pub async fn run(shared: Arc<Shared>, settings: CleanupSettings) -> Result<()> {
+    loop {
+        tokio::time::sleep(settings.interval).await;
+        if let Err(error) = pass(&shared, settings).await {
+            tracing::warn!(error = format!("{error:#}"), "ZooKeeper cleanup pass failed");
+        }
+    }
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
+async fn pass(shared: &Shared, settings: CleanupSettings) -> Result<()> {
+    let requests: std::collections::HashSet<String> =
+        shared.zk.list_children(paths::REQUESTS).await?.into_iter().collect();
+    for id in shared.zk.list_children(paths::REQUEST_LOCKS).await? {
+        if requests.contains(&id) {
+            continue;
+        }
+        let dir = paths::request_lock(&id);
+        let Some(stat) = shared.zk.check_stat(&dir).await? else { continue };
+        let age = Duration::from_millis((now_millis() - stat.mtime).max(0) as u64);
+        if age >= settings.request_lock_max_age && lock::contenders(&shared.zk, &dir).await?.is_empty() {
+            tracing::info!(request = %id, "removing the lock directory of a request that is gone");
+            zk::delete_recursive(&shared.zk, &dir).await?;
+        }
+    }
+    for id in shared.zk.list_children(paths::NODES).await? {
+        let path = paths::node(&id);
+        match shared.zk.get_data(&path).await {
+            Ok((data, _)) if data.is_empty() => {
+                if lock::contenders(&shared.zk, &paths::node_lock(&id)).await?.is_empty() {
+                    tracing::info!(node_id = %id, "removing a node znode without data");
+                    zk::delete_recursive(&shared.zk, &path).await?;
+                }
+            }
+            Ok(_) | Err(zookeeper_client::Error::NoNode) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
