@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use futures::StreamExt;
+use kube::runtime::WatchStreamExt;
 use kube::{
     Api,
     runtime::{Controller, reflector, watcher},
@@ -56,11 +57,11 @@ pub async fn run(settings: Settings) -> Result<()> {
 
     // Every change to requests, nodes or providers is a reason for another scheduling pass.
     let cache_tasks = futures::future::join3(
-        reflector::reflector(provider_writer, watcher(providers, crate::watch_config()))
+        reflector::reflector(provider_writer, watcher(providers, crate::watch_config()).default_backoff())
             .for_each(wake_scheduler(context.scheduler_wake.clone())),
-        reflector::reflector(node_writer, watcher(nodes.clone(), crate::watch_config()))
+        reflector::reflector(node_writer, watcher(nodes.clone(), crate::watch_config()).default_backoff())
             .for_each(wake_scheduler(context.scheduler_wake.clone())),
-        reflector::reflector(request_writer, watcher(requests, crate::watch_config()))
+        reflector::reflector(request_writer, watcher(requests, crate::watch_config()).default_backoff())
             .for_each(wake_scheduler(context.scheduler_wake.clone())),
     );
     // The one waiter on those stores; everyone else waits on `caches_ready`.
