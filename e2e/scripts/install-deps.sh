@@ -39,6 +39,10 @@ if ! "$cache/venv-zuul/bin/python" -c "import zuul, importlib.metadata as m; ass
   "$cache/venv-zuul/bin/pip" install -q "zuul==$zuul_version"
 fi
 
+# Nodepool 11's own launcher, for the side-by-side test and the benchmark (idempotent).
+stage "nodepool 11.0.0 (PyPI)"
+NODEPOOL_CACHE="$cache" python3 "$here/../zuul/nodepool_static.py" install --venv "$cache/venv-nodepool" >/dev/null
+
 # etcd, kube-apiserver and kube-controller-manager, built from the pinned Go modules.
 stage "control-plane binaries (go build, cached by go.sum)"
 NODEPOOL_CACHE="$cache" "$here/../k8s-tools/build.sh" >/dev/null

@@ -150,12 +150,14 @@ impl Session {
         let caches = futures::future::join(
             kube::runtime::reflector(
                 node_writer,
-                watcher(Api::<PoolNode>::namespaced(kube.clone(), &namespace), crate::watch_config()).default_backoff(),
+                watcher(Api::<PoolNode>::namespaced(kube.clone(), &namespace), crate::watch_config())
+                    .default_backoff(),
             )
             .for_each(|_| std::future::ready(())),
             kube::runtime::reflector(
                 request_writer,
-                watcher(Api::<NodeRequest>::namespaced(kube.clone(), &namespace), crate::watch_config()).default_backoff(),
+                watcher(Api::<NodeRequest>::namespaced(kube.clone(), &namespace), crate::watch_config())
+                    .default_backoff(),
             )
             .for_each(|_| std::future::ready(())),
         );
@@ -254,7 +256,8 @@ async fn resync_zookeeper(shared: &Arc<Shared>) -> Result<()> {
 async fn sync_components(shared: Arc<Shared>) -> Result<()> {
     let api: Api<Provider> = Api::namespaced(shared.kube.clone(), &shared.namespace);
     let (store, writer) = kube::runtime::reflector::store();
-    let mut events = kube::runtime::reflector(writer, watcher(api, crate::watch_config()).default_backoff()).boxed();
+    let mut events =
+        kube::runtime::reflector(writer, watcher(api, crate::watch_config()).default_backoff()).boxed();
     while let Some(event) = events.next().await {
         match event {
             // Wait for the whole initial list before registering anything.
