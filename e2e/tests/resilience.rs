@@ -184,3 +184,22 @@ async fn debris_is_cleaned_up() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn nodes_of_a_request_cancelled_after_fulfilment_are_released() -> Result<()> {
+    let stack = ready_stack("cancel-fulfilled").await?;
+    let mut zuul = Zuul::connect(&stack).await?;
+    // static-single has exactly one node: the second request can only get it back.
+    let first = zuul.request(&["static-single"]).await?;
+    let outcome = zuul.wait(&first, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    let node = outcome["nodes"][0].as_str().context("node id")?.to_owned();
+    zuul.call("cancel", json!({"request_id": first})).await?; // the build was dequeued
+
+    let second = zuul.request(&["static-single"]).await?;
+    let outcome = zuul.wait(&second, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    assert_eq!(outcome["nodes"][0], node.as_str(), "the released node is handed out again");
+    zuul.run_build(&second).await?;
+    Ok(())
+}

@@ -61,8 +61,11 @@ pub async fn run(settings: Settings) -> Result<()> {
             .for_each(wake_scheduler(context.scheduler_wake.clone())),
         reflector::reflector(node_writer, watcher(nodes.clone(), crate::watch_config()).default_backoff())
             .for_each(wake_scheduler(context.scheduler_wake.clone())),
-        reflector::reflector(request_writer, watcher(requests, crate::watch_config()).default_backoff())
-            .for_each(wake_scheduler(context.scheduler_wake.clone())),
+        reflector::reflector(
+            request_writer,
+            watcher(requests.clone(), crate::watch_config()).default_backoff(),
+        )
+        .for_each(wake_scheduler(context.scheduler_wake.clone())),
     );
     // The one waiter on those stores; everyone else waits on `caches_ready`.
     let gate = async move {
@@ -80,7 +83,24 @@ pub async fn run(settings: Settings) -> Result<()> {
         .owns(nodes, crate::watch_config())
         .run(controllers::provider::reconcile, controllers::provider::error_policy, context.clone())
         .for_each(log_controller_error);
+    // A request that goes away (Zuul cancelled or accepted it) is a reason to look at the nodes
+    // reserved for it: unless Zuul holds them, they are released.
+    let reserved_for = {
+        let nodes = context.nodes.clone();
+        move |request: NodeRequest| {
+            nodes
+                .state()
+                .into_iter()
+                .filter(|node| {
+                    node.status.as_ref().and_then(|s| s.allocated_to.as_deref())
+                        == Some(request.spec.request_id.as_str())
+                })
+                .map(|node| kube::runtime::reflector::ObjectRef::from_obj(node.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
     let node_task = node_controller
+        .watches(requests.clone(), crate::watch_config(), reserved_for)
         .run(controllers::pool_node::reconcile, controllers::pool_node::error_policy, context.clone())
         .for_each(log_controller_error);
     let tenant_limit_task = tenant_limit_controller
