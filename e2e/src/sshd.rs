@@ -14,6 +14,7 @@ use crate::process::{self, Server};
 pub struct Sshd {
     pub port: u16,
     pub server: Server,
+    dir: PathBuf,
     /// The server's public host keys as `<type> <base64>`, to compare with what a scan finds.
     pub host_keys: Vec<String>,
 }
@@ -57,12 +58,28 @@ impl Sshd {
             text.push_str(&format!("HostKey {}\n", key.display()));
         }
         fs::write(&config, text)?;
-        let mut command = Command::new("/usr/sbin/sshd");
-        command.arg("-D").arg("-e").arg("-f").arg(&config);
-        let server = process::spawn("sshd", command, &dir.join("logs"))?;
-        process::wait_for_port(&server, port, Duration::from_secs(10))?;
-        Ok(Sshd { port, server, host_keys })
+        let server = serve(dir, port)?;
+        Ok(Sshd { port, server, dir: dir.to_path_buf(), host_keys })
     }
+
+    /// Stops the server (the host "goes down").
+    pub fn stop(&self) {
+        self.server.stop(Duration::from_secs(2));
+    }
+
+    /// Starts the server again on the same port with the same keys.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.server = serve(&self.dir, self.port)?;
+        Ok(())
+    }
+}
+
+fn serve(dir: &Path, port: u16) -> Result<Server> {
+    let mut command = Command::new("/usr/sbin/sshd");
+    command.arg("-D").arg("-e").arg("-f").arg(dir.join("sshd_config"));
+    let server = process::spawn("sshd", command, &dir.join("logs"))?;
+    process::wait_for_port(&server, port, Duration::from_secs(10))?;
+    Ok(server)
 }
 
 impl Drop for Sshd {

@@ -203,3 +203,66 @@ async fn nodes_of_a_request_cancelled_after_fulfilment_are_released() -> Result<
     zuul.run_build(&second).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_unreachable_static_host_is_taken_out_until_it_answers() -> Result<()> {
+    use kube::Api;
+    use nodepool_crds::{NodeState, PoolNode, conditions};
+    use nodepool_e2e::sshd::Sshd;
+
+    let stack = Stack::start("unreachable").await?;
+    let mut flaky = Sshd::start(&stack.dir.join("sshd-flaky"))?;
+    stack
+        .apply_provider(json!({
+            "apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "lab"},
+            "spec": {"driver": "static", "pools": [{"name": "main", "hosts": [
+                {"name": "127.0.0.1", "labels": ["static-label"], "connectionPort": stack.sshd.port},
+                {"name": "localhost", "labels": ["flaky"], "connectionPort": flaky.port, "timeout": "1s"},
+            ]}]},
+        }))
+        .await?;
+    stack.wait_for_ready_nodes(2, Duration::from_secs(60)).await?;
+
+    flaky.stop(); // the host goes down while its node is ready
+    let mut zuul = Zuul::connect(&stack).await?;
+    let waiting = zuul.request(&["flaky"]).await?;
+    let nodes: Api<PoolNode> = Api::namespaced(stack.client.clone(), &stack.namespace);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let flaky_nodes: Vec<PoolNode> = nodes
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|n| n.spec.labels == ["flaky"])
+            .collect();
+        let unreachable = flaky_nodes.iter().any(|n| {
+            n.status.as_ref().is_some_and(|s| {
+                s.state == NodeState::Init
+                    && conditions::find(&s.conditions, "Reachable").is_some_and(|c| c.status == "False")
+            })
+        });
+        if unreachable {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead host's node was not taken out: {flaky_nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let state = zuul.call("get_request", json!({"request_id": waiting})).await?;
+    assert_eq!(state["data"]["state"], "requested", "a dead host's node must not be handed out: {state}");
+
+    // Other hosts are not held up.
+    let other = zuul.request(&["static-label"]).await?;
+    assert_eq!(zuul.wait(&other, WAIT).await?["state"], "fulfilled");
+    zuul.run_build(&other).await?;
+
+    // Once the host answers again, its slot is registered and the waiting request served.
+    flaky.start_again()?;
+    let outcome = zuul.wait(&waiting, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    zuul.run_build(&waiting).await?;
+    Ok(())
+}

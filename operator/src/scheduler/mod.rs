@@ -123,6 +123,9 @@ async fn assign(
     names: Vec<String>,
 ) -> Result<Vec<Written>> {
     let Some(object) = cached(&ctx.requests, ctx, request) else { return Ok(vec![]) };
+    if !static_hosts_answer(ctx, &names).await? {
+        return Ok(vec![]); // decided again next pass, without the unreachable nodes
+    }
     let mut written = Vec::new();
     let mut allocated: Vec<PoolNode> = Vec::new();
     let result = async {
@@ -172,6 +175,44 @@ async fn assign(
     tracing::info!(request = %request, nodes = ?names, %provider, %pool, "request assigned");
     Ok(written)
 }
+
+/// Checks, just before hand-out, that the static hosts among `names` still answer (when their
+/// host keys are checked; Nodepool does no liveness check without). A node whose host does not
+/// answer is taken out: deleted, so its slot is registered again, and handed out, only once the
+/// host answers a key scan again.
+async fn static_hosts_answer(ctx: &Context, names: &[String]) -> Result<bool> {
+    let checks = names.iter().filter_map(|name| {
+        let node = cached(&ctx.nodes, ctx, name)?;
+        let slot = node.spec.static_host.clone()?;
+        let provider = ctx.provider(&node.spec.provider)?;
+        let (pool, host) = nodepool_driver_static::find_host(&provider, &node.spec.pool, &slot.host)?;
+        if !nodepool_driver_static::host_key_checking(pool, host) {
+            return None;
+        }
+        let port = nodepool_driver_static::connection(host).connection_port.unwrap_or(22);
+        Some(async move {
+            let result = nodepool_driver_static::check_reachable(&slot.host, port, HAND_OUT_CHECK).await;
+            (node, result)
+        })
+    });
+    let mut all_answer = true;
+    for (node, result) in futures::future::join_all(checks).await {
+        if let Err(error) = result {
+            all_answer = false;
+            tracing::warn!(node = %node.name_any(), %error, "static host does not answer; taking its node out");
+            let api: kube::Api<PoolNode> = ctx.api();
+            match api.delete(&node.name_any(), &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    Ok(all_answer)
+}
+
+/// How long a host may take to accept a connection at hand-out.
+const HAND_OUT_CHECK: Duration = Duration::from_secs(2);
 
 /// Whether a cached resourceVersion is the written one or newer. resourceVersions are opaque,
 /// but etcd's are increasing integers; anything else is compared for equality only.
