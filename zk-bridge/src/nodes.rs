@@ -98,7 +98,14 @@ pub async fn sync(shared: &Arc<Shared>, node: &PoolNode) -> Result<SyncOutcome> 
     let mutex = shared.node_mutex(&uid);
     let _serialised = mutex.lock().await;
     let state = node.status.as_ref().map(|s| s.state).unwrap_or_default();
-    if state == NodeState::Init || node.metadata.deletion_timestamp.is_some() {
+    if node.metadata.deletion_timestamp.is_some() {
+        return Ok(SyncOutcome::NotMirrored);
+    }
+    if state == NodeState::Init {
+        // Back in `init` after use: the znode of the last use goes; a new one comes when ready.
+        if let Some(node_id) = recorded_node_id(node) {
+            return retire(shared, node, &uid, &node_id).await;
+        }
         return Ok(SyncOutcome::NotMirrored);
     }
     let known = recorded_node_id(node).or_else(|| shared.node_ids_by_uid.lock().unwrap().get(&uid).cloned());
@@ -131,6 +138,33 @@ pub async fn sync(shared: &Arc<Shared>, node: &PoolNode) -> Result<SyncOutcome> 
     }
     record_node_id(shared, node, &node_id).await?;
     Ok(SyncOutcome::Mirrored(node_id))
+}
+
+/// Removes a node's znode (`deleted`, then the znode and its lock directory, under the node lock)
+/// and forgets its id, so the PoolNode can register afresh.
+async fn retire(shared: &Arc<Shared>, node: &PoolNode, uid: &str, node_id: &str) -> Result<SyncOutcome> {
+    if !remove_znode(shared, node_id).await? {
+        return Ok(SyncOutcome::LockedByOthers);
+    }
+    shared.node_ids_by_uid.lock().unwrap().remove(uid);
+    tracing::info!(node = %node.name_any(), %node_id, "retired the node's znode; it registers afresh");
+    patch_view(shared, &node.name_any(), &ZooKeeperView::default()).await?;
+    Ok(SyncOutcome::NotMirrored)
+}
+
+/// Locks the znode, writes `deleted` and removes it with its lock directory. False if someone
+/// else holds the lock (the znode is then left alone).
+async fn remove_znode(shared: &Arc<Shared>, node_id: &str) -> Result<bool> {
+    let path = paths::node(node_id);
+    let Some(lock) = shared.try_lock(&paths::node_lock(node_id)).await? else { return Ok(false) };
+    if let Some(Value::Object(mut doc)) = read_doc(shared, &path).await? {
+        doc.insert("state".into(), json!("deleted"));
+        doc.insert("state_time".into(), json!(now()));
+        shared.zk.set_data(&path, &serde_json::to_vec(&doc)?, None).await.context("writing deleted")?;
+    }
+    zk::delete_recursive(&shared.zk, &path).await?; // removes our lock contender too
+    shared.own_contenders.lock().unwrap().remove(&lock.contender);
+    Ok(true)
 }
 
 async fn create(shared: &Arc<Shared>, node: &PoolNode, uid: &str) -> Result<SyncOutcome> {
@@ -283,18 +317,10 @@ async fn finalize(shared: &Arc<Shared>, node: &PoolNode) -> Result<Action> {
     let node_id =
         recorded_node_id(node).or_else(|| shared.node_ids_by_uid.lock().unwrap().get(&uid).cloned());
     if let Some(node_id) = node_id {
-        let path = paths::node(&node_id);
-        let Some(lock) = shared.try_lock(&paths::node_lock(&node_id)).await? else {
+        if !remove_znode(shared, &node_id).await? {
             tracing::info!(node = %node.name_any(), %node_id, "node is locked by someone else; deleting it later");
             return Ok(Action::requeue(Duration::from_secs(2)));
-        };
-        if let Some(Value::Object(mut doc)) = read_doc(shared, &path).await? {
-            doc.insert("state".into(), json!("deleted"));
-            doc.insert("state_time".into(), json!(now()));
-            shared.zk.set_data(&path, &serde_json::to_vec(&doc)?, None).await.context("writing deleted")?;
         }
-        zk::delete_recursive(&shared.zk, &path).await?; // removes our lock contender too
-        shared.own_contenders.lock().unwrap().remove(&lock.contender);
         shared.node_ids_by_uid.lock().unwrap().remove(&uid);
         tracing::info!(node = %node.name_any(), %node_id, "removed node from ZooKeeper");
     }
@@ -343,8 +369,9 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
 /// A znode of ours disappeared without us deleting it: register the node again.
 async fn node_vanished(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
     let Some(node) = shared.pool_node_by_node_id(node_id) else { return Ok(()) };
-    if node.metadata.deletion_timestamp.is_some() {
-        return Ok(());
+    let state = node.status.as_ref().map(|s| s.state).unwrap_or_default();
+    if node.metadata.deletion_timestamp.is_some() || state == NodeState::Init {
+        return Ok(()); // we removed it ourselves
     }
     if let Some(uid) = node.uid() {
         shared.node_ids_by_uid.lock().unwrap().remove(&uid);

@@ -2,8 +2,8 @@
 //!
 //! - `init`: a static slot is registered once its host answers (host keys scanned) → `ready`.
 //! - Zuul's `in-use`, `used` and `hold` (carried in by the bridge) are adopted.
-//! - `used`, `failed` and expired `hold` nodes are deleted once Zuul has unlocked them; a static
-//!   slot then comes back as a fresh node.
+//! - `used`, `failed` and expired `hold` nodes are deleted once Zuul has unlocked them; a used
+//!   static slot instead goes back to `init` and registers again under a new znode id.
 //! - A `ready` node reserved for a request that no longer exists is released.
 
 use std::{sync::Arc, time::Duration};
@@ -64,6 +64,10 @@ fn now() -> Time {
 /// `init` → `ready` for a static slot once its host answers.
 async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
     let Some(slot) = &node.spec.static_host else { return Ok(Action::await_change()) };
+    if status.zookeeper.as_ref().is_some_and(|z| z.node_id.is_some()) {
+        // The bridge has not retired the znode of the slot's last use yet; it will tell us.
+        return Ok(Action::await_change());
+    }
     let Some(provider) = ctx.provider(&node.spec.provider) else { return Ok(Action::await_change()) };
     let Some((pool, host)) = static_driver::find_host(&provider, &node.spec.pool, &slot.host) else {
         return delete(node, ctx, "host no longer configured").await;
@@ -130,6 +134,21 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
         return Ok(Action::await_change());
     }
     match status.state {
+        NodeState::Used if !zookeeper.locked && node.spec.static_host.is_some() => {
+            // A static slot comes back as a fresh node (a new znode id, as Nodepool does), but the
+            // object is kept: back to `init`, the bridge retires the old znode, then the slot
+            // registers again.
+            tracing::info!(node = %node.name_any(), "used static slot: registering it afresh");
+            let fresh = PoolNodeStatus {
+                state: NodeState::Init,
+                state_time: Some(now()),
+                observed_generation: node.metadata.generation,
+                conditions: status.conditions.clone(),
+                ..Default::default()
+            };
+            status::apply_node_status(&ctx.api(), node, &fresh).await?;
+            Ok(Action::await_change())
+        }
         NodeState::Used if !zookeeper.locked => delete(node, ctx, "used").await,
         NodeState::Hold if !zookeeper.locked => {
             match hold_remaining(&status, zookeeper.hold_expiration, ctx.max_hold_age) {
