@@ -266,3 +266,50 @@ async fn an_unreachable_static_host_is_taken_out_until_it_answers() -> Result<()
     zuul.run_build(&waiting).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_operators_hold_keeps_a_node_out_until_released() -> Result<()> {
+    use kube::{
+        Api,
+        api::{Patch, PatchParams},
+    };
+    use nodepool_crds::PoolNode;
+
+    let stack = ready_stack("operator-hold").await?;
+    let nodes: Api<PoolNode> = Api::namespaced(stack.client.clone(), &stack.namespace);
+    let single = nodes
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|n| n.spec.labels == ["static-single"])
+        .context("static-single node")?;
+    let name = single.metadata.name.clone().unwrap();
+    let old_id = single.status.and_then(|s| s.zookeeper).and_then(|z| z.node_id).context("node id")?;
+    let hold = json!({"spec": {"hold": {"comment": "debugging the image"}}});
+    nodes.patch(&name, &PatchParams::default(), &Patch::Merge(&hold)).await?;
+
+    let mut zuul = Zuul::connect(&stack).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let node = zuul.call("get_node", json!({"node_id": old_id})).await?;
+        if node["data"]["state"] == "hold" {
+            assert_eq!(node["data"]["comment"], "debugging the image", "{node}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the node was not held: {node}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let request = zuul.request(&["static-single"]).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = zuul.call("get_request", json!({"request_id": request})).await?;
+    assert_eq!(waiting["data"]["state"], "requested", "a held node must not be handed out: {waiting}");
+
+    // Releasing the hold returns the slot as a fresh node, which serves the waiting request.
+    nodes.patch(&name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"hold": null}}))).await?;
+    let outcome = zuul.wait(&request, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    assert_ne!(outcome["nodes"][0], old_id.as_str(), "a released hold comes back under a new id");
+    zuul.run_build(&request).await?;
+    Ok(())
+}

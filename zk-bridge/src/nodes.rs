@@ -280,7 +280,17 @@ async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) 
         requestor: status.requestor.clone(),
         user_data: get("user_data"),
         hold_job: get("hold_job"),
-        comment: get("comment"),
+        // Zuul's hold reason, else an operator's (`spec.hold.comment`).
+        comment: match get("comment") {
+            Value::Null => node
+                .spec
+                .hold
+                .as_ref()
+                .and_then(|h| h.comment.clone())
+                .map(Value::String)
+                .unwrap_or(Value::Null),
+            comment => comment,
+        },
         hold_expiration: get("hold_expiration"),
     };
     serde_json::to_value(doc).expect("a node document always serializes")

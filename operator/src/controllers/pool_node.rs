@@ -19,6 +19,8 @@ use crate::{context::Context, status};
 /// Condition saying whether a static host answered its last check.
 const REACHABLE: &str = "Reachable";
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(10);
+/// Condition set while a node is held because of its `spec.hold` (an operator's hold).
+const HELD: &str = "Held";
 
 pub async fn reconcile(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.caches_ready().await; // providers are read from the cache
@@ -134,28 +136,36 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
         return Ok(Action::await_change());
     }
     match status.state {
-        NodeState::Used if !zookeeper.locked && node.spec.static_host.is_some() => {
-            // A static slot comes back as a fresh node (a new znode id, as Nodepool does), but the
-            // object is kept: back to `init`, the bridge retires the old znode, then the slot
-            // registers again.
-            tracing::info!(node = %node.name_any(), "used static slot: registering it afresh");
-            let fresh = PoolNodeStatus {
-                state: NodeState::Init,
-                state_time: Some(now()),
-                observed_generation: node.metadata.generation,
-                conditions: status.conditions.clone(),
-                ..Default::default()
-            };
-            status::apply_node_status(&ctx.api(), node, &fresh).await?;
-            Ok(Action::await_change())
-        }
-        NodeState::Used if !zookeeper.locked => delete(node, ctx, "used").await,
+        NodeState::Used if !zookeeper.locked => finish(node, &status, ctx, "used").await,
         NodeState::Hold if !zookeeper.locked => {
-            match hold_remaining(&status, zookeeper.hold_expiration, ctx.max_hold_age) {
-                Some(remaining) if remaining.is_zero() => delete(node, ctx, "hold expired").await,
+            let admin_hold = conditions::find(&status.conditions, HELD).is_some_and(|c| c.status == "True");
+            if admin_hold && node.spec.hold.is_none() {
+                return finish(node, &status, ctx, "hold released").await;
+            }
+            let own_expiration = match (&node.spec.hold, admin_hold) {
+                (Some(hold), true) => hold.expiration.map(|e| e.0.as_secs() as i64),
+                _ => zookeeper.hold_expiration,
+            };
+            match hold_remaining(&status, own_expiration, ctx.max_hold_age) {
+                Some(remaining) if remaining.is_zero() => finish(node, &status, ctx, "hold expired").await,
                 Some(remaining) => Ok(Action::requeue(remaining)),
                 None => Ok(Action::await_change()),
             }
+        }
+        NodeState::Ready
+            if !zookeeper.locked && node.spec.hold.is_some() && status.allocated_to.is_none() =>
+        {
+            // An operator's hold (`nodepool hold`): keep the node out of circulation.
+            tracing::info!(node = %node.name_any(), "held by an operator");
+            status.state = NodeState::Hold;
+            status.state_time = Some(now());
+            let comment = node.spec.hold.as_ref().and_then(|h| h.comment.clone()).unwrap_or_default();
+            conditions::set_condition(
+                &mut status.conditions,
+                conditions::condition(HELD, true, "OperatorHold", comment, node.metadata.generation),
+            );
+            status::apply_node_status(&ctx.api(), node, &status).await?;
+            Ok(Action::await_change())
         }
         NodeState::Ready if !zookeeper.locked => {
             if let Some(request) = &status.allocated_to
@@ -180,6 +190,27 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
         }
         _ => Ok(Action::await_change()),
     }
+}
+
+/// A node is done with: a static slot comes back as a fresh node (a new znode id, as Nodepool
+/// does) but the object is kept — back to `init`, the bridge retires the old znode, then the slot
+/// registers again; any other node is deleted.
+async fn finish(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context, why: &str) -> Result<Action, Error> {
+    if node.spec.static_host.is_none() {
+        return delete(node, ctx, why).await;
+    }
+    tracing::info!(node = %node.name_any(), why, "static slot: registering it afresh");
+    let mut conditions = status.conditions.clone();
+    conditions.retain(|c| c.type_ != HELD);
+    let fresh = PoolNodeStatus {
+        state: NodeState::Init,
+        state_time: Some(now()),
+        observed_generation: node.metadata.generation,
+        conditions,
+        ..Default::default()
+    };
+    status::apply_node_status(&ctx.api(), node, &fresh).await?;
+    Ok(Action::await_change())
 }
 
 /// Reads the request fresh from the apiserver: the bridge records Zuul's node locks before it
