@@ -172,3 +172,64 @@ async fn a_tenant_at_its_limit_waits_while_others_are_served() -> Result<()> {
     zuul.run_build(&other).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_broken_provider_says_why_and_the_others_keep_serving() -> Result<()> {
+    use kube::Api;
+    use nodepool_crds::{NodeRequest, Provider, conditions};
+    use serde_json::json;
+
+    let stack = Stack::start("zuul-isolation").await?;
+    stack.apply_provider(stack.static_provider("lab", 1)).await?;
+    // A cloud provider whose credentials Secret does not exist.
+    stack
+        .apply_provider(json!({
+            "apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "cloud"},
+            "spec": {"driver": "aws", "aws": {"region": "us-east-1"}, "credentialsSecretRef": {"name": "missing"},
+                     "pools": [{"name": "main", "labels": [{"name": "cloud-label", "instanceType": "t3.small"}]}]},
+        }))
+        .await?;
+    stack.wait_for_ready_nodes(2, Duration::from_secs(60)).await?;
+    let providers: Api<Provider> = Api::namespaced(stack.client.clone(), &stack.namespace);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let cloud = providers.get("cloud").await?;
+        let ready =
+            cloud.status.and_then(|s| conditions::find(&s.conditions, conditions::types::READY).cloned());
+        if ready.is_some() || tokio::time::Instant::now() > deadline {
+            break ready.context("no Ready condition on the broken provider")?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "CredentialsMissing"), "{ready:?}");
+    assert!(ready.message.contains("missing"), "{}", ready.message);
+
+    let mut zuul = nodepool_e2e::zuul::Zuul::connect(&stack).await?;
+    // The static provider serves as usual.
+    let served = zuul.request(&["static-label"]).await?;
+    assert_eq!(zuul.wait(&served, 60).await?["state"], "fulfilled");
+    zuul.run_build(&served).await?;
+    // A label only the broken provider serves waits (it is not failed) and says why.
+    let stuck = zuul.request(&["cloud-label"]).await?;
+    let requests: Api<NodeRequest> = Api::namespaced(stack.client.clone(), &stack.namespace);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting = requests
+            .get_opt(&stuck)
+            .await?
+            .and_then(|r| r.status)
+            .and_then(|s| conditions::find(&s.conditions, conditions::types::WAITING).cloned());
+        if let Some(waiting) = waiting {
+            assert_eq!(waiting.reason, "ProvidersUnavailable", "{waiting:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request for the broken provider's label says nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let state = zuul.call("get_request", json!({"request_id": stuck})).await?;
+    assert_eq!(state["data"]["state"], "requested", "{state}");
+    Ok(())
+}
