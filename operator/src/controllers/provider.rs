@@ -12,7 +12,7 @@ use kube::{
 use nodepool_crds::{
     Driver, NodeState, PoolNode, PoolNodeSpec, Provider, conditions, labels as node_labels,
     pool_node::StaticSlot,
-    provider::{NodeCounts, QuotaStatus, ResourceUsage},
+    provider::{NodeCounts, QuotaStatus},
 };
 use nodepool_driver_static as static_driver;
 
@@ -37,7 +37,8 @@ pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Act
     );
     status.observed_generation = generation;
     status.nodes = Some(count_nodes(&nodes));
-    status.quota = Some(QuotaStatus { used: usage(&nodes), limits: provider.spec.limits.clone() });
+    let used = crate::scheduler::plan::footprint(nodes.iter().map(|n| n.as_ref()));
+    status.quota = Some(QuotaStatus { used, limits: provider.spec.limits.clone() });
     if provider.status.as_ref() != Some(&status) {
         status::apply_status(&ctx.api::<Provider>(), &provider, &status).await?;
     }
@@ -78,18 +79,6 @@ fn count_nodes(nodes: &[Arc<PoolNode>]) -> NodeCounts {
         *by_state.entry(state.as_str().to_owned()).or_insert(0) += 1;
     }
     NodeCounts { total: nodes.len() as u32, by_state }
-}
-
-fn usage(nodes: &[Arc<PoolNode>]) -> ResourceUsage {
-    let mut used = ResourceUsage::default();
-    for node in nodes {
-        used.servers += 1;
-        if let Some(resources) = node.status.as_ref().and_then(|s| s.resources.as_ref()) {
-            used.cores += resources.cores;
-            used.ram += resources.ram;
-        }
-    }
-    used
 }
 
 /// A Kubernetes label value for a host name (label values allow `[A-Za-z0-9_.-]`, 63 long).
