@@ -179,6 +179,13 @@ pub fn free_form_object(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// Any JSON value, kept as written.
+pub fn free_form_value(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,11 +220,4 @@ mod tests {
         assert_eq!(merged.username.as_deref(), Some("ci"));
         assert_eq!(merged.connection_port, Some(2222));
     }
-}
-
-/// Any JSON value, kept as written.
-pub fn free_form_value(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "x-kubernetes-preserve-unknown-fields": true,
-    })
 }

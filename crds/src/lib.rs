@@ -12,6 +12,9 @@
 //! The generated CustomResourceDefinitions are checked in under `crds/generated/` and kept in
 //! sync by a test (`cargo run -p nodepool-crds --bin nodepool-crdgen` rewrites them).
 
+// `#[kube(printcolumn(...))]` repeats `type_ = ...` on purpose; clippy reads it as a duplicate.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod common;
 pub mod conditions;
 pub mod image;

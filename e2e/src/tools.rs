@@ -50,11 +50,6 @@ pub fn kubectl() -> PathBuf {
     tool("KUBECTL", "kubectl")
 }
 
-/// `helm`, found like [`kubectl`].
-pub fn helm() -> PathBuf {
-    tool("HELM", "helm")
-}
-
 fn tool(variable: &str, name: &str) -> PathBuf {
     if let Some(path) = env::var_os(variable) {
         return PathBuf::from(path);
