@@ -125,7 +125,11 @@ async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) ->
 
 async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
     let zookeeper = status.zookeeper.clone().unwrap_or_default();
-    // Zuul's word on in-use/used/hold is final; adopt it first.
+    // Zuul's word on in-use/used/hold is final; adopt it first. A node Zuul has already used and
+    // unlocked needs no intermediate `used` write: it is done with at once.
+    if zookeeper.zuul_state == Some(NodeState::Used) && !zookeeper.locked && status.state != NodeState::Used {
+        return finish(node, &status, ctx, "used").await;
+    }
     if let Some(zuul_state) = zookeeper.zuul_state
         && zuul_state != status.state
     {
