@@ -35,35 +35,56 @@ async fn wait_for_node_count(stack: &Stack, count: usize) -> Result<BTreeSet<Str
     }
 }
 
-#[tokio::test]
-async fn bridge_killed_mid_flight_loses_nothing() -> Result<()> {
-    let mut stack = ready_stack("bridge-restart").await?;
+/// The two processes that can crash under a running Zuul.
+#[derive(Clone, Copy, Debug)]
+enum Component {
+    Bridge,
+    Operator,
+}
+
+fn kill(stack: &mut Stack, component: Component) {
+    match component {
+        Component::Bridge => stack.kill_bridge(),
+        Component::Operator => stack.kill_operator(),
+    }
+}
+
+fn restart(stack: &mut Stack, component: Component) -> Result<()> {
+    match component {
+        Component::Bridge => stack.start_bridge(),
+        Component::Operator => stack.start_operator(),
+    }
+}
+
+/// A request made and a node returned while `component` is down are handled once it is back,
+/// with every slot in ZooKeeper exactly once afterwards, and serving goes on.
+async fn killed_mid_flight_loses_nothing(name: &str, component: Component) -> Result<()> {
+    let mut stack = ready_stack(name).await?;
     let mut zuul = Zuul::connect(&stack).await?;
 
-    // A request made while the bridge is down is served once it is back.
-    stack.kill_bridge();
+    kill(&mut stack, component);
     let first = zuul.request(&["static-label"]).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stack.start_bridge()?;
+    let pending = zuul.call("get_request", json!({"request_id": first})).await?;
+    assert_eq!(pending["data"]["state"], "requested", "{component:?} down: nothing decides");
+    restart(&mut stack, component)?;
     let outcome = zuul.wait(&first, WAIT).await?;
     assert_eq!(outcome["state"], "fulfilled", "{outcome}");
     assert_eq!(outcome["requestor_data_preserved"], true, "{outcome}");
 
-    // Nodes Zuul returns while the bridge is down are recycled once it is back.
     let build = zuul.call("accept", json!({"request_id": first})).await?["build"].clone();
     zuul.call("use", json!({"build": build})).await?;
-    stack.kill_bridge();
+    kill(&mut stack, component);
     zuul.call("return", json!({"build": build})).await?;
-    stack.start_bridge()?;
+    restart(&mut stack, component)?;
     let used_node = outcome["nodes"][0].as_str().context("node id")?.to_owned();
     let gone = zuul.call("wait_node_gone", json!({"node_id": used_node, "timeout": 30})).await?;
-    assert_eq!(gone["gone"], true, "the used node was not deleted after the restart");
+    assert_eq!(gone["gone"], true, "the used node was not recycled after the {component:?} restart");
 
     // Every slot is in ZooKeeper exactly once: nothing duplicated by the restarts.
     let ids = wait_for_node_count(&stack, 3).await?;
     assert_eq!(ids.len(), 3, "node znodes after restarts: {ids:?}");
 
-    // And the bridge keeps serving.
     let second = zuul.request(&["static-label", "static-label"]).await?;
     assert_eq!(zuul.wait(&second, WAIT).await?["state"], "fulfilled");
     zuul.run_build(&second).await?;
@@ -71,30 +92,13 @@ async fn bridge_killed_mid_flight_loses_nothing() -> Result<()> {
 }
 
 #[tokio::test]
+async fn bridge_killed_mid_flight_loses_nothing() -> Result<()> {
+    killed_mid_flight_loses_nothing("bridge-restart", Component::Bridge).await
+}
+
+#[tokio::test]
 async fn operator_killed_mid_flight_loses_nothing() -> Result<()> {
-    let mut stack = ready_stack("operator-restart").await?;
-    let mut zuul = Zuul::connect(&stack).await?;
-
-    stack.kill_operator();
-    let request = zuul.request(&["static-label"]).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let pending = zuul.call("get_request", json!({"request_id": request})).await?;
-    assert_eq!(pending["data"]["state"], "requested", "nothing decides while the operator is down");
-    stack.start_operator()?;
-    let outcome = zuul.wait(&request, WAIT).await?;
-    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
-
-    let build = zuul.call("accept", json!({"request_id": request})).await?["build"].clone();
-    zuul.call("use", json!({"build": build})).await?;
-    stack.kill_operator();
-    zuul.call("return", json!({"build": build})).await?;
-    stack.start_operator()?;
-    let used_node = outcome["nodes"][0].as_str().context("node id")?.to_owned();
-    let gone = zuul.call("wait_node_gone", json!({"node_id": used_node, "timeout": 30})).await?;
-    assert_eq!(gone["gone"], true, "the used node was not recycled after the restart");
-    let ids = wait_for_node_count(&stack, 3).await?;
-    assert_eq!(ids.len(), 3, "node znodes after restarts: {ids:?}");
-    Ok(())
+    killed_mid_flight_loses_nothing("operator-restart", Component::Operator).await
 }
 
 #[tokio::test]
