@@ -423,6 +423,43 @@ pub struct ProviderStatus {
     /// Resources used by this provider's nodes, and the limits in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaStatus>,
+    /// Per pool: whether it takes new launches, and what each of its labels costs and boots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolStatus>,
+}
+
+/// What is true of one pool now.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStatus {
+    pub name: String,
+    /// The cloud refused a launch for quota or capacity; the pool launches nothing new until
+    /// a node of the provider goes away or a short while has passed (Nodepool's paused handler).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_reason: Option<String>,
+    /// The labels the pool launches, each with its footprint and image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<PoolLabelStatus>,
+}
+
+/// Whether a cloud pool can launch one label, and what a node of it holds against quota.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolLabelStatus {
+    pub name: String,
+    /// False when the label cannot be launched (image not resolved, unknown instance type);
+    /// requests for it are declined with `message`.
+    pub launchable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The concrete image (AMI id, GCE image link) a launch boots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// vCPUs, memory and instances one node of the label holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::pool_node::NodeResources>,
 }
 
 /// Node counts by lifecycle state.
@@ -439,9 +476,12 @@ pub struct NodeCounts {
 #[serde(rename_all = "camelCase")]
 pub struct QuotaStatus {
     pub used: ResourceUsage,
-    /// The tightest of provider limits, pool limits summed and the cloud's quota.
+    /// The provider's own limits (`spec.limits`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<ResourceLimits>,
+    /// The cloud's quota for this account and region, as the cloud reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<ResourceLimits>,
 }
 
 /// Resources used.

@@ -1,0 +1,163 @@
+//! What a cloud driver provides: one call per cloud operation, none of them waiting for the cloud
+//! to finish anything.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use nodepool_crds::{
+    ImageSpec,
+    pool_node::NodeResources,
+    provider::{Pool, PoolLabel, ResourceLimits},
+};
+
+/// Everything the cloud needs to create one instance for one launch attempt.
+#[derive(Clone, Debug)]
+pub struct InstanceSpec {
+    /// Unique per node and attempt (`<node>-a<attempt>`): the instance name where the cloud has
+    /// names, the idempotency token where it has those. Creating twice with the same token
+    /// yields the same instance, which is what makes a resumed launch safe.
+    pub token: String,
+    /// The `PoolNode` the instance is for.
+    pub node: String,
+    pub pool: Pool,
+    pub label: PoolLabel,
+    /// The resolved image (AMI id, GCE image link); `None` where the driver needs none.
+    pub image_id: Option<String>,
+    /// Every tag or label to put on the instance and its volumes (see [`crate::tags`]).
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Where an instance stands, in the driver-independent terms the state machines use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    /// Being created or booting.
+    Pending,
+    /// Running: addresses are known.
+    Running,
+    /// Being deleted.
+    Stopping,
+    /// Gone, or terminated and only still listed.
+    Gone,
+    /// The cloud gave up on it (boot error, failed operation); it must be deleted.
+    Failed(String),
+}
+
+/// An instance as the cloud reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// The cloud's id (instance id, or instance name where names are ids).
+    pub id: String,
+    pub state: InstanceState,
+    /// The address Zuul should connect to, chosen by the driver from the pool settings.
+    pub interface_ip: Option<String>,
+    pub public_ipv4: Option<String>,
+    pub private_ipv4: Option<String>,
+    pub public_ipv6: Option<String>,
+    pub region: Option<String>,
+    pub az: Option<String>,
+    pub image_id: Option<String>,
+    /// The instance's tags (labels on GCE), as stored.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// The `PoolNode` the instance was created for, from its tags.
+    pub fn node(&self) -> Option<&str> {
+        self.tags.get(crate::tags::NODE_ID).map(String::as_str)
+    }
+}
+
+/// A resource other than an instance (a volume, say) tagged for the provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeakedResource {
+    /// `volume`, `instance`, ...
+    pub kind: &'static str,
+    pub id: String,
+    /// The node named in its tags, if any.
+    pub node: Option<String>,
+}
+
+/// How a cloud call failed, in the terms the lifecycle acts on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CloudError {
+    /// The account's quota does not allow it: the node is aborted (not failed) and the pool
+    /// pauses until quota frees up.
+    #[error("over quota: {0}")]
+    Quota(String),
+    /// The cloud has no capacity for it right now; treated like quota.
+    #[error("insufficient capacity: {0}")]
+    Capacity(String),
+    /// The credentials were refused: the provider is not Ready.
+    #[error("credentials refused: {0}")]
+    Auth(String),
+    /// The cloud asked us to slow down; the call is retried later.
+    #[error("throttled by the cloud: {0}")]
+    Throttled(String),
+    /// The request is wrong and retrying it will not help (unknown instance type, bad image).
+    #[error("{0}")]
+    Invalid(String),
+    /// Anything else (network errors, 5xx): retried later.
+    #[error("{operation} failed: {message}")]
+    Api { operation: &'static str, message: String },
+}
+
+impl CloudError {
+    pub fn api(operation: &'static str, message: impl ToString) -> Self {
+        Self::Api { operation, message: message.to_string() }
+    }
+
+    /// Whether the launch should abort the node and pause the pool.
+    pub fn is_quota(&self) -> bool {
+        matches!(self, Self::Quota(_) | Self::Capacity(_))
+    }
+
+    /// Whether the same call may succeed later without anything changing on our side.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Throttled(_) | Self::Api { .. } | Self::Auth(_))
+    }
+}
+
+pub type CloudResult<T> = Result<T, CloudError>;
+
+/// One cloud account as a driver sees it. Every call is a single request to the cloud; waiting
+/// is the state machines' business.
+#[async_trait]
+pub trait Cloud: Send + Sync + 'static {
+    /// Starts creating an instance. Idempotent per `spec.token`: a second call with the same
+    /// token returns the instance the first one created, in whatever state it is.
+    async fn create(&self, spec: &InstanceSpec) -> CloudResult<Instance>;
+
+    /// The instance with this id, or `None` once it is gone.
+    async fn get(&self, id: &str) -> CloudResult<Option<Instance>>;
+
+    /// Starts deleting an instance. Deleting one that is already gone is not an error.
+    async fn delete(&self, id: &str) -> CloudResult<()>;
+
+    /// Every instance tagged for this provider and installation (see [`crate::tags`]),
+    /// including ones being deleted.
+    async fn list_instances(&self) -> CloudResult<Vec<Instance>>;
+
+    /// The account's own limits (instances, vCPUs, memory); unset fields are unlimited.
+    async fn quota_limits(&self) -> CloudResult<ResourceLimits>;
+
+    /// What one node of `label` in `pool` holds against quota.
+    async fn label_resources(&self, pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources>;
+
+    /// The concrete image an `Image` stands for in this cloud (newest match for filters).
+    async fn resolve_image(&self, image: &ImageSpec) -> CloudResult<String>;
+
+    /// Resources other than instances tagged for this provider (volumes, ...). Default: none.
+    async fn list_other_resources(&self) -> CloudResult<Vec<LeakedResource>> {
+        Ok(Vec::new())
+    }
+
+    /// Deletes one resource found by [`Cloud::list_other_resources`].
+    async fn delete_other_resource(&self, resource: &LeakedResource) -> CloudResult<()> {
+        Err(CloudError::Invalid(format!("cannot delete a {} here", resource.kind)))
+    }
+
+    /// A cheap call that proves the credentials work (default: the quota call).
+    async fn check_access(&self) -> CloudResult<()> {
+        self.quota_limits().await.map(|_| ())
+    }
+}

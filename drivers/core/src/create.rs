@@ -1,0 +1,306 @@
+//! The create state machine: one node, attempt by attempt.
+//!
+//! ```text
+//!   create ──▶ wait-running ──▶ scan-keys ──▶ ready
+//!     │             │               │
+//!     └─────────────┴───────────────┴──▶ clean-up (delete this attempt's instance, wait gone)
+//!                                            └──▶ create (next attempt) | failed (no attempts left)
+//! ```
+//!
+//! [`advance`] takes as many steps as it can without waiting and returns what the caller should
+//! do next. The [`Progress`] it works on is stored by the operator in the node's status after
+//! every call; creating is idempotent per attempt token, so repeating a step after a crash never
+//! creates a second instance.
+
+use std::time::{Duration, SystemTime};
+
+use nodepool_crds::pool_node::LaunchProgress;
+use serde::{Deserialize, Serialize};
+
+use crate::cloud::{Cloud, Instance, InstanceSpec, InstanceState};
+
+/// Where one launch stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Create,
+    WaitRunning,
+    ScanKeys,
+    CleanUp,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::WaitRunning => "wait-running",
+            Self::ScanKeys => "scan-keys",
+            Self::CleanUp => "clean-up",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [Self::Create, Self::WaitRunning, Self::ScanKeys, Self::CleanUp].into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// The state of one launch, as kept in `PoolNode.status.launch`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// From 1.
+    pub attempt: u32,
+    pub step: Step,
+    /// When this attempt started (boot timeout).
+    pub attempt_started: SystemTime,
+    /// When the first attempt started (launch timeout).
+    pub launch_started: SystemTime,
+    /// This attempt's instance, once the cloud gave it an id.
+    pub instance_id: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl Progress {
+    pub fn start(now: SystemTime) -> Self {
+        Self {
+            attempt: 1,
+            step: Step::Create,
+            attempt_started: now,
+            launch_started: now,
+            instance_id: None,
+            last_error: None,
+        }
+    }
+
+    /// Reads the progress stored in a node's status; `None` if there is none or it is unreadable.
+    pub fn from_status(stored: &LaunchProgress) -> Option<Self> {
+        let data = stored.driver_data.as_ref();
+        let time = |key: &str| {
+            data.and_then(|d| d.get(key)).and_then(|v| v.as_f64()).map(|secs| {
+                SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0))
+            })
+        };
+        Some(Self {
+            attempt: stored.attempt.max(1),
+            step: Step::parse(&stored.step)?,
+            attempt_started: time("attemptStarted")?,
+            launch_started: time("launchStarted")?,
+            instance_id: data.and_then(|d| d.get("instanceId")).and_then(|v| v.as_str()).map(str::to_owned),
+            last_error: stored.last_error.clone(),
+        })
+    }
+
+    /// The form stored in the node's status.
+    pub fn to_status(&self) -> LaunchProgress {
+        let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let mut data = std::collections::BTreeMap::new();
+        data.insert("attemptStarted".to_owned(), serde_json::json!(secs(self.attempt_started)));
+        data.insert("launchStarted".to_owned(), serde_json::json!(secs(self.launch_started)));
+        if let Some(id) = &self.instance_id {
+            data.insert("instanceId".to_owned(), serde_json::json!(id));
+        }
+        LaunchProgress {
+            attempt: self.attempt,
+            step: self.step.as_str().to_owned(),
+            started_at: None,
+            last_error: self.last_error.clone(),
+            driver_data: Some(data),
+        }
+    }
+
+    /// The idempotency token (and instance name) of this attempt.
+    pub fn token(&self, node: &str) -> String {
+        format!("{node}-a{}", self.attempt)
+    }
+}
+
+/// Everything about a launch that does not change between attempts.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The instance to create; `token` is replaced per attempt.
+    pub spec: InstanceSpec,
+    pub launch_retries: u32,
+    pub boot_timeout: Duration,
+    pub launch_timeout: Duration,
+    /// Scan SSH host keys before the node is ready (the pool's `hostKeyChecking`).
+    pub host_key_checking: bool,
+    pub ssh_port: u16,
+    /// How long one key scan may take.
+    pub scan_timeout: Duration,
+}
+
+/// What the caller should do after [`advance`].
+#[derive(Debug)]
+pub enum Next {
+    /// Store the progress and call again after this long.
+    Wait(Duration),
+    /// The node is ready.
+    Ready { instance: Instance, host_keys: Vec<String> },
+    /// No attempts or time left; the node has failed. Its instance (if any) still has to be
+    /// deleted by the delete state machine.
+    Failed(String),
+    /// The cloud is out of quota or capacity: the node is aborted and the pool should pause.
+    Aborted(String),
+}
+
+/// How often a pending instance is looked at.
+pub const POLL: Duration = Duration::from_secs(1);
+/// Retrying a call the cloud refused for a passing reason.
+pub const RETRY: Duration = Duration::from_secs(5);
+/// Steps taken in one call at most, so one launch never holds a worker for long.
+const MAX_STEPS: usize = 16;
+
+/// Returns from `advance` with the outcome of a failed attempt, or carries on stepping.
+macro_rules! fail {
+    ($outcome:expr) => {
+        match $outcome {
+            Some(next) => return next,
+            None => continue,
+        }
+    };
+}
+
+/// Takes the launch as far as it goes without waiting.
+pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, now: SystemTime) -> Next {
+    let node = plan.spec.node.clone();
+    for _ in 0..MAX_STEPS {
+        if elapsed(progress.launch_started, now) > plan.launch_timeout && progress.step != Step::CleanUp {
+            let message = format!("launch timeout ({:?}) reached", plan.launch_timeout);
+            progress.last_error = Some(message.clone());
+            return Next::Failed(message);
+        }
+        match progress.step {
+            Step::Create => {
+                let mut spec = plan.spec.clone();
+                spec.token = progress.token(&node);
+                match cloud.create(&spec).await {
+                    Ok(instance) => {
+                        tracing::info!(node = %node, instance = %instance.id, attempt = progress.attempt, "instance requested");
+                        progress.instance_id = Some(instance.id.clone());
+                        progress.step = Step::WaitRunning;
+                        if instance.state == InstanceState::Pending {
+                            return Next::Wait(POLL);
+                        }
+                    }
+                    Err(error) if error.is_quota() => {
+                        progress.last_error = Some(error.to_string());
+                        return Next::Aborted(error.to_string());
+                    }
+                    Err(error) if error.is_transient() => {
+                        tracing::warn!(node = %node, %error, "creating the instance failed; retrying");
+                        progress.last_error = Some(error.to_string());
+                        return Next::Wait(RETRY);
+                    }
+                    Err(error) => fail!(fail_attempt(progress, plan, error.to_string(), now)),
+                }
+            }
+            Step::WaitRunning => {
+                let Some(id) = progress.instance_id.clone() else {
+                    progress.step = Step::Create;
+                    continue;
+                };
+                match cloud.get(&id).await {
+                    Ok(Some(instance)) if instance.state == InstanceState::Running => {
+                        if instance.interface_ip.is_none() {
+                            fail!(fail_attempt(progress, plan, format!("instance {id} has no address"), now))
+                        }
+                        if !plan.host_key_checking {
+                            return Next::Ready { instance, host_keys: Vec::new() };
+                        }
+                        progress.step = Step::ScanKeys;
+                    }
+                    Ok(Some(Instance { state: InstanceState::Failed(reason), .. })) => {
+                        fail!(fail_attempt(progress, plan, format!("instance {id} failed: {reason}"), now))
+                    }
+                    Ok(Some(Instance { state: InstanceState::Pending, .. })) => {
+                        if elapsed(progress.attempt_started, now) > plan.boot_timeout {
+                            let message = format!("instance {id} not running after boot timeout ({:?})", plan.boot_timeout);
+                            fail!(fail_attempt(progress, plan, message, now))
+                        }
+                        return Next::Wait(POLL);
+                    }
+                    Ok(_) => fail!(fail_attempt(progress, plan, format!("instance {id} disappeared"), now)),
+                    Err(error) => {
+                        progress.last_error = Some(error.to_string());
+                        return Next::Wait(RETRY);
+                    }
+                }
+            }
+            Step::ScanKeys => {
+                let Some(id) = progress.instance_id.clone() else {
+                    progress.step = Step::Create;
+                    continue;
+                };
+                let instance = match cloud.get(&id).await {
+                    Ok(Some(instance)) if instance.state == InstanceState::Running => instance,
+                    Ok(_) => fail!(fail_attempt(progress, plan, format!("instance {id} stopped running"), now)),
+                    Err(error) => {
+                        progress.last_error = Some(error.to_string());
+                        return Next::Wait(RETRY);
+                    }
+                };
+                let address = instance.interface_ip.clone().unwrap_or_default();
+                match nodepool_driver_static::scan_host_keys(&address, plan.ssh_port, plan.scan_timeout).await {
+                    Ok(host_keys) => return Next::Ready { instance, host_keys },
+                    Err(error) if elapsed(progress.attempt_started, now) > plan.boot_timeout => {
+                        let message = format!("no SSH host keys from {address} within the boot timeout: {error}");
+                        fail!(fail_attempt(progress, plan, message, now))
+                    }
+                    Err(error) => {
+                        progress.last_error = Some(error.to_string());
+                        return Next::Wait(POLL);
+                    }
+                }
+            }
+            Step::CleanUp => {
+                let Some(id) = progress.instance_id.clone() else {
+                    next_attempt(progress, now);
+                    continue;
+                };
+                match crate::delete::delete_and_check(cloud, &id).await {
+                    Ok(true) => {
+                        tracing::info!(node = %node, instance = %id, "failed attempt cleaned up");
+                        if progress.attempt >= plan.launch_retries {
+                            let message = progress.last_error.clone().unwrap_or_else(|| "launch failed".into());
+                            return Next::Failed(format!("{} attempt(s) failed; last: {message}", progress.attempt));
+                        }
+                        next_attempt(progress, now);
+                    }
+                    Ok(false) => return Next::Wait(POLL),
+                    Err(error) => {
+                        tracing::warn!(node = %node, instance = %id, %error, "cleaning up a failed attempt failed; retrying");
+                        return Next::Wait(RETRY);
+                    }
+                }
+            }
+        }
+    }
+    Next::Wait(Duration::ZERO)
+}
+
+fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
+    now.duration_since(since).unwrap_or_default()
+}
+
+/// Ends this attempt: its instance is cleaned up before the next one starts (or, with no
+/// instance, the next one starts at once). `None`: carry on stepping.
+fn fail_attempt(progress: &mut Progress, plan: &Plan, message: String, now: SystemTime) -> Option<Next> {
+    tracing::warn!(node = %plan.spec.node, attempt = progress.attempt, error = %message, "launch attempt failed");
+    progress.last_error = Some(message.clone());
+    if progress.instance_id.is_some() {
+        progress.step = Step::CleanUp;
+        return None;
+    }
+    if progress.attempt >= plan.launch_retries {
+        return Some(Next::Failed(format!("{} attempt(s) failed; last: {message}", progress.attempt)));
+    }
+    next_attempt(progress, now);
+    None
+}
+
+fn next_attempt(progress: &mut Progress, now: SystemTime) {
+    progress.attempt += 1;
+    progress.step = Step::Create;
+    progress.attempt_started = now;
+    progress.instance_id = None;
+}
+

@@ -1,0 +1,60 @@
+//! Leak detection: instances and other resources tagged for a provider of this installation
+//! that no `PoolNode` owns. A resource must be seen leaked on two passes in a row before it is
+//! deleted, so a node created between a list and the cache catching up is never mistaken.
+
+use std::collections::{BTreeSet, HashSet};
+
+use crate::cloud::{Cloud, CloudError, InstanceState, LeakedResource};
+
+/// What one pass found and did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Resources seen leaked for the first time (deleted next pass if still leaked).
+    pub suspected: BTreeSet<(String, String)>,
+    /// Resources deleted this pass.
+    pub deleted: Vec<LeakedResource>,
+}
+
+/// One pass: lists the provider's resources, deletes the ones that were already suspects and
+/// still have no node, and returns the new suspects. `known_nodes` are the names of every
+/// `PoolNode` of the provider (in any state).
+pub async fn pass(
+    cloud: &dyn Cloud,
+    known_nodes: &HashSet<String>,
+    previous: &BTreeSet<(String, String)>,
+) -> Result<Pass, CloudError> {
+    let mut resources: Vec<LeakedResource> = cloud
+        .list_instances()
+        .await?
+        .into_iter()
+        .filter(|i| !matches!(i.state, InstanceState::Gone | InstanceState::Stopping))
+        .map(|i| LeakedResource { kind: "instance", node: i.node().map(str::to_owned), id: i.id })
+        .collect();
+    resources.extend(cloud.list_other_resources().await?);
+
+    let mut result = Pass::default();
+    for resource in resources {
+        let owned = resource.node.as_ref().is_some_and(|node| known_nodes.contains(node));
+        if owned {
+            continue;
+        }
+        let key = (resource.kind.to_owned(), resource.id.clone());
+        if !previous.contains(&key) {
+            result.suspected.insert(key);
+            continue;
+        }
+        tracing::info!(kind = resource.kind, id = %resource.id, node = ?resource.node, "deleting leaked resource");
+        let deleted = match resource.kind {
+            "instance" => cloud.delete(&resource.id).await,
+            _ => cloud.delete_other_resource(&resource).await,
+        };
+        match deleted {
+            Ok(()) => result.deleted.push(resource),
+            Err(error) => {
+                tracing::warn!(kind = resource.kind, id = %resource.id, %error, "deleting a leaked resource failed");
+                result.suspected.insert(key); // try again next pass
+            }
+        }
+    }
+    Ok(result)
+}

@@ -1,0 +1,28 @@
+//! The driver framework shared by every cloud driver.
+//!
+//! A driver implements [`Cloud`]: single, non-blocking calls to a cloud API (start creating an
+//! instance, look one up, start deleting one, list, quota). The framework turns those calls into
+//! the node lifecycle:
+//!
+//! - [`create`]: the create state machine (request instance → wait running → scan host keys →
+//!   ready), with launch retries that clean up a failed attempt's instance first, boot and
+//!   launch timeouts, and over-quota aborts;
+//! - [`delete`]: the delete state machine (terminate → wait gone), which also finds an instance
+//!   whose id was never recorded;
+//! - [`leaks`]: instances and volumes tagged for a provider that no node owns;
+//! - [`throttle`]: the per-provider API rate limit, applied to every call.
+//!
+//! The state machines keep their state in a serializable value that the operator stores in the
+//! `PoolNode` status, so a restarted operator resumes every launch and deletion where it stood.
+//! Creating is idempotent per attempt ([`InstanceSpec::token`]), so resuming never duplicates an
+//! instance.
+
+pub mod cloud;
+pub mod create;
+pub mod delete;
+pub mod leaks;
+pub mod tags;
+pub mod throttle;
+
+pub use cloud::{Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource};
+pub use throttle::{RateLimiter, Throttled};
