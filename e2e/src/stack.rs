@@ -83,7 +83,9 @@ impl Stack {
     }
 
     pub fn start_operator(&mut self) -> Result<()> {
-        let command = self.with_env(Command::new(binary("nodepool-operator")?));
+        let mut command = self.with_env(Command::new(binary("nodepool-operator")?));
+        // Leak cleanup every second, so tests need not wait Nodepool's 60 s.
+        command.env("NODEPOOL_CLEANUP_INTERVAL", "1");
         self.operator = Some(process::spawn("operator", command, &self.logs())?);
         Ok(())
     }
@@ -125,6 +127,49 @@ impl Stack {
         api.patch(&name, &PatchParams::apply(cluster::FIELD_MANAGER).force(), &Patch::Apply(&provider))
             .await?;
         Ok(())
+    }
+
+    /// Applies any namespaced nodepool.dev object (a Label, an Image, ...).
+    pub async fn apply<K>(&self, object: serde_json::Value) -> Result<()>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
+        let name = object["metadata"]["name"].as_str().context("object needs a name")?.to_owned();
+        api.patch(&name, &PatchParams::apply(cluster::FIELD_MANAGER).force(), &Patch::Apply(&object)).await?;
+        Ok(())
+    }
+
+    /// Every PoolNode of the stack.
+    pub async fn nodes(&self) -> Result<Vec<PoolNode>> {
+        let api: Api<PoolNode> = Api::namespaced(self.client.clone(), &self.namespace);
+        Ok(api.list(&Default::default()).await?.items)
+    }
+
+    /// A simulated-cloud provider with one pool `main` serving `sim-small` (flavor small) and
+    /// `sim-large` (flavor large); `spec` is merged over that (e.g. limits, `simulated` settings).
+    pub fn simulated_provider(&self, name: &str, spec: serde_json::Value) -> serde_json::Value {
+        let mut provider = serde_json::json!({
+            "apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": name},
+            "spec": {"driver": "simulated", "pools": [{
+                "name": "main",
+                "hostKeyChecking": false,
+                "nodeAttributes": {"executor-zone": "sim"},
+                "labels": [
+                    {"name": "sim-small", "instanceType": "small"},
+                    {"name": "sim-large", "instanceType": "large"},
+                ],
+            }]},
+        });
+        if let (Some(base), Some(extra)) = (provider["spec"].as_object_mut(), spec.as_object()) {
+            for (key, value) in extra {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+        provider
     }
 
     /// A static provider on this stack's sshd: `static-label` with `slots` slots on 127.0.0.1, and

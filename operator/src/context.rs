@@ -9,7 +9,9 @@ use kube::{
         reflector::Store,
     },
 };
-use nodepool_crds::{Label, NodeRequest, PoolNode, Provider, TenantLimit};
+use nodepool_crds::{Image, Label, NodeRequest, PoolNode, Provider, TenantLimit};
+
+use crate::clouds::Clouds;
 use tokio::sync::Notify;
 
 /// Configuration of the operator.
@@ -21,17 +23,27 @@ pub struct Settings {
     /// Delete held nodes after this long even without a per-node expiration (Nodepool's
     /// `max-hold-age`); `None` keeps them until Zuul releases them.
     pub max_hold_age: Option<Duration>,
+    /// Tags everything this installation creates in a cloud, so installations sharing an
+    /// account never touch each other's instances.
+    pub system_id: String,
+    /// How often each cloud provider is checked for leaked instances and volumes.
+    pub cleanup_interval: Duration,
 }
 
 pub struct Context {
     pub client: kube::Client,
     pub namespace: String,
     pub max_hold_age: Option<Duration>,
+    pub system_id: String,
+    pub cleanup_interval: Duration,
+    /// The cloud behind each provider, and what is known of it between reconciles.
+    pub clouds: Clouds,
     pub providers: Store<Provider>,
     pub nodes: Store<PoolNode>,
     pub requests: Store<NodeRequest>,
     pub labels: Store<Label>,
     pub tenant_limits: Store<TenantLimit>,
+    pub images: Store<Image>,
     /// Wakes the scheduler for another pass.
     pub scheduler_wake: Arc<Notify>,
     /// True once the provider, node and request caches hold their initial lists.
@@ -48,6 +60,7 @@ impl Context {
         requests: Store<NodeRequest>,
         labels: Store<Label>,
         tenant_limits: Store<TenantLimit>,
+        images: Store<Image>,
         caches_ready: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         let recorder = Recorder::new(
@@ -59,11 +72,15 @@ impl Context {
             client: settings.client,
             namespace: settings.namespace,
             max_hold_age: settings.max_hold_age,
+            system_id: settings.system_id,
+            cleanup_interval: settings.cleanup_interval,
+            clouds: Clouds::default(),
             providers,
             nodes,
             requests,
             labels,
             tenant_limits,
+            images,
             scheduler_wake: Arc::new(Notify::new()),
             caches_ready,
         }
@@ -107,5 +124,19 @@ impl Context {
 
     pub fn provider(&self, name: &str) -> Option<Arc<Provider>> {
         self.providers.get(&kube::runtime::reflector::ObjectRef::new(name).within(&self.namespace))
+    }
+}
+
+impl Context {
+    /// The cloud behind a provider (`Ok(None)` for a static one).
+    pub async fn cloud(
+        &self,
+        provider: &Provider,
+    ) -> Result<Option<Arc<dyn nodepool_driver::Cloud>>, crate::clouds::CloudUnavailable> {
+        self.clouds.get(&self.client, &self.system_id, provider).await
+    }
+
+    pub fn image(&self, name: &str) -> Option<Arc<Image>> {
+        self.images.get(&kube::runtime::reflector::ObjectRef::new(name).within(&self.namespace))
     }
 }

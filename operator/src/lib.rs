@@ -5,6 +5,8 @@
 //! - [`controllers::pool_node`]: node lifecycle: registration, Zuul's states, release, deletion.
 //! - [`controllers::label`]: label status.
 
+pub mod cloud_drivers;
+pub mod clouds;
 pub mod context;
 pub mod controllers;
 pub mod scheduler;
@@ -14,12 +16,13 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use futures::StreamExt;
+use kube::ResourceExt;
 use kube::runtime::WatchStreamExt;
 use kube::{
     Api,
     runtime::{Controller, reflector, watcher},
 };
-use nodepool_crds::{Label, NodeRequest, PoolNode, Provider, TenantLimit};
+use nodepool_crds::{Image, Label, NodeRequest, PoolNode, Provider, TenantLimit};
 
 pub use context::{Context, Settings};
 
@@ -32,11 +35,13 @@ pub async fn run(settings: Settings) -> Result<()> {
     let requests: Api<NodeRequest> = Api::namespaced(client.clone(), &namespace);
     let labels: Api<Label> = Api::namespaced(client.clone(), &namespace);
     let tenant_limits: Api<TenantLimit> = Api::namespaced(client.clone(), &namespace);
+    let images: Api<Image> = Api::namespaced(client.clone(), &namespace);
 
     let provider_controller = Controller::new(providers.clone(), crate::watch_config());
     let node_controller = Controller::new(nodes.clone(), crate::watch_config());
     let label_controller = Controller::new(labels, crate::watch_config());
     let tenant_limit_controller = Controller::new(tenant_limits, crate::watch_config());
+    let image_controller = Controller::new(images.clone(), crate::watch_config());
 
     // The caches the scheduler and the reconcilers read. They are separate from the controllers'
     // own stores on purpose: a store's `wait_until_ready` wakes only one waiter, and each
@@ -52,13 +57,17 @@ pub async fn run(settings: Settings) -> Result<()> {
         request_store.clone(),
         label_controller.store(),
         tenant_limit_controller.store(),
+        image_controller.store(),
         caches_ready,
     ));
 
     // Every change to requests, nodes or providers is a reason for another scheduling pass.
     let cache_tasks = futures::future::join3(
-        reflector::reflector(provider_writer, watcher(providers, crate::watch_config()).default_backoff())
-            .for_each(wake_scheduler(context.scheduler_wake.clone())),
+        reflector::reflector(
+            provider_writer,
+            watcher(providers.clone(), crate::watch_config()).default_backoff(),
+        )
+        .for_each(wake_scheduler(context.scheduler_wake.clone())),
         reflector::reflector(node_writer, watcher(nodes.clone(), crate::watch_config()).default_backoff())
             .for_each(wake_scheduler(context.scheduler_wake.clone())),
         reflector::reflector(
@@ -79,8 +88,47 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
         std::future::pending::<()>().await
     };
+    // An image resolving (or not) changes what its providers can launch, and a provider's
+    // labels decide which images must be resolved for it.
+    let image_users = {
+        let providers = context.providers.clone();
+        move |image: Image| {
+            let name = image.name_any();
+            providers
+                .state()
+                .into_iter()
+                .filter(|p| {
+                    p.spec
+                        .pools
+                        .iter()
+                        .any(|pool| pool.labels.iter().any(|l| l.image.as_deref() == Some(&name)))
+                })
+                .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let images_of = {
+        let namespace = namespace.clone();
+        move |provider: Provider| {
+            let names: std::collections::BTreeSet<String> = provider
+                .spec
+                .pools
+                .iter()
+                .flat_map(|p| p.labels.iter().filter_map(|l| l.image.clone()))
+                .collect();
+            names
+                .into_iter()
+                .map(|name| kube::runtime::reflector::ObjectRef::<Image>::new(&name).within(&namespace))
+                .collect::<Vec<_>>()
+        }
+    };
+    let image_task = image_controller
+        .watches(providers.clone(), crate::watch_config(), images_of)
+        .run(controllers::image::reconcile, controllers::image::error_policy, context.clone())
+        .for_each(log_controller_error);
     let provider_task = provider_controller
         .owns(nodes, crate::watch_config())
+        .watches(images, crate::watch_config(), image_users)
         .run(controllers::provider::reconcile, controllers::provider::error_policy, context.clone())
         .for_each(log_controller_error);
     // A request that goes away (Zuul cancelled or accepted it) is a reason to look at the nodes
@@ -117,6 +165,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         () = provider_task => tracing::warn!("Provider controller ended"),
         () = node_task => tracing::warn!("PoolNode controller ended"),
         () = label_task => tracing::warn!("Label controller ended"),
+        () = image_task => tracing::warn!("Image controller ended"),
         () = tenant_limit_task => tracing::warn!("TenantLimit controller ended"),
         result = scheduler_task => result?,
     }

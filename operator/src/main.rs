@@ -16,6 +16,13 @@ struct Cli {
     /// (Nodepool's max-hold-age). Unset: held nodes stay until Zuul releases them.
     #[arg(long, env = "NODEPOOL_MAX_HOLD_AGE")]
     max_hold_age: Option<u64>,
+    /// Identifies this installation in the tags of everything it creates in a cloud; two
+    /// installations sharing a cloud account must use different ids. Default: the namespace.
+    #[arg(long, env = "NODEPOOL_SYSTEM_ID")]
+    system_id: Option<String>,
+    /// Seconds between checks of each cloud provider for leaked instances and volumes.
+    #[arg(long, env = "NODEPOOL_CLEANUP_INTERVAL", default_value_t = 60)]
+    cleanup_interval: u64,
     /// Log as JSON lines.
     #[arg(long, env = "NODEPOOL_LOG_JSON")]
     log_json: bool,
@@ -36,6 +43,8 @@ async fn main() -> Result<()> {
     tracing::info!(namespace = %cli.namespace, "starting nodepool-operator");
     let settings = Settings {
         client,
+        system_id: cli.system_id.unwrap_or_else(|| format!("nodepool-operator-{}", cli.namespace)),
+        cleanup_interval: Duration::from_secs(cli.cleanup_interval),
         namespace: cli.namespace,
         max_hold_age: cli.max_hold_age.map(Duration::from_secs),
     };

@@ -16,7 +16,7 @@ pub async fn reconcile(label: Arc<Label>, ctx: Arc<Context>) -> Result<Action, E
     let count = |state: NodeState| {
         of_label.clone().filter(|n| n.status.as_ref().is_some_and(|s| s.state == state)).count()
     };
-    let mut providers: Vec<String> = plan::pools(&ctx.providers.state())
+    let mut providers: Vec<String> = plan::pools(&ctx.providers.state(), &|_, _| None)
         .into_iter()
         .filter(|pool| pool.labels.contains(&name))
         .map(|pool| pool.provider)

@@ -1,6 +1,9 @@
 //! One reconciler per kind, in the kube-runtime style: `reconcile(object, context)` plus an
 //! error policy that retries with a delay.
 
+pub mod cloud_node;
+pub mod cloud_provider;
+pub mod image;
 pub mod label;
 pub mod pool_node;
 pub mod provider;

@@ -28,7 +28,16 @@ pub async fn reconcile(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::await_change());
     }
     let status = node.status.clone().unwrap_or_default();
+    let cloud_node = node.spec.static_host.is_none();
+    if cloud_node && node.status.is_none() {
+        // The scheduler writes a new node's allocation right after creating it; launching
+        // before that would launch it for nobody.
+        return super::cloud_node::unclaimed(&node, &ctx).await;
+    }
     match status.state {
+        NodeState::Init | NodeState::Building if cloud_node => {
+            super::cloud_node::launch(&node, status, &ctx).await
+        }
         NodeState::Init => register(&node, status, &ctx).await,
         NodeState::Ready | NodeState::InUse | NodeState::Used | NodeState::Hold => {
             lifecycle(&node, status, &ctx).await
@@ -50,6 +59,9 @@ pub fn error_policy(node: Arc<PoolNode>, error: &Error, _: Arc<Context>) -> Acti
 }
 
 async fn delete(node: &PoolNode, ctx: &Context, why: &str) -> Result<Action, Error> {
+    if node.spec.static_host.is_none() {
+        return super::cloud_node::tear_down(node, ctx, why).await;
+    }
     tracing::info!(node = %node.name_any(), provider = %node.spec.provider, why, "deleting node");
     let api: Api<PoolNode> = ctx.api();
     match api.delete(&node.name_any(), &DeleteParams::default()).await {

@@ -25,12 +25,20 @@ pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Act
     let name = provider.name_any();
     let nodes: Vec<Arc<PoolNode>> =
         ctx.nodes.state().into_iter().filter(|n| n.spec.provider == name).collect();
-    let (ready, reason, message) = readiness(&provider, &ctx).await?;
-    if ready && provider.spec.driver == Driver::Static {
-        sync_static_slots(&provider, &nodes, &ctx).await?;
-    }
-    let generation = provider.metadata.generation;
     let mut status = provider.status.clone().unwrap_or_default();
+    let (ready, reason, message) = if provider.spec.driver == Driver::Static {
+        let readiness = readiness(&provider, &ctx).await?;
+        if readiness.0 {
+            sync_static_slots(&provider, &nodes, &ctx).await?;
+        }
+        readiness
+    } else {
+        let probe = super::cloud_provider::probe(&provider, &ctx).await?;
+        status.pools = probe.pools;
+        status.quota.get_or_insert_with(Default::default).cloud = probe.cloud_quota;
+        (probe.ready, probe.reason, probe.message)
+    };
+    let generation = provider.metadata.generation;
     conditions::set_condition(
         &mut status.conditions,
         conditions::condition(conditions::types::READY, ready, reason, message, generation),
@@ -38,11 +46,19 @@ pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Act
     status.observed_generation = generation;
     status.nodes = Some(count_nodes(&nodes));
     let used = crate::scheduler::plan::footprint(nodes.iter().map(|n| n.as_ref()));
-    status.quota = Some(QuotaStatus { used, limits: provider.spec.limits.clone() });
+    let cloud = status.quota.as_ref().and_then(|q| q.cloud.clone());
+    status.quota = Some(QuotaStatus { used, limits: provider.spec.limits.clone(), cloud });
     if provider.status.as_ref() != Some(&status) {
         status::apply_status(&ctx.api::<Provider>(), &provider, &status).await?;
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    if provider.spec.driver == Driver::Static {
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+    if ready {
+        super::cloud_provider::clean_up_leaks(&provider, &ctx).await;
+    }
+    // Cloud providers: quota, pauses and leaks change without any object changing.
+    Ok(Action::requeue(ctx.cleanup_interval.min(Duration::from_secs(30))))
 }
 
 pub fn error_policy(provider: Arc<Provider>, error: &Error, _: Arc<Context>) -> Action {
@@ -54,7 +70,7 @@ pub fn error_policy(provider: Arc<Provider>, error: &Error, _: Arc<Context>) -> 
     retry_after(error)
 }
 
-/// Whether the provider can serve, with the reason shown in its `Ready` condition.
+/// Whether a static provider can serve, with the reason shown in its `Ready` condition.
 async fn readiness(provider: &Provider, ctx: &Context) -> Result<(bool, &'static str, String), Error> {
     if let Some(secret) = &provider.spec.credentials_secret_ref {
         let secrets: Api<Secret> = ctx.api();
@@ -62,14 +78,7 @@ async fn readiness(provider: &Provider, ctx: &Context) -> Result<(bool, &'static
             return Ok((false, "CredentialsMissing", format!("Secret {:?} does not exist", secret.name)));
         }
     }
-    Ok(match provider.spec.driver {
-        Driver::Static => (true, "Configured", "static hosts are registered as they answer".to_owned()),
-        driver => (
-            false,
-            "DriverUnavailable",
-            format!("the {} driver is not part of this build of nodepool-operator yet", driver.as_str()),
-        ),
-    })
+    Ok((true, "Configured", "static hosts are registered as they answer".to_owned()))
 }
 
 fn count_nodes(nodes: &[Arc<PoolNode>]) -> NodeCounts {

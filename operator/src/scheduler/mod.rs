@@ -3,17 +3,21 @@
 //! based on, and the next pass waits until the caches show the writes, so a node is never handed
 //! out twice.
 
+pub mod capacity;
 pub mod plan;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
-    ResourceExt,
+    Resource, ResourceExt,
     runtime::reflector::{ObjectRef, Store},
 };
-use nodepool_crds::{NodeRequestState, PoolNode, conditions};
+use nodepool_crds::{
+    NodeRequest, NodeRequestState, NodeState, PoolNode, PoolNodeSpec, PoolNodeStatus, conditions,
+    labels as node_labels, pool_node::NodeResources,
+};
 
 use crate::{context::Context, status};
 use plan::Decision;
@@ -27,8 +31,11 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
     loop {
         let nodes = ctx.nodes.state();
         let mut tenants = plan::tenant_budgets(&ctx.tenant_limits.state(), &nodes);
-        let decisions =
-            plan::plan(&ctx.requests.state(), &nodes, &plan::pools(&ctx.providers.state()), &mut tenants);
+        let paused = |provider: &str, pool: &str| ctx.clouds.paused(provider, pool).map(|p| p.reason);
+        let pools = plan::pools(&ctx.providers.state(), &paused);
+        let (requests, labels) = (ctx.requests.state(), ctx.labels.state());
+        let world = plan::World { requests: &requests, nodes: &nodes, pools: &pools, labels: &labels };
+        let decisions = plan::plan(&world, &mut tenants);
         let mut written = Vec::new();
         for decision in decisions {
             match apply(&ctx, decision).await {
@@ -55,6 +62,8 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
 /// An object the scheduler wrote, and the resourceVersion the write produced.
 enum Written {
     Node(String, String),
+    /// A node created in this pass: the cache must show it before the next pass.
+    NewNode(String, String),
     Request(String, String),
 }
 
@@ -81,9 +90,22 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Vec<Written>> {
             ctx.event(&updated, false, reason, message).await;
             Ok(vec![Written::Request(request, updated.resource_version().unwrap_or_default())])
         }
-        Decision::Decline { request, pools, message } => {
+        Decision::Launch { request, provider, pool, reuse, launch } => {
+            launch_for_request(ctx, &request, provider, pool, reuse, launch).await
+        }
+        Decision::LaunchSpare { provider, pool, label, resources, count } => {
+            let mut written = Vec::new();
+            for _ in 0..count {
+                let node = new_node(ctx, &provider, &pool, &label, resources.clone(), None).await?;
+                tracing::info!(node = %node.name_any(), %provider, %pool, %label, "launching a spare node for min-ready");
+                written.push(Written::NewNode(node.name_any(), node.resource_version().unwrap_or_default()));
+            }
+            Ok(written)
+        }
+        Decision::Decline { request, pools, message, release } => {
             let Some(object) = cached(&ctx.requests, ctx, &request) else { return Ok(vec![]) };
             tracing::info!(request = %request, %message, "declining request");
+            let mut written = release_nodes(ctx, &release).await?;
             let mut status = object.status.clone().unwrap_or_default();
             status.state = NodeRequestState::Failed;
             status.state_time = Some(Time(Timestamp::now()));
@@ -101,7 +123,8 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Vec<Written>> {
             );
             let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
             ctx.event(&updated, true, "Declined", message).await;
-            Ok(vec![Written::Request(request, updated.resource_version().unwrap_or_default())])
+            written.push(Written::Request(request, updated.resource_version().unwrap_or_default()));
+            Ok(written)
         }
     }
 }
@@ -133,6 +156,9 @@ async fn assign(
             let node =
                 cached(&ctx.nodes, ctx, name).ok_or_else(|| anyhow::anyhow!("node {name} vanished"))?;
             let mut status = node.status.clone().unwrap_or_default();
+            if status.allocated_to.as_deref() == Some(object.spec.request_id.as_str()) {
+                continue; // launched for this request
+            }
             status.allocated_to = Some(object.spec.request_id.clone());
             status.tenant = object.spec.tenant.clone();
             status.requestor = object.spec.requestor.clone();
@@ -211,6 +237,123 @@ async fn static_hosts_answer(ctx: &Context, names: &[String]) -> Result<bool> {
     Ok(all_answer)
 }
 
+/// Accepts a request for a cloud pool: `pending` first (the bridge then holds the request lock),
+/// then the free nodes are allocated and the missing ones created, allocated to it.
+async fn launch_for_request(
+    ctx: &Context,
+    request: &str,
+    provider: String,
+    pool: String,
+    reuse: Vec<String>,
+    launch: Vec<(String, NodeResources)>,
+) -> Result<Vec<Written>> {
+    let Some(object) = cached(&ctx.requests, ctx, request) else { return Ok(vec![]) };
+    let mut written = Vec::new();
+    let mut status = object.status.clone().unwrap_or_default();
+    if status.state != NodeRequestState::Pending {
+        status.state = NodeRequestState::Pending;
+        status.state_time = Some(Time(Timestamp::now()));
+        status.provider = Some(provider.clone());
+        status.pool = Some(pool.clone());
+        status.observed_generation = object.metadata.generation;
+        let labels: Vec<&str> = launch.iter().map(|(l, _)| l.as_str()).collect();
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::condition(
+                conditions::types::WAITING,
+                true,
+                "Launching",
+                format!("launching {labels:?} in {provider}/{pool}"),
+                object.metadata.generation,
+            ),
+        );
+        let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
+        written.push(Written::Request(request.to_owned(), updated.resource_version().unwrap_or_default()));
+    }
+    for name in &reuse {
+        let Some(node) = cached(&ctx.nodes, ctx, name) else { continue };
+        let mut node_status = node.status.clone().unwrap_or_default();
+        node_status.allocated_to = Some(object.spec.request_id.clone());
+        node_status.tenant = object.spec.tenant.clone();
+        node_status.requestor = object.spec.requestor.clone();
+        let updated = status::apply_node_status(&ctx.api(), &node, &node_status).await?;
+        written.push(Written::Node(name.clone(), updated.resource_version().unwrap_or_default()));
+    }
+    for (label, resources) in launch {
+        let node = new_node(ctx, &provider, &pool, &label, resources, Some(&object)).await?;
+        tracing::info!(request = %object.spec.request_id, node = %node.name_any(), %provider, %pool, %label, "launching node");
+        written.push(Written::NewNode(node.name_any(), node.resource_version().unwrap_or_default()));
+    }
+    Ok(written)
+}
+
+/// Creates a cloud node in `init`, allocated to `request` if given; the PoolNode controller
+/// launches it. Its footprint is recorded at once so quota counts it from the start.
+async fn new_node(
+    ctx: &Context,
+    provider: &str,
+    pool: &str,
+    label: &str,
+    resources: NodeResources,
+    request: Option<&NodeRequest>,
+) -> Result<PoolNode> {
+    let api: kube::Api<PoolNode> = ctx.api();
+    let mut node = PoolNode::new(
+        "",
+        PoolNodeSpec {
+            provider: provider.to_owned(),
+            pool: pool.to_owned(),
+            labels: vec![label.to_owned()],
+            static_host: None,
+            hold: None,
+        },
+    );
+    node.metadata.name = None;
+    // Short names: they become instance names (GCE allows 63 characters).
+    let prefix: String = provider.chars().take(40).collect();
+    node.metadata.generate_name = Some(format!("{}-", prefix.trim_end_matches('-')));
+    node.metadata.labels = Some(BTreeMap::from([
+        (node_labels::PROVIDER.to_owned(), provider.to_owned()),
+        (node_labels::POOL.to_owned(), pool.to_owned()),
+    ]));
+    if let Some(owner) = ctx.provider(provider).and_then(|p| p.controller_owner_ref(&())) {
+        node.metadata.owner_references = Some(vec![owner]);
+    }
+    let created = api.create(&Default::default(), &node).await.context("creating a PoolNode")?;
+    let status = PoolNodeStatus {
+        state: NodeState::Init,
+        state_time: Some(Time(Timestamp::now())),
+        allocated_to: request.map(|r| r.spec.request_id.clone()),
+        tenant: request.and_then(|r| r.spec.tenant.clone()),
+        requestor: request.and_then(|r| r.spec.requestor.clone()),
+        resources: Some(resources),
+        ..Default::default()
+    };
+    match status::apply_node_status(&api, &created, &status).await {
+        Ok(updated) => Ok(updated),
+        Err(error) => {
+            // Without its allocation the node would launch unasked for; take it back.
+            let _ = api.delete(&created.name_any(), &Default::default()).await;
+            Err(error)
+        }
+    }
+}
+
+/// Clears the allocation of nodes a declined request no longer needs.
+async fn release_nodes(ctx: &Context, names: &[String]) -> Result<Vec<Written>> {
+    let mut written = Vec::new();
+    for name in names {
+        let Some(node) = cached(&ctx.nodes, ctx, name) else { continue };
+        let mut status = node.status.clone().unwrap_or_default();
+        status.allocated_to = None;
+        status.tenant = None;
+        status.requestor = None;
+        let updated = status::apply_node_status(&ctx.api(), &node, &status).await?;
+        written.push(Written::Node(name.clone(), updated.resource_version().unwrap_or_default()));
+    }
+    Ok(written)
+}
+
 /// How long a host may take to accept a connection at hand-out.
 const HAND_OUT_CHECK: Duration = Duration::from_secs(2);
 
@@ -229,6 +372,9 @@ async fn wait_for_caches(ctx: &Context, written: &[Written]) {
         written.iter().all(|object| match object {
             Written::Node(name, version) => {
                 cached(&ctx.nodes, ctx, name).is_none_or(|n| at_least(n.resource_version(), version))
+            }
+            Written::NewNode(name, version) => {
+                cached(&ctx.nodes, ctx, name).is_some_and(|n| at_least(n.resource_version(), version))
             }
             Written::Request(name, version) => {
                 cached(&ctx.requests, ctx, name).is_none_or(|r| at_least(r.resource_version(), version))

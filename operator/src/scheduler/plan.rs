@@ -1,32 +1,51 @@
 //! Deciding which requests get which nodes, as a pure function of what is in the caches, in
-//! Nodepool's order (zk-protocol.md §6.2, §6.3):
+//! Nodepool's order (zk-protocol.md §6.2–6.6):
 //!
 //! 1. requests by priority class (`100` < `200` < `300` < `900`), relative priority, then age;
 //! 2. for each, the pools that serve every label, preferred provider first, then pool priority;
-//! 3. the first such pool with a free ready node per label gets the request (all nodes of one
-//!    request from one pool); otherwise the request waits, and if no pool of ours serves its
-//!    labels at all, it is declined.
+//! 3. the first pool with a free ready node per label gets the request (all nodes of one request
+//!    from one pool); a cloud pool may instead launch what is missing, if its quota allows —
+//!    the request is then `pending` until the launches end;
+//! 4. a request no pool of ours can ever serve is declined; anything else waits;
+//! 5. pending requests are fulfilled once all their nodes are ready, and declined if a launch
+//!    failed;
+//! 6. finally, labels below their `minReady` get spare launches where quota remains.
 
 use std::{
     cmp::Ordering,
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
 };
 
 use kube::ResourceExt;
 use nodepool_crds::{
-    NodeRequest, NodeRequestState, NodeState, PoolNode, Provider, TenantLimit, conditions,
+    Driver, Label, NodeRequest, NodeRequestState, NodeState, PoolNode, Provider, TenantLimit, conditions,
+    pool_node::NodeResources,
     provider::{ResourceLimits, ResourceUsage},
 };
+
+use super::capacity::{self, Capacity};
 
 /// What the scheduler does with one request in this pass.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Hand these nodes (names, in label order) from `provider/pool` to the request.
     Assign { request: String, provider: String, pool: String, nodes: Vec<String> },
+    /// Accept the request in `provider/pool`: allocate the free nodes in `reuse` and launch one
+    /// node per label in `launch`; the request is `pending` until they are ready.
+    Launch {
+        request: String,
+        provider: String,
+        pool: String,
+        reuse: Vec<String>,
+        launch: Vec<(String, NodeResources)>,
+    },
+    /// Launch unallocated nodes of `label` to keep its `minReady`.
+    LaunchSpare { provider: String, pool: String, label: String, resources: NodeResources, count: u32 },
     /// Leave it waiting, saying why.
     Wait { request: String, reason: &'static str, message: String },
-    /// None of our pools can ever serve it.
-    Decline { request: String, pools: Vec<String>, message: String },
+    /// None of our pools can serve it (or its launch failed). `release` are nodes allocated to
+    /// it that go back to the pool.
+    Decline { request: String, pools: Vec<String>, message: String, release: Vec<String> },
 }
 
 /// A pool of ours, as the scheduler sees it.
@@ -39,6 +58,38 @@ pub struct PoolView {
     /// False when the provider is paused or not Ready: the pool keeps its labels (so requests
     /// are not declined) but takes nothing new.
     pub usable: bool,
+    /// How the pool launches nodes; `None` for a static pool, which never launches.
+    pub launch: Option<LaunchView>,
+}
+
+/// What a cloud pool may launch.
+#[derive(Clone, Debug, Default)]
+pub struct LaunchView {
+    /// Footprint of one node per launchable label.
+    pub footprints: BTreeMap<String, NodeResources>,
+    /// Labels that cannot be launched, with why (image not resolved, unknown instance type).
+    pub unlaunchable: BTreeMap<String, String>,
+    pub pool_limits: ResourceLimits,
+    /// The tighter of the provider's `limits` and the cloud's quota.
+    pub provider_limits: ResourceLimits,
+    pub max_concurrency: Option<u32>,
+    /// Why the pool launches nothing for now (the cloud refused a launch for quota).
+    pub paused: Option<String>,
+}
+
+fn usage(resources: &NodeResources) -> ResourceUsage {
+    ResourceUsage { servers: resources.instances.max(1), cores: resources.cores, ram: resources.ram }
+}
+
+fn total<'a>(footprints: impl IntoIterator<Item = &'a NodeResources>) -> ResourceUsage {
+    let mut sum = ResourceUsage::default();
+    for resources in footprints {
+        let one = usage(resources);
+        sum.servers += one.servers;
+        sum.cores += one.cores;
+        sum.ram += one.ram;
+    }
+    sum
 }
 
 /// What one tenant may use and uses, as the scheduler tracks it through a pass.
@@ -97,8 +148,11 @@ pub fn tenant_budgets(
         .collect()
 }
 
-/// Every pool of every Provider.
-pub fn pools(providers: &[std::sync::Arc<Provider>]) -> Vec<PoolView> {
+/// Every pool of every Provider. `paused` says why a pool of a provider is paused, if it is.
+pub fn pools(
+    providers: &[std::sync::Arc<Provider>],
+    paused: &dyn Fn(&str, &str) -> Option<String>,
+) -> Vec<PoolView> {
     let mut pools = Vec::new();
     for provider in providers {
         let ready = provider
@@ -106,17 +160,60 @@ pub fn pools(providers: &[std::sync::Arc<Provider>]) -> Vec<PoolView> {
             .as_ref()
             .and_then(|s| conditions::find(&s.conditions, conditions::types::READY))
             .is_none_or(|c| c.status != "False");
+        let name = provider.name_any();
+        let cloud_quota = provider
+            .status
+            .as_ref()
+            .and_then(|s| s.quota.as_ref())
+            .and_then(|q| q.cloud.clone())
+            .unwrap_or_default();
+        let provider_limits =
+            capacity::tightest(&provider.spec.limits.clone().unwrap_or_default(), &cloud_quota);
         for pool in &provider.spec.pools {
             let labels = match &pool.hosts {
                 Some(hosts) => hosts.iter().flat_map(|h| h.labels.iter().cloned()).collect(),
                 None => pool.labels.iter().map(|l| l.name.clone()).collect(),
             };
+            let launch = (provider.spec.driver != Driver::Static).then(|| {
+                let status =
+                    provider.status.as_ref().and_then(|s| s.pools.iter().find(|p| p.name == pool.name));
+                let mut view = LaunchView {
+                    pool_limits: ResourceLimits {
+                        max_servers: pool.max_servers,
+                        max_cores: pool.max_cores,
+                        max_ram: pool.max_ram,
+                    },
+                    provider_limits: provider_limits.clone(),
+                    max_concurrency: provider.spec.max_concurrency,
+                    paused: paused(&name, &pool.name),
+                    ..Default::default()
+                };
+                for label in &pool.labels {
+                    let checked = status.and_then(|s| s.labels.iter().find(|l| l.name == label.name));
+                    match checked {
+                        Some(l) if l.launchable => {
+                            view.footprints
+                                .insert(label.name.clone(), l.resources.clone().unwrap_or_default());
+                        }
+                        Some(l) => {
+                            let why = l.message.clone().unwrap_or_else(|| "cannot be launched".into());
+                            view.unlaunchable.insert(label.name.clone(), why);
+                        }
+                        None => {
+                            view.unlaunchable
+                                .insert(label.name.clone(), "not checked against the cloud yet".into());
+                        }
+                    }
+                }
+                view
+            });
             pools.push(PoolView {
-                provider: provider.name_any(),
+                provider: name.clone(),
                 pool: pool.name.clone(),
                 priority: pool.priority.or(provider.spec.priority).unwrap_or(100),
                 labels,
                 usable: ready && !provider.spec.paused,
+                launch,
             });
         }
     }
@@ -148,104 +245,361 @@ pub fn is_free(node: &PoolNode) -> bool {
         && zookeeper.is_some_and(|z| z.node_id.is_some() && !z.locked && z.zuul_state.is_none())
 }
 
-/// Decides on every open request, in order. Nodes assigned earlier in the pass are not offered
-/// again.
-pub fn plan(
-    requests: &[std::sync::Arc<NodeRequest>],
-    nodes: &[std::sync::Arc<PoolNode>],
-    pools: &[PoolView],
-    tenants: &mut [TenantBudget],
-) -> Vec<Decision> {
-    let mut open: Vec<&NodeRequest> = requests.iter().map(|r| r.as_ref()).filter(|r| is_open(r)).collect();
-    open.sort_by(|a, b| request_order(a, b));
-    let mut taken: HashSet<String> = HashSet::new();
-    let mut free: Vec<&PoolNode> = nodes.iter().map(|n| n.as_ref()).filter(|n| is_free(n)).collect();
-    free.sort_by_key(|n| n.metadata.creation_timestamp.clone().map(|t| t.0));
+/// Everything a pass decides on.
+pub struct World<'a> {
+    pub requests: &'a [std::sync::Arc<NodeRequest>],
+    pub nodes: &'a [std::sync::Arc<PoolNode>],
+    pub pools: &'a [PoolView],
+    pub labels: &'a [std::sync::Arc<Label>],
+}
 
-    let mut decisions = Vec::new();
+/// Decides on every open and pending request, in order, then on spare launches. Nodes assigned
+/// earlier in the pass are not offered again, and launches planned earlier count against quota.
+pub fn plan(world: &World, tenants: &mut [TenantBudget]) -> Vec<Decision> {
+    let mut pass = Pass {
+        taken: HashSet::new(),
+        free: world.nodes.iter().map(|n| n.as_ref()).filter(|n| is_free(n)).collect(),
+        capacity: Capacity::from_nodes(world.nodes),
+        decisions: Vec::new(),
+    };
+    pass.free.sort_by_key(|n| n.metadata.creation_timestamp.clone().map(|t| t.0));
+
+    let mut pending: Vec<&NodeRequest> =
+        world.requests.iter().map(|r| r.as_ref()).filter(|r| is_pending(r)).collect();
+    pending.sort_by(|a, b| request_order(a, b));
+    for request in pending {
+        pass.pending(world, request);
+    }
+    let mut open: Vec<&NodeRequest> =
+        world.requests.iter().map(|r| r.as_ref()).filter(|r| is_open(r)).collect();
+    open.sort_by(|a, b| request_order(a, b));
     for request in open {
+        pass.open(world, request, tenants);
+    }
+    pass.spares(world);
+    pass.decisions
+}
+
+/// The state of one pass.
+struct Pass<'a> {
+    /// Nodes handed out in this pass.
+    taken: HashSet<String>,
+    /// Free ready nodes, oldest first.
+    free: Vec<&'a PoolNode>,
+    capacity: Capacity,
+    decisions: Vec<Decision>,
+}
+
+impl<'a> Pass<'a> {
+    /// A free node of `label` in `pool`, not yet handed out and not in `chosen`.
+    fn free_node(&self, pool: &PoolView, label: &str, chosen: &[&'a PoolNode]) -> Option<&'a PoolNode> {
+        self.free.iter().copied().find(|n| {
+            n.spec.provider == pool.provider
+                && n.spec.pool == pool.pool
+                && n.spec.labels.iter().any(|l| l == label)
+                && !self.taken.contains(&n.name_any())
+                && !chosen.iter().any(|c| c.name_any() == n.name_any())
+        })
+    }
+
+    fn open(&mut self, world: &World, request: &NodeRequest, tenants: &mut [TenantBudget]) {
         let name = request.name_any();
         let labels = &request.spec.labels;
         let mut candidates: Vec<&PoolView> =
-            pools.iter().filter(|p| labels.iter().all(|label| p.labels.contains(label))).collect();
+            world.pools.iter().filter(|p| labels.iter().all(|label| p.labels.contains(label))).collect();
         if candidates.is_empty() {
             let missing: BTreeSet<&String> =
-                labels.iter().filter(|l| !pools.iter().any(|p| p.labels.contains(*l))).collect();
+                labels.iter().filter(|l| !world.pools.iter().any(|p| p.labels.contains(*l))).collect();
             let message = if missing.is_empty() {
                 format!("no single pool serves all of {labels:?}")
             } else {
                 format!("no provider serves label(s) {missing:?}")
             };
-            let pools = pools.iter().map(|p| format!("{}/{}", p.provider, p.pool)).collect();
-            decisions.push(Decision::Decline { request: name, pools, message });
-            continue;
+            self.decline_everywhere(world, name, message);
+            return;
         }
         let preferred = request.spec.preferred_provider.as_deref();
         candidates.sort_by_key(|p| {
             (Some(p.provider.as_str()) != preferred, p.priority, p.provider.clone(), p.pool.clone())
         });
-        let mut assigned = None;
-        for pool in candidates.iter().filter(|p| p.usable) {
+
+        // Why each launching pool can never serve the request; all of them → decline.
+        let mut never: Vec<String> = Vec::new();
+        let mut blocked: Vec<String> = Vec::new();
+        let budget_index =
+            request.spec.tenant.as_ref().and_then(|t| tenants.iter().position(|b| &b.tenant == t));
+        for pool in candidates.iter().copied() {
+            // Free ready nodes first (a static pool's only way; a cloud pool's when reuse is on).
+            let reuse = pool.launch.is_none() || request.spec.reuse;
             let mut chosen: Vec<&PoolNode> = Vec::new();
+            let mut missing: Vec<String> = Vec::new();
             for label in labels {
-                let found = free.iter().find(|n| {
-                    n.spec.provider == pool.provider
-                        && n.spec.pool == pool.pool
-                        && n.spec.labels.contains(label)
-                        && !taken.contains(&n.name_any())
-                        && !chosen.iter().any(|c| c.name_any() == n.name_any())
-                });
-                match found {
+                match self.free_node(pool, label, &chosen).filter(|_| reuse) {
                     Some(node) => chosen.push(node),
-                    None => break,
+                    None => missing.push(label.clone()),
                 }
             }
-            if chosen.len() == labels.len() {
-                assigned = Some((pool, chosen));
-                break;
-            }
-        }
-        // A tenant at its limit waits (Nodepool never declines for tenant quota).
-        let budget = request.spec.tenant.as_ref().and_then(|t| tenants.iter_mut().find(|b| &b.tenant == t));
-        if let (Some((_, chosen)), Some(budget)) = (&assigned, budget) {
-            let need = footprint(chosen.iter().copied());
-            if !budget.fits(&need) {
-                let message = format!(
-                    "tenant {} is at its limit (uses {} servers, {} cores, {} MiB)",
-                    budget.tenant, budget.used.servers, budget.used.cores, budget.used.ram
-                );
-                decisions.push(Decision::Wait { request: name, reason: "TenantLimit", message });
+            let launch_need: Vec<(String, NodeResources)> = match &pool.launch {
+                _ if missing.is_empty() => Vec::new(),
+                None => continue, // a static pool without free nodes: try the next pool
+                Some(launch) => {
+                    if let Some((label, why)) =
+                        missing.iter().find_map(|l| launch.unlaunchable.get_key_value(l))
+                    {
+                        never.push(format!("{}/{}: label {label}: {why}", pool.provider, pool.pool));
+                        continue;
+                    }
+                    let need: Vec<(String, NodeResources)> =
+                        missing.iter().map(|l| (l.clone(), launch.footprints[l].clone())).collect();
+                    let whole = total(labels.iter().filter_map(|l| launch.footprints.get(l)));
+                    if let Err(why) = capacity::ever_fits(launch, &whole) {
+                        never.push(format!("{}/{}: {why}", pool.provider, pool.pool));
+                        continue;
+                    }
+                    if !pool.usable {
+                        continue;
+                    }
+                    if let Some(why) = &launch.paused {
+                        blocked.push(format!("{}/{} is paused: {why}", pool.provider, pool.pool));
+                        continue;
+                    }
+                    let more = total(need.iter().map(|(_, r)| r));
+                    if let Err(why) = self.capacity.fits(pool, launch, &more, need.len() as u32) {
+                        blocked.push(why);
+                        continue;
+                    }
+                    need
+                }
+            };
+            if !pool.usable {
                 continue;
             }
-            budget.add(&need);
-        }
-        match assigned {
-            Some((pool, chosen)) => {
-                let nodes: Vec<String> = chosen.iter().map(|n| n.name_any()).collect();
-                taken.extend(nodes.iter().cloned());
-                decisions.push(Decision::Assign {
+            // A tenant at its limit waits (Nodepool never declines for tenant quota).
+            let mut need = footprint(chosen.iter().copied());
+            let launched = total(launch_need.iter().map(|(_, r)| r));
+            need.servers += launched.servers;
+            need.cores += launched.cores;
+            need.ram += launched.ram;
+            if let Some(budget) = budget_index.map(|i| &mut tenants[i]) {
+                if !budget.fits(&need) {
+                    let message = format!(
+                        "tenant {} is at its limit (uses {} servers, {} cores, {} MiB)",
+                        budget.tenant, budget.used.servers, budget.used.cores, budget.used.ram
+                    );
+                    self.decisions.push(Decision::Wait { request: name, reason: "TenantLimit", message });
+                    return;
+                }
+                budget.add(&need);
+            }
+            let reused: Vec<String> = chosen.iter().map(|n| n.name_any()).collect();
+            self.taken.extend(reused.iter().cloned());
+            if launch_need.is_empty() {
+                self.decisions.push(Decision::Assign {
                     request: name,
                     provider: pool.provider.clone(),
                     pool: pool.pool.clone(),
-                    nodes,
+                    nodes: reused,
+                });
+            } else {
+                self.capacity.take(pool, &launched, launch_need.len() as u32);
+                self.decisions.push(Decision::Launch {
+                    request: name,
+                    provider: pool.provider.clone(),
+                    pool: pool.pool.clone(),
+                    reuse: reused,
+                    launch: launch_need,
                 });
             }
-            None => {
-                let (reason, message) = if candidates.iter().all(|p| !p.usable) {
-                    (
-                        "ProvidersUnavailable",
-                        format!("every pool serving {labels:?} is paused or its provider is not Ready"),
-                    )
-                } else {
-                    let names: Vec<String> =
-                        candidates.iter().map(|p| format!("{}/{}", p.provider, p.pool)).collect();
-                    ("NoFreeNodes", format!("waiting for free nodes for {labels:?} in {}", names.join(", ")))
-                };
-                decisions.push(Decision::Wait { request: name, reason, message });
+            return;
+        }
+        let static_candidates = candidates.iter().any(|p| p.launch.is_none());
+        if !static_candidates && never.len() == candidates.len() {
+            self.decline_everywhere(world, name, never.join("; "));
+            return;
+        }
+        let (reason, message) = if candidates.iter().all(|p| !p.usable) {
+            (
+                "ProvidersUnavailable",
+                format!("every pool serving {labels:?} is paused or its provider is not Ready"),
+            )
+        } else if !blocked.is_empty() {
+            ("AtQuota", blocked.join("; "))
+        } else {
+            let names: Vec<String> =
+                candidates.iter().map(|p| format!("{}/{}", p.provider, p.pool)).collect();
+            ("NoFreeNodes", format!("waiting for free nodes for {labels:?} in {}", names.join(", ")))
+        };
+        self.decisions.push(Decision::Wait { request: name, reason, message });
+    }
+
+    fn decline_everywhere(&mut self, world: &World, request: String, message: String) {
+        let pools = world.pools.iter().map(|p| format!("{}/{}", p.provider, p.pool)).collect();
+        self.decisions.push(Decision::Decline { request, pools, message, release: Vec::new() });
+    }
+
+    /// A request we accepted: fulfil it when its nodes are ready, decline it when a launch
+    /// failed, and launch again what was aborted.
+    fn pending(&mut self, world: &World, request: &NodeRequest) {
+        let name = request.name_any();
+        let id = request.spec.request_id.as_str();
+        let status = request.status.clone().unwrap_or_default();
+        let (Some(provider), Some(pool_name)) = (status.provider.clone(), status.pool.clone()) else {
+            return;
+        };
+        let allocated: Vec<&PoolNode> = world
+            .nodes
+            .iter()
+            .map(|n| n.as_ref())
+            .filter(|n| n.status.as_ref().and_then(|s| s.allocated_to.as_deref()) == Some(id))
+            .filter(|n| n.metadata.deletion_timestamp.is_none())
+            .collect();
+        if let Some(failed) =
+            allocated.iter().find(|n| n.status.as_ref().is_some_and(|s| s.state == NodeState::Failed))
+        {
+            let why = failed
+                .status
+                .as_ref()
+                .and_then(|s| s.launch.as_ref())
+                .and_then(|l| l.last_error.clone())
+                .unwrap_or_else(|| "launch failed".into());
+            let release = allocated
+                .iter()
+                .filter(|n| n.status.as_ref().is_some_and(|s| s.state != NodeState::Failed))
+                .map(|n| n.name_any())
+                .collect();
+            let pools = world.pools.iter().map(|p| format!("{}/{}", p.provider, p.pool)).collect();
+            let message = format!("launching node {} failed: {why}", failed.name_any());
+            self.decisions.push(Decision::Decline { request: name, pools, message, release });
+            return;
+        }
+        // Match the request's labels, in order, to its nodes.
+        let mut matched: Vec<&PoolNode> = Vec::new();
+        let mut missing: Vec<String> = Vec::new();
+        for label in &request.spec.labels {
+            let node = allocated.iter().copied().find(|n| {
+                n.spec.labels.contains(label)
+                    && n.status.as_ref().is_some_and(|s| {
+                        matches!(s.state, NodeState::Init | NodeState::Building | NodeState::Ready)
+                    })
+                    && !matched.iter().any(|m| m.name_any() == n.name_any())
+            });
+            match node {
+                Some(node) => matched.push(node),
+                None => missing.push(label.clone()),
+            }
+        }
+        if missing.is_empty() {
+            let ready = matched.iter().all(|n| {
+                let status = n.status.as_ref();
+                status.is_some_and(|s| s.state == NodeState::Ready)
+                    && status
+                        .and_then(|s| s.zookeeper.as_ref())
+                        .is_some_and(|z| z.node_id.is_some() && !z.locked)
+            });
+            if ready {
+                self.decisions.push(Decision::Assign {
+                    request: name,
+                    provider,
+                    pool: pool_name,
+                    nodes: matched.iter().map(|n| n.name_any()).collect(),
+                });
+            }
+            return; // still launching
+        }
+        // Some launches were aborted (quota): launch again once the pool is not paused.
+        let Some(pool) = world.pools.iter().find(|p| p.provider == provider && p.pool == pool_name) else {
+            return;
+        };
+        let Some(launch) = &pool.launch else { return };
+        if launch.paused.is_some() || !pool.usable {
+            return;
+        }
+        let Some(need) = missing
+            .iter()
+            .map(|l| launch.footprints.get(l).map(|r| (l.clone(), r.clone())))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return;
+        };
+        let more = total(need.iter().map(|(_, r)| r));
+        if self.capacity.fits(pool, launch, &more, need.len() as u32).is_ok() {
+            self.capacity.take(pool, &more, need.len() as u32);
+            self.decisions.push(Decision::Launch {
+                request: name,
+                provider,
+                pool: pool_name,
+                reuse: Vec::new(),
+                launch: need,
+            });
+        }
+    }
+
+    /// Spare launches for labels below `minReady`: counted are unallocated nodes of the label
+    /// that are ready or on their way (Nodepool counts ready ones and has its min-ready
+    /// requests for the rest).
+    fn spares(&mut self, world: &World) {
+        for label in world.labels {
+            let name = label.name_any();
+            let want = label.spec.min_ready;
+            if want == 0 {
+                continue;
+            }
+            let have = world
+                .nodes
+                .iter()
+                .filter(|n| n.metadata.deletion_timestamp.is_none() && n.spec.labels.contains(&name))
+                .filter(|n| {
+                    let status = n.status.as_ref();
+                    status.is_none_or(|s| {
+                        s.allocated_to.is_none()
+                            && s.zookeeper.as_ref().is_none_or(|z| !z.locked && z.zuul_state.is_none())
+                            && matches!(s.state, NodeState::Init | NodeState::Building | NodeState::Ready)
+                    })
+                })
+                .count() as u32;
+            if have >= want {
+                continue;
+            }
+            let mut pools: Vec<&PoolView> = world
+                .pools
+                .iter()
+                .filter(|p| p.usable && p.labels.contains(&name))
+                .filter(|p| {
+                    p.launch.as_ref().is_some_and(|l| l.paused.is_none() && l.footprints.contains_key(&name))
+                })
+                .collect();
+            pools.sort_by_key(|p| (p.priority, p.provider.clone(), p.pool.clone()));
+            let mut short = want - have;
+            for pool in pools {
+                let launch = pool.launch.as_ref().expect("filtered on launch");
+                let resources = launch.footprints[&name].clone();
+                let mut count = 0;
+                while count < short && self.capacity.fits(pool, launch, &usage(&resources), 1).is_ok() {
+                    self.capacity.take(pool, &usage(&resources), 1);
+                    count += 1;
+                }
+                if count > 0 {
+                    self.decisions.push(Decision::LaunchSpare {
+                        provider: pool.provider.clone(),
+                        pool: pool.pool.clone(),
+                        label: name.clone(),
+                        resources: resources.clone(),
+                        count,
+                    });
+                    short -= count;
+                }
+                if short == 0 {
+                    break;
+                }
             }
         }
     }
-    decisions
+}
+
+/// Whether `request` was accepted by us and is waiting for its launches.
+pub fn is_pending(request: &NodeRequest) -> bool {
+    request.metadata.deletion_timestamp.is_none()
+        && request.status.as_ref().is_some_and(|s| s.state == NodeRequestState::Pending)
 }
 
 #[cfg(test)]
@@ -290,7 +644,18 @@ mod tests {
             priority,
             labels: labels.iter().map(|l| l.to_string()).collect(),
             usable: true,
+            launch: None,
         }
+    }
+
+    /// A pass without labels (no spare launches).
+    fn plan(
+        requests: &[Arc<NodeRequest>],
+        nodes: &[Arc<PoolNode>],
+        pools: &[PoolView],
+        tenants: &mut [TenantBudget],
+    ) -> Vec<Decision> {
+        super::plan(&World { requests, nodes, pools, labels: &[] }, tenants)
     }
 
     #[test]

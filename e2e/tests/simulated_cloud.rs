@@ -1,0 +1,216 @@
+//! Cloud launches through the driver framework, on the simulated cloud, driven by Zuul's own
+//! client: launch → ready → use → delete, min-ready, failed launches, pool limits and the
+//! cloud refusing a launch for capacity (abort, pause, resume).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nodepool_crds::{Label, NodeState, PoolNode, Provider};
+use nodepool_e2e::{stack::Stack, zuul::Zuul};
+use serde_json::json;
+
+const WAIT: u64 = 60;
+
+/// Waits until `check` holds for the stack's nodes.
+async fn wait_nodes(stack: &Stack, what: &str, check: impl Fn(&[PoolNode]) -> bool) -> Result<Vec<PoolNode>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
+    loop {
+        let nodes = stack.nodes().await?;
+        if check(&nodes) {
+            return Ok(nodes);
+        }
+        if tokio::time::Instant::now() > deadline {
+            let states: Vec<String> = nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{}={:?}",
+                        n.metadata.name.clone().unwrap_or_default(),
+                        n.status.as_ref().map(|s| s.state)
+                    )
+                })
+                .collect();
+            bail!("{what}: not reached after {WAIT}s; nodes: {states:?}; logs in {}", stack.dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn state(node: &PoolNode) -> NodeState {
+    node.status.as_ref().map(|s| s.state).unwrap_or_default()
+}
+
+fn pools(max_servers: Option<u32>) -> serde_json::Value {
+    json!([{
+        "name": "main", "hostKeyChecking": false, "maxServers": max_servers,
+        "nodeAttributes": {"executor-zone": "sim"},
+        "labels": [{"name": "sim-small", "instanceType": "small"}, {"name": "sim-large", "instanceType": "large"},
+                   {"name": "sim-bogus", "instanceType": "no-such-flavor"}],
+    }])
+}
+
+async fn provider_ready(stack: &Stack, name: &str) -> Result<Provider> {
+    let api: kube::Api<Provider> = kube::Api::namespaced(stack.client.clone(), &stack.namespace);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
+    loop {
+        let provider = api.get(name).await?;
+        let ready = provider.status.as_ref().and_then(|s| {
+            nodepool_crds::conditions::find(&s.conditions, nodepool_crds::conditions::types::READY).cloned()
+        });
+        if ready.as_ref().is_some_and(|c| c.status == "True")
+            && provider.status.as_ref().is_some_and(|s| !s.pools.is_empty())
+        {
+            return Ok(provider);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("provider {name} not Ready: {ready:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn zuul_gets_launched_nodes_and_they_are_deleted_after_use() -> Result<()> {
+    let stack = Stack::start("sim-launch").await?;
+    stack.apply_provider(stack.simulated_provider("sim", json!({"pools": pools(None)}))).await?;
+    let provider = provider_ready(&stack, "sim").await?;
+    let pool = &provider.status.as_ref().unwrap().pools[0];
+    let small = pool.labels.iter().find(|l| l.name == "sim-small").context("sim-small status")?;
+    assert!(small.launchable);
+    assert_eq!(small.resources.as_ref().map(|r| (r.cores, r.ram)), Some((1, 1024)));
+    let bogus = pool.labels.iter().find(|l| l.name == "sim-bogus").context("sim-bogus status")?;
+    assert!(!bogus.launchable);
+    assert!(bogus.message.as_deref().unwrap_or_default().contains("no-such-flavor"), "{bogus:?}");
+    assert!(stack.nodes().await?.is_empty(), "nothing is launched before it is asked for");
+
+    let mut zuul = Zuul::connect(&stack).await?;
+    let request = zuul.request(&["sim-small", "sim-large"]).await?;
+    let outcome = zuul.wait(&request, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    assert_eq!(outcome["requestor_data_preserved"], true, "{outcome}");
+    let nodes = stack.nodes().await?;
+    assert_eq!(nodes.len(), 2, "one launch per label");
+    for node in &nodes {
+        let status = node.status.as_ref().unwrap();
+        assert_eq!(status.state, NodeState::Ready);
+        assert!(status.external_id.as_deref().unwrap_or_default().starts_with("sim-"), "{status:?}");
+        assert!(status.interface_ip.is_some());
+        assert_eq!(status.allocated_to.as_deref(), Some(request.as_str()));
+        assert_eq!(status.attributes.as_ref().unwrap()["executor-zone"], "sim");
+    }
+    // Zuul sees nodes in label order, with the cloud's data.
+    let accepted = zuul.call("accept", json!({"request_id": request})).await?;
+    let build = accepted["build"].clone();
+    let zuul_nodes = accepted["nodes"].as_array().context("build nodes")?;
+    assert_eq!(zuul_nodes[0]["type"], json!(["sim-small"]));
+    assert_eq!(zuul_nodes[1]["type"], json!(["sim-large"]));
+    assert_eq!(zuul_nodes[0]["provider"], "sim");
+    assert_eq!(zuul_nodes[0]["connection_port"], 22);
+    zuul.call("use", json!({"build": build})).await?;
+    zuul.call("return", json!({"build": build})).await?;
+    wait_nodes(&stack, "used nodes deleted", |nodes| nodes.is_empty()).await?;
+
+    // A label whose flavor the cloud does not know is declined with the reason.
+    let bad = zuul.request(&["sim-bogus"]).await?;
+    let outcome = zuul.wait(&bad, WAIT).await?;
+    assert_eq!(outcome["state"], "failed", "{outcome}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn min_ready_keeps_spare_nodes_and_requests_use_them() -> Result<()> {
+    let stack = Stack::start("sim-min-ready").await?;
+    stack.apply_provider(stack.simulated_provider("sim", json!({"pools": pools(None)}))).await?;
+    stack
+        .apply::<Label>(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Label",
+            "metadata": {"name": "sim-small"}, "spec": {"minReady": 2}}))
+        .await?;
+    let spare = |nodes: &[PoolNode]| {
+        nodes
+            .iter()
+            .filter(|n| {
+                state(n) == NodeState::Ready
+                    && n.status.as_ref().is_some_and(|s| s.allocated_to.is_none())
+                    && n.status
+                        .as_ref()
+                        .and_then(|s| s.zookeeper.as_ref())
+                        .is_some_and(|z| z.node_id.is_some())
+            })
+            .count()
+    };
+    let before = wait_nodes(&stack, "two spare nodes", |nodes| spare(nodes) == 2).await?;
+    assert_eq!(before.len(), 2, "exactly minReady nodes are launched");
+
+    let mut zuul = Zuul::connect(&stack).await?;
+    let request = zuul.request(&["sim-small"]).await?;
+    let outcome = zuul.wait(&request, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    let after =
+        wait_nodes(&stack, "spares replenished", |nodes| spare(nodes) == 2 && nodes.len() == 3).await?;
+    let served = after
+        .iter()
+        .find(|n| n.status.as_ref().and_then(|s| s.allocated_to.as_deref()) == Some(request.as_str()))
+        .context("the node handed out")?;
+    assert!(
+        before.iter().any(|n| n.metadata.name == served.metadata.name),
+        "the request was served from a spare node, not a new launch"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn failed_launches_are_retried_then_the_request_is_declined() -> Result<()> {
+    let stack = Stack::start("sim-failures").await?;
+    let spec = json!({"pools": pools(None), "launchRetries": 2, "simulated": {"failureRate": 1.0}});
+    stack.apply_provider(stack.simulated_provider("sim", spec)).await?;
+    provider_ready(&stack, "sim").await?;
+    let mut zuul = Zuul::connect(&stack).await?;
+    let request = zuul.request(&["sim-small"]).await?;
+    let outcome = zuul.wait(&request, WAIT).await?;
+    assert_eq!(outcome["state"], "failed", "{outcome}");
+    assert!(outcome["declined_by"].as_array().is_some_and(|d| !d.is_empty()), "{outcome}");
+    // The failed node is deleted (its instances were cleaned up attempt by attempt).
+    wait_nodes(&stack, "failed node deleted", |nodes| nodes.is_empty()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pool_limits_make_requests_wait_and_capacity_errors_pause_the_pool() -> Result<()> {
+    let stack = Stack::start("sim-quota").await?;
+    // The pool allows two servers, but the cloud has room for one: the second launch is refused
+    // by the cloud (aborted, pool paused) and succeeds once the first node is gone.
+    let spec = json!({"pools": pools(Some(2)), "simulated": {"capacity": 1}});
+    stack.apply_provider(stack.simulated_provider("sim", spec)).await?;
+    provider_ready(&stack, "sim").await?;
+    let mut zuul = Zuul::connect(&stack).await?;
+
+    let first = zuul.request(&["sim-small"]).await?;
+    assert_eq!(zuul.wait(&first, WAIT).await?["state"], "fulfilled");
+    let second = zuul.request(&["sim-small"]).await?;
+    let third = zuul.request(&["sim-small"]).await?;
+    // The second is accepted and its launch aborted; the third waits for the pool's limit.
+    let api: kube::Api<Provider> = kube::Api::namespaced(stack.client.clone(), &stack.namespace);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
+    loop {
+        let provider = api.get("sim").await?;
+        let pool = provider.status.as_ref().and_then(|s| s.pools.first().cloned()).unwrap_or_default();
+        if pool.paused {
+            assert!(pool.paused_reason.as_deref().unwrap_or_default().contains("capacity"), "{pool:?}");
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the pool never paused: {pool:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let waiting = zuul.call("get_request", json!({"request_id": third})).await?;
+    assert_eq!(waiting["data"]["state"], "requested", "{waiting}");
+
+    zuul.run_build(&first).await?;
+    let outcome = zuul.wait(&second, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    zuul.run_build(&second).await?;
+    let outcome = zuul.wait(&third, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The cloud behind each Provider: built from the provider's spec and its credentials Secret,
+//! rebuilt when either changes, and wrapped in the provider's API rate limit. Also keeps what
+//! the operator knows of each cloud between reconciles: paused pools and leak suspects.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use nodepool_crds::{Driver, Provider};
+use nodepool_driver::{Cloud, Throttled};
+
+/// Why a provider has no cloud to talk to.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudUnavailable {
+    #[error("Secret {0:?} does not exist")]
+    SecretMissing(String),
+    #[error("Secret {secret:?} has no key {key:?}")]
+    SecretKeyMissing { secret: String, key: String },
+    #[error("the {0} driver is not part of this build of nodepool-operator")]
+    NotBuilt(&'static str),
+    #[error("{0}")]
+    BadSettings(String),
+    #[error("reading the credentials Secret: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+struct Built {
+    /// Provider generation and Secret resourceVersion the cloud was built from.
+    fingerprint: String,
+    cloud: Arc<dyn Cloud>,
+}
+
+/// Why a pool launches nothing new for now.
+#[derive(Clone, Debug)]
+pub struct Pause {
+    pub reason: String,
+    pub since: Instant,
+}
+
+/// How long a pool stays paused at most when no node of its provider goes away.
+pub const PAUSE_RETRY: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+pub struct Clouds {
+    built: Mutex<HashMap<String, Built>>,
+    pauses: Mutex<HashMap<(String, String), Pause>>,
+    leak_suspects: Mutex<HashMap<String, (Instant, BTreeSet<(String, String)>)>>,
+}
+
+impl Clouds {
+    /// The provider's cloud; `Ok(None)` for a static provider.
+    pub async fn get(
+        &self,
+        client: &kube::Client,
+        system_id: &str,
+        provider: &Provider,
+    ) -> Result<Option<Arc<dyn Cloud>>, CloudUnavailable> {
+        if provider.spec.driver == Driver::Static {
+            return Ok(None);
+        }
+        let namespace = provider.namespace().unwrap_or_default();
+        let credentials = match &provider.spec.credentials_secret_ref {
+            Some(reference) => {
+                let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+                let secret = secrets
+                    .get_opt(&reference.name)
+                    .await?
+                    .ok_or_else(|| CloudUnavailable::SecretMissing(reference.name.clone()))?;
+                Some(secret)
+            }
+            None => None,
+        };
+        let fingerprint = format!(
+            "{}/{}",
+            provider.metadata.generation.unwrap_or_default(),
+            credentials.as_ref().and_then(|s| s.resource_version()).unwrap_or_default()
+        );
+        let key = provider.name_any();
+        if let Some(built) = self.built.lock().expect("clouds lock").get(&key)
+            && built.fingerprint == fingerprint
+        {
+            return Ok(Some(built.cloud.clone()));
+        }
+        let inner = build(provider, &namespace, system_id, credentials.as_ref())?;
+        let cloud: Arc<dyn Cloud> = Arc::new(Throttled::new(inner, provider.spec.rate_limit.as_ref()));
+        tracing::info!(provider = %key, driver = provider.spec.driver.as_str(), "cloud client built");
+        self.built.lock().expect("clouds lock").insert(key, Built { fingerprint, cloud: cloud.clone() });
+        Ok(Some(cloud))
+    }
+
+    /// Pauses a pool after the cloud refused a launch for quota or capacity.
+    pub fn pause(&self, provider: &str, pool: &str, reason: String) {
+        let key = (provider.to_owned(), pool.to_owned());
+        let mut pauses = self.pauses.lock().expect("pauses lock");
+        if !pauses.contains_key(&key) {
+            tracing::warn!(%provider, %pool, %reason, "pausing pool");
+        }
+        pauses.insert(key, Pause { reason, since: Instant::now() });
+    }
+
+    /// Resumes every pool of a provider (a node went away, so quota freed up).
+    pub fn resume(&self, provider: &str) {
+        self.pauses.lock().expect("pauses lock").retain(|(p, pool), _| {
+            let keep = p != provider;
+            if !keep {
+                tracing::info!(%provider, %pool, "resuming pool");
+            }
+            keep
+        });
+    }
+
+    /// Why the pool is paused, if it is (pauses end by themselves after [`PAUSE_RETRY`]).
+    pub fn paused(&self, provider: &str, pool: &str) -> Option<Pause> {
+        let mut pauses = self.pauses.lock().expect("pauses lock");
+        let key = (provider.to_owned(), pool.to_owned());
+        match pauses.get(&key) {
+            Some(pause) if pause.since.elapsed() >= PAUSE_RETRY => {
+                pauses.remove(&key);
+                None
+            }
+            other => other.cloned(),
+        }
+    }
+
+    /// The provider's leak suspects from its last pass, if that pass is at least `interval` old
+    /// (otherwise `None`: no pass is due).
+    pub fn leak_pass_due(&self, provider: &str, interval: Duration) -> Option<BTreeSet<(String, String)>> {
+        let suspects = self.leak_suspects.lock().expect("leak lock");
+        match suspects.get(provider) {
+            Some((at, _)) if at.elapsed() < interval => None,
+            Some((_, suspects)) => Some(suspects.clone()),
+            None => Some(BTreeSet::new()),
+        }
+    }
+
+    pub fn record_leak_pass(&self, provider: &str, suspects: BTreeSet<(String, String)>) {
+        self.leak_suspects.lock().expect("leak lock").insert(provider.to_owned(), (Instant::now(), suspects));
+    }
+}
+
+/// Builds the driver for a provider.
+fn build(
+    provider: &Provider,
+    namespace: &str,
+    system_id: &str,
+    credentials: Option<&Secret>,
+) -> Result<Arc<dyn Cloud>, CloudUnavailable> {
+    let name = provider.name_any();
+    match provider.spec.driver {
+        Driver::Simulated => Ok(Arc::new(nodepool_driver_simulated::SimulatedCloud::new(
+            &format!("{namespace}/{name}"),
+            &name,
+            system_id,
+            provider.spec.simulated.clone().unwrap_or_default(),
+        ))),
+        Driver::Aws => crate::cloud_drivers::aws(provider, system_id, credentials),
+        Driver::Gce => crate::cloud_drivers::gce(provider, system_id, credentials),
+        Driver::Static => Err(CloudUnavailable::BadSettings("a static provider has no cloud".into())),
+    }
+}
+
+/// The value of `key` in a Secret, as text.
+pub fn secret_value(secret: &Secret, key: &str) -> Result<String, CloudUnavailable> {
+    let missing = || CloudUnavailable::SecretKeyMissing { secret: secret.name_any(), key: key.to_owned() };
+    if let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) {
+        return String::from_utf8(value.0.clone()).map_err(|_| missing());
+    }
+    secret.string_data.as_ref().and_then(|d| d.get(key)).cloned().ok_or_else(missing)
+}

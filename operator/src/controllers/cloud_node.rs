@@ -1,0 +1,293 @@
+//! The cloud part of the PoolNode reconciler: runs the driver framework's create and delete
+//! state machines for one node, storing their progress in the node's status after every step
+//! so a restarted operator resumes where it stood.
+//!
+//! `init` → `building` (create state machine) → `ready` | `failed` | `aborted`;
+//! anything finished → `deleting` (delete state machine) → the object is deleted.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{Api, ResourceExt, api::DeleteParams, runtime::controller::Action};
+use nodepool_crds::{
+    ConnectionSettings, NodeState, PoolNode, PoolNodeStatus, Provider, conditions,
+    provider::{Pool, PoolLabel},
+};
+use nodepool_driver::{
+    Cloud, InstanceSpec,
+    create::{self, Next, Plan, Progress},
+    delete,
+    tags::{self, TagContext},
+};
+
+use super::Error;
+use crate::{context::Context, status};
+
+/// Condition saying how the node's launch went.
+const LAUNCHED: &str = "Launched";
+/// How long one SSH host-key scan may take.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retrying when the provider or its cloud is unavailable.
+const RETRY_UNAVAILABLE: Duration = Duration::from_secs(15);
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+fn requeue(after: Duration) -> Action {
+    Action::requeue(after.max(Duration::from_millis(10)))
+}
+
+/// The provider, pool and label a cloud node belongs to, and its cloud.
+struct Placement {
+    provider: Arc<Provider>,
+    pool: Pool,
+    label: PoolLabel,
+    cloud: Arc<dyn Cloud>,
+}
+
+async fn placement(node: &PoolNode, ctx: &Context) -> Result<Placement, String> {
+    let provider = ctx
+        .provider(&node.spec.provider)
+        .ok_or_else(|| format!("Provider {:?} does not exist", node.spec.provider))?;
+    let pool = provider
+        .spec
+        .pools
+        .iter()
+        .find(|p| p.name == node.spec.pool)
+        .cloned()
+        .ok_or_else(|| format!("pool {:?} is no longer configured", node.spec.pool))?;
+    let wanted = node.spec.labels.first().cloned().unwrap_or_default();
+    let label = pool
+        .labels
+        .iter()
+        .find(|l| l.name == wanted)
+        .cloned()
+        .ok_or_else(|| format!("label {wanted:?} is no longer configured in pool {:?}", pool.name))?;
+    let cloud = match ctx.cloud(&provider).await {
+        Ok(Some(cloud)) => cloud,
+        Ok(None) => return Err("the provider has no cloud".into()),
+        Err(error) => return Err(error.to_string()),
+    };
+    Ok(Placement { provider, pool, label, cloud })
+}
+
+/// How Zuul logs in to a node of `label`: the Image's settings over Nodepool's defaults.
+fn connection(label: &PoolLabel, ctx: &Context) -> ConnectionSettings {
+    let image = label.image.as_deref().and_then(|name| ctx.image(name)).map(|i| i.spec.connection.clone());
+    let image = image.unwrap_or_default();
+    ConnectionSettings {
+        username: image.username.or_else(|| Some("zuul".into())),
+        connection_type: image.connection_type.or_else(|| Some(Default::default())),
+        connection_port: image.connection_port.or(Some(22)),
+        python_path: image.python_path.or_else(|| Some("auto".into())),
+        shell_type: image.shell_type,
+    }
+}
+
+fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, ctx: &Context) -> Plan {
+    let provider = &placement.provider;
+    let context = TagContext {
+        system_id: ctx.system_id.clone(),
+        provider: provider.name_any(),
+        pool: placement.pool.name.clone(),
+        node: node.name_any(),
+        label: placement.label.name.clone(),
+        request_id: status.allocated_to.clone(),
+        tenant: status.tenant.clone(),
+        requestor: status.requestor.clone(),
+    };
+    let image_id = super::cloud_provider::image_for(provider, &placement.label, ctx).ok().flatten();
+    let port = connection(&placement.label, ctx).connection_port.unwrap_or(22);
+    Plan {
+        spec: InstanceSpec {
+            token: String::new(),
+            node: node.name_any(),
+            pool: placement.pool.clone(),
+            label: placement.label.clone(),
+            image_id,
+            tags: tags::instance_tags(&placement.label, &context),
+        },
+        launch_retries: provider.spec.launch_retries,
+        boot_timeout: provider.spec.boot_timeout.0,
+        launch_timeout: provider.spec.launch_timeout.0,
+        host_key_checking: placement.pool.host_key_checking,
+        ssh_port: port,
+        scan_timeout: SCAN_TIMEOUT,
+    }
+}
+
+/// How long a new node may stay without the status its creator writes next.
+const UNCLAIMED_GRACE: Duration = Duration::from_secs(60);
+
+/// A cloud node whose creator has not written its status yet: wait for it, and delete the
+/// node if it never comes (its creator stopped in between; nothing was launched).
+pub async fn unclaimed(node: &PoolNode, ctx: &Context) -> Result<Action, Error> {
+    let created = node.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+    let age: Duration = Timestamp::now().duration_since(created).try_into().unwrap_or_default();
+    if age < UNCLAIMED_GRACE {
+        return Ok(requeue(UNCLAIMED_GRACE - age));
+    }
+    tracing::warn!(node = %node.name_any(), "node never got its status from the scheduler; deleting it");
+    let api: Api<PoolNode> = ctx.api();
+    match api.delete(&node.name_any(), &DeleteParams::default()).await {
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Action::await_change()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// `init` or `building`: takes the launch as far as it goes.
+pub async fn launch(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
+    let name = node.name_any();
+    let placement = match placement(node, ctx).await {
+        Ok(placement) => placement,
+        Err(problem) if status.state == NodeState::Init => {
+            tracing::warn!(node = %name, %problem, "cannot launch");
+            return fail(node, status, ctx, problem).await;
+        }
+        Err(problem) => {
+            tracing::warn!(node = %name, %problem, "launch waits for its provider");
+            return Ok(requeue(RETRY_UNAVAILABLE));
+        }
+    };
+    let mut progress = match status.launch.as_ref().and_then(Progress::from_status) {
+        Some(progress) if status.state == NodeState::Building => progress,
+        _ => {
+            tracing::info!(node = %name, provider = %placement.provider.name_any(), label = %placement.label.name, request = ?status.allocated_to, "launch starting");
+            status.state = NodeState::Building;
+            status.state_time = Some(now());
+            Progress::start(SystemTime::now())
+        }
+    };
+    let plan = launch_plan(node, &status, &placement, ctx);
+    let next = create::advance(placement.cloud.as_ref(), &plan, &mut progress, SystemTime::now()).await;
+    status.external_id = progress.instance_id.clone().or(status.external_id);
+    match next {
+        Next::Wait(after) => {
+            let stored = progress.to_status();
+            if status.launch.as_ref() != Some(&stored)
+                || node.status.as_ref().map(|s| s.state) != Some(NodeState::Building)
+            {
+                status.launch = Some(stored);
+                status::apply_node_status(&ctx.api(), node, &status).await?;
+            }
+            Ok(requeue(after))
+        }
+        Next::Ready { instance, host_keys } => {
+            tracing::info!(node = %name, instance = %instance.id, address = ?instance.interface_ip, attempt = progress.attempt, "node ready");
+            status.state = NodeState::Ready;
+            status.state_time = Some(now());
+            status.external_id = Some(instance.id.clone());
+            status.interface_ip = instance.interface_ip.clone();
+            status.hostname = instance.interface_ip.clone();
+            status.public_ipv4 = instance.public_ipv4.clone();
+            status.private_ipv4 = instance.private_ipv4.clone();
+            status.public_ipv6 = instance.public_ipv6.clone();
+            status.region = instance.region.clone();
+            status.az = instance.az.clone();
+            status.image_id = instance.image_id.clone().or(plan.spec.image_id.clone());
+            status.connection = Some(connection(&placement.label, ctx));
+            status.host_keys = host_keys;
+            status.attributes = placement.pool.node_attributes.clone();
+            status.launch = Some(progress.to_status());
+            conditions::set_condition(
+                &mut status.conditions,
+                conditions::condition(
+                    LAUNCHED,
+                    true,
+                    "Ready",
+                    format!("instance {} after {} attempt(s)", instance.id, progress.attempt),
+                    node.metadata.generation,
+                ),
+            );
+            status::apply_node_status(&ctx.api(), node, &status).await?;
+            Ok(Action::await_change())
+        }
+        Next::Failed(message) => {
+            status.launch = Some(progress.to_status());
+            fail(node, status, ctx, message).await
+        }
+        Next::Aborted(message) => {
+            tracing::warn!(node = %name, %message, "launch aborted: the cloud is out of quota or capacity");
+            ctx.clouds.pause(&placement.provider.name_any(), &placement.pool.name, message.clone());
+            status.launch = Some(progress.to_status());
+            status.state = NodeState::Aborted;
+            status.state_time = Some(now());
+            conditions::set_condition(
+                &mut status.conditions,
+                conditions::condition(LAUNCHED, false, "Aborted", message.clone(), node.metadata.generation),
+            );
+            let updated = status::apply_node_status(&ctx.api(), node, &status).await?;
+            ctx.event(&updated, true, "LaunchAborted", message).await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+async fn fail(
+    node: &PoolNode,
+    mut status: PoolNodeStatus,
+    ctx: &Context,
+    message: String,
+) -> Result<Action, Error> {
+    tracing::warn!(node = %node.name_any(), %message, "launch failed");
+    status.state = NodeState::Failed;
+    status.state_time = Some(now());
+    let launch = status.launch.get_or_insert_with(Default::default);
+    launch.last_error = Some(message.clone());
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(LAUNCHED, false, "LaunchFailed", message.clone(), node.metadata.generation),
+    );
+    let updated = status::apply_node_status(&ctx.api(), node, &status).await?;
+    ctx.event(&updated, true, "LaunchFailed", message).await;
+    Ok(Action::await_change())
+}
+
+/// Deletes the node's instance (`deleting`), then the object. A node that never reached the
+/// cloud goes at once.
+pub async fn tear_down(node: &PoolNode, ctx: &Context, why: &str) -> Result<Action, Error> {
+    let name = node.name_any();
+    let mut status = node.status.clone().unwrap_or_default();
+    let launched = status.external_id.is_some() || status.launch.is_some() || status.state != NodeState::Init;
+    if launched {
+        let provider = ctx.provider(&node.spec.provider);
+        let cloud = match &provider {
+            Some(provider) => ctx.cloud(provider).await.ok().flatten(),
+            None => None,
+        };
+        let Some(cloud) = cloud else {
+            tracing::warn!(node = %name, provider = %node.spec.provider, "cannot reach the node's cloud to delete its instance; retrying");
+            return Ok(requeue(RETRY_UNAVAILABLE));
+        };
+        if status.state != NodeState::Deleting {
+            tracing::info!(node = %name, instance = ?status.external_id, why, "deleting node");
+            status.state = NodeState::Deleting;
+            status.state_time = Some(now());
+            status::apply_node_status(&ctx.api(), node, &status).await?;
+            return Ok(Action::await_change()); // Zuul sees `deleting` before the instance goes
+        }
+        match delete::advance(cloud.as_ref(), &name, status.external_id.as_deref()).await {
+            delete::Next::Wait(after) => return Ok(requeue(after)),
+            delete::Next::Gone => {
+                tracing::info!(node = %name, instance = ?status.external_id, "instance deleted")
+            }
+        }
+    }
+    let api: Api<PoolNode> = ctx.api();
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(error) => return Err(error.into()),
+    }
+    // Quota freed up: a pool paused for quota may try again. (Not after an aborted launch,
+    // which freed nothing; that would only retry into the same refusal.)
+    if status.interface_ip.is_some() {
+        ctx.clouds.resume(&node.spec.provider);
+    }
+    Ok(Action::await_change())
+}
