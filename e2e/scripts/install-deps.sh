@@ -43,6 +43,15 @@ fi
 stage "nodepool 11.0.0 (PyPI)"
 NODEPOOL_CACHE="$cache" python3 "$here/../zuul/nodepool_static.py" install --venv "$cache/venv-nodepool" >/dev/null
 
+# moto's EC2 emulation (moto_server on loopback), for the AWS driver's tests (see e2e/aws/MOTO-NOTES.md).
+moto_version=5.2.5
+if ! { [ -x "$cache/venv-moto/bin/moto_server" ] &&
+  "$cache/venv-moto/bin/python" -c "import moto, flask, importlib.metadata as m; assert m.version('moto') == '$moto_version'" 2>/dev/null; }; then
+  stage "moto[server] $moto_version (PyPI)"
+  python3 -m venv "$cache/venv-moto"
+  "$cache/venv-moto/bin/pip" install -q "moto[server]==$moto_version"
+fi
+
 # etcd, kube-apiserver and kube-controller-manager, built from the pinned Go modules.
 stage "control-plane binaries (go build, cached by go.sum)"
 NODEPOOL_CACHE="$cache" "$here/../k8s-tools/build.sh" >/dev/null
