@@ -30,7 +30,12 @@ pub fn spawn(name: &str, mut command: Command, logs: &Path) -> Result<Server> {
     use std::os::unix::process::CommandExt;
     fs::create_dir_all(logs)?;
     let log = logs.join(format!("{name}.log"));
-    let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    // Appended, so a restarted server keeps the log of its previous run.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {}", log.display()))?;
     let child = command
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)

@@ -1,19 +1,50 @@
-//! The real clouds' drivers, each in its own crate (their SDKs are large to compile).
+//! Building the real clouds' drivers from a Provider and its credentials Secret. Each driver
+//! lives in its own crate (their SDKs are large to compile).
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use nodepool_crds::Provider;
 use nodepool_driver::Cloud;
+use nodepool_driver_aws::{AwsCloud, AwsCredentials, AwsSettings};
 
-use crate::clouds::CloudUnavailable;
+use crate::clouds::{CloudUnavailable, secret_value};
 
+/// AWS: the Secret holds `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and optionally
+/// `AWS_SESSION_TOKEN`), or, for web identity, `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE`.
 pub fn aws(
-    _provider: &Provider,
-    _system_id: &str,
-    _credentials: Option<&Secret>,
+    provider: &Provider,
+    system_id: &str,
+    credentials: Option<&Secret>,
 ) -> Result<Arc<dyn Cloud>, CloudUnavailable> {
-    Err(CloudUnavailable::NotBuilt("aws"))
+    let settings = provider
+        .spec
+        .aws
+        .as_ref()
+        .ok_or_else(|| CloudUnavailable::BadSettings("an aws provider needs spec.aws".into()))?;
+    let secret = credentials
+        .ok_or_else(|| CloudUnavailable::BadSettings("an aws provider needs credentialsSecretRef".into()))?;
+    let has = |key: &str| secret_value(secret, key).is_ok();
+    let credentials = if has("AWS_ROLE_ARN") {
+        AwsCredentials::WebIdentity {
+            role_arn: secret_value(secret, "AWS_ROLE_ARN")?,
+            token_file: secret_value(secret, "AWS_WEB_IDENTITY_TOKEN_FILE")?,
+        }
+    } else {
+        AwsCredentials::Keys {
+            access_key_id: secret_value(secret, "AWS_ACCESS_KEY_ID")?,
+            secret_access_key: secret_value(secret, "AWS_SECRET_ACCESS_KEY")?,
+            session_token: secret_value(secret, "AWS_SESSION_TOKEN").ok(),
+        }
+    };
+    Ok(Arc::new(AwsCloud::new(AwsSettings {
+        provider: provider.name_any(),
+        system_id: system_id.to_owned(),
+        region: settings.region.clone(),
+        endpoint: settings.endpoint.clone(),
+        credentials,
+    })))
 }
 
 pub fn gce(

@@ -40,7 +40,9 @@ impl Step {
     }
 
     fn parse(text: &str) -> Option<Self> {
-        [Self::Create, Self::WaitRunning, Self::ScanKeys, Self::CleanUp].into_iter().find(|s| s.as_str() == text)
+        [Self::Create, Self::WaitRunning, Self::ScanKeys, Self::CleanUp]
+            .into_iter()
+            .find(|s| s.as_str() == text)
     }
 }
 
@@ -75,9 +77,9 @@ impl Progress {
     pub fn from_status(stored: &LaunchProgress) -> Option<Self> {
         let data = stored.driver_data.as_ref();
         let time = |key: &str| {
-            data.and_then(|d| d.get(key)).and_then(|v| v.as_f64()).map(|secs| {
-                SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0))
-            })
+            data.and_then(|d| d.get(key))
+                .and_then(|v| v.as_f64())
+                .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0)))
         };
         Some(Self {
             attempt: stored.attempt.max(1),
@@ -213,7 +215,10 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
                     }
                     Ok(Some(Instance { state: InstanceState::Pending, .. })) => {
                         if elapsed(progress.attempt_started, now) > plan.boot_timeout {
-                            let message = format!("instance {id} not running after boot timeout ({:?})", plan.boot_timeout);
+                            let message = format!(
+                                "instance {id} not running after boot timeout ({:?})",
+                                plan.boot_timeout
+                            );
                             fail!(fail_attempt(progress, plan, message, now))
                         }
                         return Next::Wait(POLL);
@@ -232,17 +237,21 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
                 };
                 let instance = match cloud.get(&id).await {
                     Ok(Some(instance)) if instance.state == InstanceState::Running => instance,
-                    Ok(_) => fail!(fail_attempt(progress, plan, format!("instance {id} stopped running"), now)),
+                    Ok(_) => {
+                        fail!(fail_attempt(progress, plan, format!("instance {id} stopped running"), now))
+                    }
                     Err(error) => {
                         progress.last_error = Some(error.to_string());
                         return Next::Wait(RETRY);
                     }
                 };
                 let address = instance.interface_ip.clone().unwrap_or_default();
-                match nodepool_driver_static::scan_host_keys(&address, plan.ssh_port, plan.scan_timeout).await {
+                match nodepool_driver_static::scan_host_keys(&address, plan.ssh_port, plan.scan_timeout).await
+                {
                     Ok(host_keys) => return Next::Ready { instance, host_keys },
                     Err(error) if elapsed(progress.attempt_started, now) > plan.boot_timeout => {
-                        let message = format!("no SSH host keys from {address} within the boot timeout: {error}");
+                        let message =
+                            format!("no SSH host keys from {address} within the boot timeout: {error}");
                         fail!(fail_attempt(progress, plan, message, now))
                     }
                     Err(error) => {
@@ -260,8 +269,12 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
                     Ok(true) => {
                         tracing::info!(node = %node, instance = %id, "failed attempt cleaned up");
                         if progress.attempt >= plan.launch_retries {
-                            let message = progress.last_error.clone().unwrap_or_else(|| "launch failed".into());
-                            return Next::Failed(format!("{} attempt(s) failed; last: {message}", progress.attempt));
+                            let message =
+                                progress.last_error.clone().unwrap_or_else(|| "launch failed".into());
+                            return Next::Failed(format!(
+                                "{} attempt(s) failed; last: {message}",
+                                progress.attempt
+                            ));
                         }
                         next_attempt(progress, now);
                     }
@@ -303,4 +316,3 @@ fn next_attempt(progress: &mut Progress, now: SystemTime) {
     progress.attempt_started = now;
     progress.instance_id = None;
 }
-

@@ -28,7 +28,10 @@ pub async fn advance(cloud: &dyn Cloud, node: &str, recorded: Option<&str>) -> N
     if recorded.is_none() {
         match cloud.list_instances().await {
             Ok(instances) => ids.extend(
-                instances.into_iter().filter(|i| i.node() == Some(node) && i.state != InstanceState::Gone).map(|i| i.id),
+                instances
+                    .into_iter()
+                    .filter(|i| i.node() == Some(node) && i.state != InstanceState::Gone)
+                    .map(|i| i.id),
             ),
             Err(error) => {
                 tracing::warn!(%node, %error, "listing instances to find the node's failed; retrying");
@@ -60,7 +63,10 @@ pub async fn delete_and_check(cloud: &dyn Cloud, id: &str) -> Result<bool, Cloud
             _ => {
                 tracing::info!(instance = %id, "deleting instance");
                 cloud.delete(id).await?;
-                Ok(matches!(cloud.get(id).await?, None | Some(crate::Instance { state: InstanceState::Gone, .. })))
+                Ok(matches!(
+                    cloud.get(id).await?,
+                    None | Some(crate::Instance { state: InstanceState::Gone, .. })
+                ))
             }
         },
     }

@@ -103,7 +103,8 @@ mod tests {
 
     #[test]
     fn dynamic_tags_are_formatted_and_unknown_fields_kept() {
-        let formatted = format_dynamic("{request.tenant_name}/{node.label} by {request.requestor}{x.y}", &context());
+        let formatted =
+            format_dynamic("{request.tenant_name}/{node.label} by {request.requestor}{x.y}", &context());
         assert_eq!(formatted, "openstack/ubuntu by {x.y}");
         assert_eq!(format_dynamic("open {brace", &context()), "open {brace");
     }
@@ -117,7 +118,10 @@ mod tests {
             volume_size_gb: None,
             volume_type: None,
             spot: false,
-            tags: BTreeMap::from([(PROVIDER.to_owned(), "someone-else".to_owned()), ("team".into(), "ci".into())]),
+            tags: BTreeMap::from([
+                (PROVIDER.to_owned(), "someone-else".to_owned()),
+                ("team".into(), "ci".into()),
+            ]),
             dynamic_tags: BTreeMap::from([("tenant".to_owned(), "{request.tenant_name}".to_owned())]),
             user_data: None,
             aws: None,

@@ -20,10 +20,7 @@ use nodepool_crds::{
     pool_node::NodeResources,
     provider::{Pool, PoolLabel, ResourceLimits, SimulatedProvider},
 };
-use nodepool_driver::{
-    Cloud, CloudError, Instance, InstanceSpec, InstanceState,
-    cloud::CloudResult,
-};
+use nodepool_driver::{Cloud, CloudError, Instance, InstanceSpec, InstanceState, cloud::CloudResult};
 
 /// Flavors the simulated cloud offers: name, vCPUs, MiB.
 pub const FLAVORS: [(&str, u32, u64); 4] =
@@ -94,9 +91,11 @@ impl SimulatedCloud {
     }
 
     fn usage(account: &Account) -> (u32, u32, u64) {
-        account.instances.values().filter(|i| i.deleted.is_none()).fold((0, 0, 0), |(n, c, r), i| {
-            (n + 1, c + i.resources.cores, r + i.resources.ram)
-        })
+        account
+            .instances
+            .values()
+            .filter(|i| i.deleted.is_none())
+            .fold((0, 0, 0), |(n, c, r), i| (n + 1, c + i.resources.cores, r + i.resources.ram))
     }
 }
 
@@ -133,7 +132,9 @@ impl Cloud for SimulatedCloud {
         if let Some(capacity) = self.settings.capacity
             && servers >= capacity
         {
-            return Err(CloudError::Capacity(format!("no capacity left for another instance ({capacity} running)")));
+            return Err(CloudError::Capacity(format!(
+                "no capacity left for another instance ({capacity} running)"
+            )));
         }
         if let Some(quota) = &self.settings.quota {
             let over = quota.max_servers.is_some_and(|max| servers + 1 > max)
@@ -165,7 +166,14 @@ impl Cloud for SimulatedCloud {
         };
         account.instances.insert(
             id,
-            SimInstance { instance, resources, token: spec.token.clone(), created: now, boot_failure, deleted: None },
+            SimInstance {
+                instance,
+                resources,
+                token: spec.token.clone(),
+                created: now,
+                boot_failure,
+                deleted: None,
+            },
         );
         self.refresh(&mut account, now);
         let created = &account.instances[&format!("sim-{n:08x}")];

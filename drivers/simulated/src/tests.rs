@@ -60,7 +60,8 @@ fn plan(node: &str, retries: u32) -> Plan {
 async fn a_launch_without_latency_is_ready_at_once_and_deletes_cleanly() {
     let cloud = cloud("ready", SimulatedProvider::default());
     let mut progress = Progress::start(SystemTime::now());
-    let Next::Ready { instance, host_keys } = create::advance(&cloud, &plan("n1", 3), &mut progress, SystemTime::now()).await
+    let Next::Ready { instance, host_keys } =
+        create::advance(&cloud, &plan("n1", 3), &mut progress, SystemTime::now()).await
     else {
         panic!("not ready: {progress:?}")
     };
@@ -90,7 +91,10 @@ async fn over_quota_aborts_instead_of_failing() {
     let quota = ResourceLimits { max_servers: Some(1), ..Default::default() };
     let cloud = cloud("quota", SimulatedProvider { quota: Some(quota), ..Default::default() });
     let mut first = Progress::start(SystemTime::now());
-    assert!(matches!(create::advance(&cloud, &plan("n1", 3), &mut first, SystemTime::now()).await, Next::Ready { .. }));
+    assert!(matches!(
+        create::advance(&cloud, &plan("n1", 3), &mut first, SystemTime::now()).await,
+        Next::Ready { .. }
+    ));
     let mut second = Progress::start(SystemTime::now());
     let next = create::advance(&cloud, &plan("n2", 3), &mut second, SystemTime::now()).await;
     assert!(matches!(&next, Next::Aborted(message) if message.contains("quota")), "{next:?}");
@@ -99,23 +103,31 @@ async fn over_quota_aborts_instead_of_failing() {
 
 #[tokio::test]
 async fn repeating_a_step_after_a_crash_does_not_duplicate_the_instance() {
-    let settings = SimulatedProvider { launch_latency: Some(GoDuration::from_secs(30)), ..Default::default() };
+    let settings =
+        SimulatedProvider { launch_latency: Some(GoDuration::from_secs(30)), ..Default::default() };
     let cloud = cloud("resume", settings);
     let stored = Progress::start(SystemTime::now());
     // The operator created the instance but died before storing the progress...
     let mut lost = stored.clone();
-    assert!(matches!(create::advance(&cloud, &plan("n1", 3), &mut lost, SystemTime::now()).await, Next::Wait(_)));
+    assert!(matches!(
+        create::advance(&cloud, &plan("n1", 3), &mut lost, SystemTime::now()).await,
+        Next::Wait(_)
+    ));
     assert_eq!(lost.step, Step::WaitRunning);
     // ...so the restarted one starts again from the stored state.
     let mut resumed = Progress::from_status(&stored.to_status()).expect("progress round-trips");
-    assert!(matches!(create::advance(&cloud, &plan("n1", 3), &mut resumed, SystemTime::now()).await, Next::Wait(_)));
+    assert!(matches!(
+        create::advance(&cloud, &plan("n1", 3), &mut resumed, SystemTime::now()).await,
+        Next::Wait(_)
+    ));
     assert_eq!(resumed.instance_id, lost.instance_id);
     assert_eq!(cloud.live_instances(), 1);
 }
 
 #[tokio::test]
 async fn a_boot_timeout_fails_the_attempt_and_deletes_its_instance() {
-    let settings = SimulatedProvider { launch_latency: Some(GoDuration::from_secs(30)), ..Default::default() };
+    let settings =
+        SimulatedProvider { launch_latency: Some(GoDuration::from_secs(30)), ..Default::default() };
     let cloud = cloud("boot-timeout", settings);
     let mut plan = plan("n1", 1);
     plan.boot_timeout = Duration::from_secs(5);
@@ -134,7 +146,8 @@ async fn a_boot_timeout_fails_the_attempt_and_deletes_its_instance() {
 
 #[tokio::test]
 async fn a_launch_past_its_launch_timeout_fails() {
-    let settings = SimulatedProvider { launch_latency: Some(GoDuration::from_secs(30)), ..Default::default() };
+    let settings =
+        SimulatedProvider { launch_latency: Some(GoDuration::from_secs(30)), ..Default::default() };
     let cloud = cloud("launch-timeout", settings);
     let mut plan = plan("n1", 3);
     plan.launch_timeout = Duration::from_secs(10);
@@ -153,14 +166,20 @@ async fn leaked_instances_go_on_the_second_pass_and_owned_ones_never() {
     let cloud = cloud("leaks", SimulatedProvider::default());
     for node in ["kept", "leaked"] {
         let mut progress = Progress::start(SystemTime::now());
-        assert!(matches!(create::advance(&cloud, &plan(node, 1), &mut progress, SystemTime::now()).await, Next::Ready { .. }));
+        assert!(matches!(
+            create::advance(&cloud, &plan(node, 1), &mut progress, SystemTime::now()).await,
+            Next::Ready { .. }
+        ));
     }
     // An instance of another installation in the same account is never touched.
     let other = SimulatedCloud::new("leaks", "sim", "other-system", SimulatedProvider::default());
     let mut foreign_plan = plan("foreign", 1);
     foreign_plan.spec.tags.insert(tags::SYSTEM_ID.into(), "other-system".into());
     let mut progress = Progress::start(SystemTime::now());
-    assert!(matches!(create::advance(&other, &foreign_plan, &mut progress, SystemTime::now()).await, Next::Ready { .. }));
+    assert!(matches!(
+        create::advance(&other, &foreign_plan, &mut progress, SystemTime::now()).await,
+        Next::Ready { .. }
+    ));
 
     let known: HashSet<String> = ["kept".to_owned()].into();
     let first = leaks::pass(&cloud, &known, &BTreeSet::new()).await.unwrap();

@@ -329,6 +329,9 @@ impl<'a> Pass<'a> {
         let budget_index =
             request.spec.tenant.as_ref().and_then(|t| tenants.iter().position(|b| &b.tenant == t));
         for pool in candidates.iter().copied() {
+            if !pool.usable {
+                continue; // paused or not Ready: it neither serves nor declines now
+            }
             // Free ready nodes first (a static pool's only way; a cloud pool's when reuse is on).
             let reuse = pool.launch.is_none() || request.spec.reuse;
             let mut chosen: Vec<&PoolNode> = Vec::new();
@@ -356,9 +359,6 @@ impl<'a> Pass<'a> {
                         never.push(format!("{}/{}: {why}", pool.provider, pool.pool));
                         continue;
                     }
-                    if !pool.usable {
-                        continue;
-                    }
                     if let Some(why) = &launch.paused {
                         blocked.push(format!("{}/{} is paused: {why}", pool.provider, pool.pool));
                         continue;
@@ -371,9 +371,6 @@ impl<'a> Pass<'a> {
                     need
                 }
             };
-            if !pool.usable {
-                continue;
-            }
             // A tenant at its limit waits (Nodepool never declines for tenant quota).
             let mut need = footprint(chosen.iter().copied());
             let launched = total(launch_need.iter().map(|(_, r)| r));

@@ -1,0 +1,463 @@
+//! The AWS EC2 driver: [`nodepool_driver::Cloud`] over `aws-sdk-ec2`.
+//!
+//! - Instances are created with `RunInstances`, tagged (instance and volumes) with the
+//!   framework's ownership tags plus a launch token, and found again by that token, so a
+//!   resumed launch adopts its instance instead of creating a second one. (EC2's own
+//!   `ClientToken` would do the same, but moto does not honour it; the tag works everywhere.)
+//! - Spot labels fall back to on-demand when EC2 has no spot capacity.
+//! - Instance-type sizes come from `DescribeInstanceTypes` (cached: they never change).
+//! - Images: a fixed AMI id is checked to exist; filters pick the newest matching AMI.
+//! - Leaks: instances and detached volumes tagged for the provider and installation.
+
+mod errors;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+};
+
+use async_trait::async_trait;
+use aws_sdk_ec2::{
+    Client,
+    config::{BehaviorVersion, Credentials, Region},
+    types::{
+        BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+        InstanceMarketOptionsRequest, InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification,
+        InstanceStateName, InstanceType, MarketType, Placement, ResourceType, Tag, TagSpecification,
+        VolumeType,
+    },
+};
+use base64::Engine;
+use nodepool_crds::{
+    ImageSpec,
+    pool_node::NodeResources,
+    provider::{Pool, PoolLabel, ResourceLimits},
+};
+use nodepool_driver::{
+    Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource, cloud::CloudResult, tags,
+};
+
+pub use errors::classify;
+
+/// Tag holding the launch token (`<node>-a<attempt>`), by which a resumed launch finds its instance.
+pub const LAUNCH_TOKEN_TAG: &str = "nodepool_launch_token";
+
+/// How the driver authenticates.
+#[derive(Clone, Debug)]
+pub enum AwsCredentials {
+    /// An access key pair (and a session token for temporary credentials).
+    Keys { access_key_id: String, secret_access_key: String, session_token: Option<String> },
+    /// Web identity federation (IRSA): a role to assume with the token in a file.
+    WebIdentity { role_arn: String, token_file: String },
+}
+
+/// Settings the driver is built from.
+#[derive(Clone, Debug)]
+pub struct AwsSettings {
+    pub provider: String,
+    pub system_id: String,
+    pub region: String,
+    pub endpoint: Option<String>,
+    pub credentials: AwsCredentials,
+}
+
+pub struct AwsCloud {
+    client: Client,
+    settings: AwsSettings,
+    /// vCPUs and MiB per instance type.
+    instance_types: Mutex<HashMap<String, NodeResources>>,
+    /// Root device name per AMI (for volume size and type).
+    root_devices: Mutex<HashMap<String, String>>,
+}
+
+impl AwsCloud {
+    pub fn new(settings: AwsSettings) -> Self {
+        let region = Region::new(settings.region.clone());
+        let mut config =
+            aws_sdk_ec2::Config::builder().behavior_version(BehaviorVersion::latest()).region(region.clone());
+        match &settings.credentials {
+            AwsCredentials::Keys { access_key_id, secret_access_key, session_token } => {
+                config = config.credentials_provider(Credentials::new(
+                    access_key_id,
+                    secret_access_key,
+                    session_token.clone(),
+                    None,
+                    "nodepool-secret",
+                ));
+            }
+            AwsCredentials::WebIdentity { role_arn, token_file } => {
+                use aws_config::web_identity_token::{
+                    StaticConfiguration, WebIdentityTokenCredentialsProvider,
+                };
+                let provider_config =
+                    aws_config::provider_config::ProviderConfig::default().with_region(Some(region));
+                let provider = WebIdentityTokenCredentialsProvider::builder()
+                    .static_configuration(StaticConfiguration {
+                        web_identity_token_file: token_file.into(),
+                        role_arn: role_arn.clone(),
+                        session_name: format!("nodepool-{}", settings.provider),
+                    })
+                    .configure(&provider_config)
+                    .build();
+                config = config.credentials_provider(provider);
+            }
+        }
+        if let Some(endpoint) = &settings.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        Self {
+            client: Client::from_conf(config.build()),
+            settings,
+            instance_types: Mutex::default(),
+            root_devices: Mutex::default(),
+        }
+    }
+
+    fn ownership_filters(&self) -> Vec<Filter> {
+        vec![
+            tag_filter(tags::PROVIDER, &self.settings.provider),
+            tag_filter(tags::SYSTEM_ID, &self.settings.system_id),
+        ]
+    }
+
+    async fn describe(&self, filters: Vec<Filter>, ids: Vec<String>) -> CloudResult<Vec<Instance>> {
+        let mut pages = self
+            .client
+            .describe_instances()
+            .set_filters((!filters.is_empty()).then_some(filters))
+            .set_instance_ids((!ids.is_empty()).then_some(ids))
+            .into_paginator()
+            .send();
+        let mut instances = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("DescribeInstances", e))?;
+            for reservation in page.reservations() {
+                instances.extend(reservation.instances().iter().map(|i| self.to_instance(i)));
+            }
+        }
+        Ok(instances)
+    }
+
+    fn to_instance(&self, instance: &aws_sdk_ec2::types::Instance) -> Instance {
+        let state = match instance.state().and_then(|s| s.name()) {
+            Some(InstanceStateName::Pending) => InstanceState::Pending,
+            Some(InstanceStateName::Running) => InstanceState::Running,
+            Some(InstanceStateName::ShuttingDown) => InstanceState::Stopping,
+            Some(InstanceStateName::Terminated) => InstanceState::Gone,
+            Some(InstanceStateName::Stopping | InstanceStateName::Stopped) => {
+                InstanceState::Failed("the instance stopped".into())
+            }
+            other => InstanceState::Failed(format!("unexpected state {other:?}")),
+        };
+        let tags: BTreeMap<String, String> = instance
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+            .collect();
+        let public = instance.public_ip_address().map(str::to_owned);
+        let private = instance.private_ip_address().map(str::to_owned);
+        let use_private = tags.get(USE_PRIVATE_IP_TAG).is_some_and(|v| v == "true");
+        let interface_ip = if use_private { private.clone() } else { public.clone().or(private.clone()) };
+        let ipv6 = instance
+            .network_interfaces()
+            .iter()
+            .flat_map(|n| n.ipv6_addresses())
+            .find_map(|a| a.ipv6_address());
+        Instance {
+            id: instance.instance_id().unwrap_or_default().to_owned(),
+            state,
+            interface_ip,
+            public_ipv4: public,
+            private_ipv4: private,
+            public_ipv6: ipv6.map(str::to_owned),
+            region: Some(self.settings.region.clone()),
+            az: instance.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
+            image_id: instance.image_id().map(str::to_owned),
+            tags,
+        }
+    }
+
+    /// The AMI's root device name (where the volume size and type go).
+    async fn root_device(&self, image_id: &str) -> CloudResult<String> {
+        if let Some(name) = self.root_devices.lock().expect("lock").get(image_id) {
+            return Ok(name.clone());
+        }
+        let images = self
+            .client
+            .describe_images()
+            .image_ids(image_id)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeImages", e))?;
+        let name =
+            images.images().first().and_then(|i| i.root_device_name()).unwrap_or("/dev/xvda").to_owned();
+        self.root_devices.lock().expect("lock").insert(image_id.to_owned(), name.clone());
+        Ok(name)
+    }
+
+    async fn run_instance(&self, spec: &InstanceSpec, spot: bool) -> Result<Instance, CloudError> {
+        let label = &spec.label;
+        let pool = spec.pool.aws.clone().unwrap_or_default();
+        let aws = label.aws.clone().unwrap_or_default();
+        let image_id = spec
+            .image_id
+            .clone()
+            .ok_or_else(|| CloudError::Invalid(format!("label {} has no image", label.name)))?;
+        let instance_type = label
+            .instance_type
+            .clone()
+            .ok_or_else(|| CloudError::Invalid(format!("label {} has no instanceType", label.name)))?;
+        let mut all_tags = spec.tags.clone();
+        all_tags.insert(LAUNCH_TOKEN_TAG.into(), spec.token.clone());
+        if pool.use_private_ip {
+            all_tags.insert(USE_PRIVATE_IP_TAG.into(), "true".into());
+        }
+        let ec2_tags: Vec<Tag> =
+            all_tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        let tag_spec = |kind: ResourceType| {
+            TagSpecification::builder().resource_type(kind).set_tags(Some(ec2_tags.clone())).build()
+        };
+
+        let mut request = self
+            .client
+            .run_instances()
+            .image_id(&image_id)
+            .instance_type(InstanceType::from(instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(tag_spec(ResourceType::Instance))
+            .tag_specifications(tag_spec(ResourceType::Volume))
+            .set_key_name(aws.key_name.clone());
+        if let Some(user_data) = &label.user_data {
+            request = request.user_data(base64::engine::general_purpose::STANDARD.encode(user_data));
+        }
+        match &pool.subnet_id {
+            Some(subnet) => {
+                let interface = InstanceNetworkInterfaceSpecification::builder()
+                    .device_index(0)
+                    .subnet_id(subnet)
+                    .set_groups(
+                        (!pool.security_group_ids.is_empty()).then(|| pool.security_group_ids.clone()),
+                    )
+                    .associate_public_ip_address(pool.public_ip_address)
+                    .delete_on_termination(true)
+                    .build();
+                request = request.network_interfaces(interface);
+            }
+            None if !pool.security_group_ids.is_empty() => {
+                request = request.set_security_group_ids(Some(pool.security_group_ids.clone()));
+            }
+            None => {}
+        }
+        if let Some(zone) = &pool.availability_zone {
+            request = request.placement(Placement::builder().availability_zone(zone).build());
+        }
+        if label.volume_size_gb.is_some() || label.volume_type.is_some() {
+            let device = self.root_device(&image_id).await?;
+            let ebs = EbsBlockDevice::builder()
+                .set_volume_size(label.volume_size_gb.map(|g| g as i32))
+                .set_volume_type(label.volume_type.as_deref().map(VolumeType::from))
+                .delete_on_termination(true)
+                .build();
+            request = request
+                .block_device_mappings(BlockDeviceMapping::builder().device_name(device).ebs(ebs).build());
+        }
+        if let Some(profile) = &aws.iam_instance_profile {
+            let profile_spec = if profile.starts_with("arn:") {
+                IamInstanceProfileSpecification::builder().arn(profile).build()
+            } else {
+                IamInstanceProfileSpecification::builder().name(profile).build()
+            };
+            request = request.iam_instance_profile(profile_spec);
+        }
+        if aws.imdsv2 {
+            request = request.metadata_options(
+                InstanceMetadataOptionsRequest::builder().http_tokens(HttpTokensState::Required).build(),
+            );
+        }
+        if spot {
+            request = request.instance_market_options(
+                InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).build(),
+            );
+        }
+        let output = request.send().await.map_err(|e| classify("RunInstances", e))?;
+        let instance = output
+            .instances()
+            .first()
+            .ok_or_else(|| CloudError::api("RunInstances", "the answer lists no instance"))?;
+        Ok(self.to_instance(instance))
+    }
+}
+
+/// Tag recording the pool's `usePrivateIp`, so the address choice survives a restart.
+const USE_PRIVATE_IP_TAG: &str = "nodepool_use_private_ip";
+
+fn tag_filter(key: &str, value: &str) -> Filter {
+    Filter::builder().name(format!("tag:{key}")).values(value).build()
+}
+
+fn live_states() -> Filter {
+    Filter::builder()
+        .name("instance-state-name")
+        .set_values(Some(
+            ["pending", "running", "shutting-down", "stopping", "stopped"].map(String::from).to_vec(),
+        ))
+        .build()
+}
+
+#[async_trait]
+impl Cloud for AwsCloud {
+    async fn create(&self, spec: &InstanceSpec) -> CloudResult<Instance> {
+        let mut filters = self.ownership_filters();
+        filters.push(tag_filter(LAUNCH_TOKEN_TAG, &spec.token));
+        filters.push(live_states());
+        if let Some(existing) = self.describe(filters, Vec::new()).await?.into_iter().next() {
+            tracing::info!(node = %spec.node, instance = %existing.id, "adopting the instance of an earlier try");
+            return Ok(existing);
+        }
+        if !spec.label.spot {
+            return self.run_instance(spec, false).await;
+        }
+        match self.run_instance(spec, true).await {
+            Err(error) if error.is_quota() => {
+                tracing::info!(node = %spec.node, %error, "no spot capacity; launching on demand");
+                self.run_instance(spec, false).await
+            }
+            other => other,
+        }
+    }
+
+    async fn get(&self, id: &str) -> CloudResult<Option<Instance>> {
+        match self.describe(Vec::new(), vec![id.to_owned()]).await {
+            Ok(instances) => Ok(instances.into_iter().next()),
+            Err(CloudError::Invalid(message)) if message.contains("InvalidInstanceID") => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn delete(&self, id: &str) -> CloudResult<()> {
+        match self
+            .client
+            .terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map_err(|e| classify("TerminateInstances", e))
+        {
+            Ok(_) => Ok(()),
+            Err(CloudError::Invalid(message)) if message.contains("InvalidInstanceID") => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn list_instances(&self) -> CloudResult<Vec<Instance>> {
+        self.describe(self.ownership_filters(), Vec::new()).await
+    }
+
+    /// EC2's account limits (vCPUs per instance family) live in Service Quotas, which this driver
+    /// does not use; pool and provider limits apply. The call proves the credentials work.
+    async fn quota_limits(&self) -> CloudResult<ResourceLimits> {
+        self.client
+            .describe_instances()
+            .set_filters(Some(self.ownership_filters()))
+            .max_results(5)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeInstances", e))?;
+        Ok(ResourceLimits::default())
+    }
+
+    async fn label_resources(&self, _pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
+        let instance_type = label
+            .instance_type
+            .clone()
+            .ok_or_else(|| CloudError::Invalid(format!("label {} has no instanceType", label.name)))?;
+        if let Some(resources) = self.instance_types.lock().expect("lock").get(&instance_type) {
+            return Ok(resources.clone());
+        }
+        let output = self
+            .client
+            .describe_instance_types()
+            .instance_types(InstanceType::from(instance_type.as_str()))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeInstanceTypes", e))?;
+        let info = output.instance_types().first().ok_or_else(|| {
+            CloudError::Invalid(format!("EC2 does not know instance type {instance_type:?}"))
+        })?;
+        let resources = NodeResources {
+            cores: info.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0).max(0) as u32,
+            ram: info.memory_info().and_then(|m| m.size_in_mib()).unwrap_or(0).max(0) as u64,
+            instances: 1,
+        };
+        self.instance_types.lock().expect("lock").insert(instance_type, resources.clone());
+        Ok(resources)
+    }
+
+    async fn resolve_image(&self, image: &ImageSpec) -> CloudResult<String> {
+        let aws =
+            image.aws.as_ref().ok_or_else(|| CloudError::Invalid("the Image has no spec.aws".into()))?;
+        let mut request =
+            self.client.describe_images().set_owners((!aws.owners.is_empty()).then(|| aws.owners.clone()));
+        match &aws.image_id {
+            Some(id) => request = request.image_ids(id),
+            None => {
+                for filter in &aws.filters {
+                    request = request.filters(
+                        Filter::builder().name(&filter.name).set_values(Some(filter.values.clone())).build(),
+                    );
+                }
+            }
+        }
+        let output = request.send().await.map_err(|e| classify("DescribeImages", e))?;
+        let newest =
+            output.images().iter().filter(|i| i.state().is_none_or(|s| s.as_str() == "available")).max_by(
+                |a, b| a.creation_date().unwrap_or_default().cmp(b.creation_date().unwrap_or_default()),
+            );
+        match newest.and_then(|i| i.image_id()) {
+            Some(id) => Ok(id.to_owned()),
+            None => Err(CloudError::Invalid(match &aws.image_id {
+                Some(id) => format!("AMI {id} does not exist or is not available"),
+                None => format!(
+                    "no available AMI matches the filters {:?} (owners {:?})",
+                    aws.filters, aws.owners
+                ),
+            })),
+        }
+    }
+
+    async fn list_other_resources(&self) -> CloudResult<Vec<LeakedResource>> {
+        let mut filters = self.ownership_filters();
+        filters.push(Filter::builder().name("status").values("available").build());
+        let mut pages = self.client.describe_volumes().set_filters(Some(filters)).into_paginator().send();
+        let mut volumes = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("DescribeVolumes", e))?;
+            for volume in page.volumes() {
+                let node =
+                    volume.tags().iter().find(|t| t.key() == Some(tags::NODE_ID)).and_then(|t| t.value());
+                volumes.push(LeakedResource {
+                    kind: "volume",
+                    id: volume.volume_id().unwrap_or_default().to_owned(),
+                    node: node.map(str::to_owned),
+                });
+            }
+        }
+        Ok(volumes)
+    }
+
+    async fn delete_other_resource(&self, resource: &LeakedResource) -> CloudResult<()> {
+        match resource.kind {
+            "volume" => {
+                self.client
+                    .delete_volume()
+                    .volume_id(&resource.id)
+                    .send()
+                    .await
+                    .map_err(|e| classify("DeleteVolume", e))?;
+                Ok(())
+            }
+            kind => Err(CloudError::Invalid(format!("cannot delete a {kind}"))),
+        }
+    }
+}

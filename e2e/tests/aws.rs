@@ -1,0 +1,332 @@
+//! The AWS EC2 driver against moto (`moto_server` on loopback), driven by Zuul's own client:
+//! image resolution, launch → ready → use → delete, tags and volumes, leak cleanup, an operator
+//! killed mid-launch, and refused credentials.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use k8s_openapi::api::core::v1::Secret;
+use nodepool_crds::{Image, Label, PoolNode, Provider, conditions};
+use nodepool_e2e::{moto::Moto, stack::Stack, zuul::Zuul};
+use serde_json::json;
+
+const WAIT: u64 = 60;
+
+async fn until<T>(what: &str, mut check: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what}: not reached after {WAIT}s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Applies the credentials Secret, the Image and an aws Provider named `name` on `moto`.
+async fn aws_provider(stack: &Stack, moto: &Moto, name: &str, keys: (&str, &str), label: &str) -> Result<()> {
+    stack
+        .apply::<Secret>(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-keys")},
+            "stringData": {"AWS_ACCESS_KEY_ID": keys.0, "AWS_SECRET_ACCESS_KEY": keys.1}}),
+        )
+        .await?;
+    stack
+        .apply::<Image>(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Image", "metadata": {"name": "amazon-linux"},
+            "spec": {"username": "ec2-user", "aws": {"owners": ["amazon"],
+                     "filters": [{"name": "name", "values": ["amzn2-ami-hvm-*-x86_64-gp2"]}]}}}))
+        .await?;
+    stack
+        .apply_provider(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": name},
+            "spec": {"driver": "aws", "aws": {"region": nodepool_e2e::moto::REGION, "endpoint": moto.endpoint},
+                     "credentialsSecretRef": {"name": format!("{name}-keys")},
+                     "pools": [{"name": "main", "hostKeyChecking": false, "maxCores": 64,
+                        "labels": [{"name": label, "image": "amazon-linux", "instanceType": "t3.micro",
+                                    "volumeSizeGb": 20, "volumeType": "gp3", "tags": {"team": "ci"},
+                                    "dynamicTags": {"zuul-tenant": "{request.tenant_name}"}}]}]}}))
+        .await
+}
+
+async fn provider(stack: &Stack, name: &str) -> Result<Provider> {
+    let api: kube::Api<Provider> = kube::Api::namespaced(stack.client.clone(), &stack.namespace);
+    Ok(api.get(name).await?)
+}
+
+fn ready_condition(provider: &Provider) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    provider.status.as_ref().and_then(|s| conditions::find(&s.conditions, conditions::types::READY).cloned())
+}
+
+/// Waits until the provider is Ready and its label can be launched.
+async fn launchable(stack: &Stack, name: &str) -> Result<Provider> {
+    until(&format!("provider {name} ready to launch"), async || {
+        let provider = provider(stack, name).await?;
+        let ok = ready_condition(&provider).is_some_and(|c| c.status == "True")
+            && provider
+                .status
+                .as_ref()
+                .is_some_and(|s| s.pools.iter().all(|p| p.labels.iter().all(|l| l.launchable)));
+        Ok(ok.then_some(provider))
+    })
+    .await
+}
+
+/// Instances in moto, by state, with their tags.
+async fn instances(
+    moto: &Moto,
+    filters: Vec<Filter>,
+) -> Result<Vec<(String, String, BTreeMap<String, String>)>> {
+    let output = moto.ec2().describe_instances().set_filters(Some(filters)).send().await?;
+    Ok(output
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            let tags = i
+                .tags()
+                .iter()
+                .map(|t| (t.key().unwrap_or_default().to_owned(), t.value().unwrap_or_default().to_owned()))
+                .collect();
+            let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default();
+            (i.instance_id().unwrap_or_default().to_owned(), state, tags)
+        })
+        .collect())
+}
+
+fn tag(key: &str, value: &str) -> Filter {
+    Filter::builder().name(format!("tag:{key}")).values(value).build()
+}
+
+fn running() -> Filter {
+    Filter::builder().name("instance-state-name").values("running").values("pending").build()
+}
+
+#[tokio::test]
+async fn zuul_gets_ec2_instances_that_are_terminated_after_use() -> Result<()> {
+    let stack = Stack::start("aws-launch").await?;
+    let moto = Moto::start(&stack.dir.join("logs"))?;
+    aws_provider(&stack, &moto, "aws", ("testing", "testing"), "aws-small").await?;
+    let provider = launchable(&stack, "aws").await?;
+    let label = &provider.status.as_ref().unwrap().pools[0].labels[0];
+    // t3.micro as DescribeInstanceTypes says: 2 vCPUs, 1 GiB.
+    assert_eq!(label.resources.as_ref().map(|r| (r.cores, r.ram)), Some((2, 1024)), "{label:?}");
+    // The newest AMI matching the filters, as DescribeImages lists them.
+    let images = moto
+        .ec2()
+        .describe_images()
+        .owners("amazon")
+        .filters(Filter::builder().name("name").values("amzn2-ami-hvm-*-x86_64-gp2").build())
+        .send()
+        .await?;
+    let newest = images
+        .images()
+        .iter()
+        .max_by_key(|i| i.creation_date().unwrap_or_default().to_owned())
+        .context("no AMI in moto")?;
+    assert_eq!(label.image_id.as_deref(), newest.image_id(), "{label:?}");
+
+    let mut zuul = Zuul::connect(&stack).await?;
+    let request = zuul.request(&["aws-small"]).await?;
+    let outcome = zuul.wait(&request, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    let nodes = stack.nodes().await?;
+    assert_eq!(nodes.len(), 1);
+    let node = &nodes[0];
+    let status = node.status.as_ref().unwrap();
+    let instance_id = status.external_id.clone().context("no instance id")?;
+    assert!(instance_id.starts_with("i-"), "{instance_id}");
+    assert_eq!(status.connection.as_ref().and_then(|c| c.username.as_deref()), Some("ec2-user"));
+    assert!(status.interface_ip.is_some());
+
+    let node_name = node.metadata.name.clone().unwrap();
+    let found = instances(&moto, vec![tag("nodepool_node_id", &node_name)]).await?;
+    assert_eq!(found.len(), 1, "exactly one instance for the node: {found:?}");
+    let (id, state, tags) = &found[0];
+    assert_eq!((id, state.as_str()), (&instance_id, "running"));
+    assert_eq!(tags["nodepool_provider_name"], "aws");
+    assert_eq!(tags["nodepool_pool_name"], "main");
+    assert_eq!(tags["nodepool_node_label"], "aws-small");
+    assert_eq!(tags["nodepool_system_id"], format!("nodepool-operator-{}", stack.namespace));
+    assert_eq!(tags["team"], "ci");
+    assert!(tags.contains_key("zuul-tenant"), "{tags:?}");
+    let volumes = moto.ec2().describe_volumes().filters(tag("nodepool_node_id", &node_name)).send().await?;
+    let volume = volumes.volumes().first().context("the instance's volume is tagged for the node")?;
+    assert_eq!(volume.size(), Some(20));
+
+    zuul.run_build(&request).await?;
+    until("node deleted after use", async || Ok(stack.nodes().await?.is_empty().then_some(()))).await?;
+    let after = instances(&moto, vec![tag("nodepool_node_id", &node_name)]).await?;
+    assert_eq!(after.iter().map(|i| i.1.as_str()).collect::<Vec<_>>(), ["terminated"]);
+    Ok(())
+}
+
+async fn run_tagged(moto: &Moto, tags: &[(&str, &str)]) -> Result<String> {
+    let tags: Vec<Tag> = tags.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build()).collect();
+    let output = moto
+        .ec2()
+        .run_instances()
+        .image_id("ami-760aaa0f")
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(
+            TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags)).build(),
+        )
+        .send()
+        .await?;
+    Ok(output.instances()[0].instance_id().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn leaked_instances_and_volumes_are_deleted_and_nothing_else() -> Result<()> {
+    let stack = Stack::start("aws-leaks").await?;
+    let moto = Moto::start(&stack.dir.join("logs"))?;
+    aws_provider(&stack, &moto, "aws", ("testing", "testing"), "aws-small").await?;
+    stack
+        .apply::<Label>(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Label",
+            "metadata": {"name": "aws-small"}, "spec": {"minReady": 1}}))
+        .await?;
+    launchable(&stack, "aws").await?;
+    let spare: PoolNode = until("a spare node", async || {
+        Ok(stack
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.status.as_ref().is_some_and(|s| s.state == nodepool_crds::NodeState::Ready)))
+    })
+    .await?;
+    let spare_instance =
+        spare.status.as_ref().and_then(|s| s.external_id.clone()).context("spare instance")?;
+
+    let system = format!("nodepool-operator-{}", stack.namespace);
+    let ghost = run_tagged(
+        &moto,
+        &[("nodepool_provider_name", "aws"), ("nodepool_system_id", &system), ("nodepool_node_id", "ghost")],
+    )
+    .await?;
+    let foreign = run_tagged(
+        &moto,
+        &[
+            ("nodepool_provider_name", "aws"),
+            ("nodepool_system_id", "another-installation"),
+            ("nodepool_node_id", "theirs"),
+        ],
+    )
+    .await?;
+    let untagged = run_tagged(&moto, &[("Name", "someone's pet")]).await?;
+    let volume = moto
+        .ec2()
+        .create_volume()
+        .availability_zone("us-east-1a")
+        .size(8)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Volume)
+                .tags(Tag::builder().key("nodepool_provider_name").value("aws").build())
+                .tags(Tag::builder().key("nodepool_system_id").value(&system).build())
+                .tags(Tag::builder().key("nodepool_node_id").value("ghost").build())
+                .build(),
+        )
+        .send()
+        .await?
+        .volume_id()
+        .unwrap_or_default()
+        .to_owned();
+
+    until("the leaked instance terminated", async || {
+        let found =
+            instances(&moto, vec![Filter::builder().name("instance-id").values(&ghost).build()]).await?;
+        Ok(found.first().is_some_and(|i| i.1 == "terminated").then_some(()))
+    })
+    .await?;
+    until("the leaked volume deleted", async || {
+        let volumes = moto
+            .ec2()
+            .describe_volumes()
+            .filters(Filter::builder().name("volume-id").values(&volume).build())
+            .send()
+            .await;
+        Ok(volumes.map(|v| v.volumes().is_empty()).unwrap_or(true).then_some(()))
+    })
+    .await?;
+    // Two more passes: what is owned, or not ours, is still there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alive = instances(&moto, vec![running()]).await?;
+    for kept in [&spare_instance, &foreign, &untagged] {
+        assert!(alive.iter().any(|i| &i.0 == kept), "{kept} must not be touched; running: {alive:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_operator_killed_mid_launch_neither_leaks_nor_duplicates() -> Result<()> {
+    let mut stack = Stack::start("aws-restart").await?;
+    let moto = Moto::start(&stack.dir.join("logs"))?;
+    aws_provider(&stack, &moto, "aws", ("testing", "testing"), "aws-small").await?;
+    launchable(&stack, "aws").await?;
+    let mut zuul = Zuul::connect(&stack).await?;
+    let mut requests = Vec::new();
+    for _ in 0..4 {
+        requests.push(zuul.request(&["aws-small"]).await?);
+    }
+    // Kill the operator as soon as the first launch has begun.
+    until("a launch under way", async || Ok((!stack.nodes().await?.is_empty()).then_some(()))).await?;
+    stack.kill_operator();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.start_operator()?;
+    for request in &requests {
+        let outcome = zuul.wait(request, WAIT).await?;
+        assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    }
+    // Let two leak passes run, then: one live instance per node, each tagged for its node.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let nodes = stack.nodes().await?;
+    assert_eq!(nodes.len(), 4, "one node per request");
+    let live = instances(&moto, vec![tag("nodepool_provider_name", "aws"), running()]).await?;
+    assert_eq!(live.len(), 4, "one instance per node, no duplicates or leftovers: {live:?}");
+    for node in &nodes {
+        let name = node.metadata.name.clone().unwrap();
+        let mine: Vec<_> = live.iter().filter(|i| i.2.get("nodepool_node_id") == Some(&name)).collect();
+        assert_eq!(mine.len(), 1, "node {name}: {mine:?}");
+        assert_eq!(node.status.as_ref().and_then(|s| s.external_id.as_ref()), Some(&mine[0].0));
+    }
+    for request in &requests {
+        zuul.run_build(request).await?;
+    }
+    until("every node deleted", async || Ok(stack.nodes().await?.is_empty().then_some(()))).await?;
+    let left = instances(&moto, vec![tag("nodepool_provider_name", "aws"), running()]).await?;
+    assert!(left.is_empty(), "instances left behind: {left:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn refused_credentials_make_the_provider_not_ready_and_others_keep_serving() -> Result<()> {
+    let stack = Stack::start("aws-credentials").await?;
+    let moto = Moto::start(&stack.dir.join("logs"))?;
+    let (key, secret) = moto.require_credentials()?;
+    aws_provider(&stack, &moto, "good", (&key, &secret), "good-label").await?;
+    aws_provider(&stack, &moto, "bad", ("AKIAWRONGWRONGWRONG0", "not-the-secret"), "bad-label").await?;
+    let refused = until("the bad provider refused", async || {
+        let provider = provider(&stack, "bad").await?;
+        Ok(ready_condition(&provider).filter(|c| c.status == "False"))
+    })
+    .await?;
+    assert_eq!(refused.reason, "CredentialsRefused", "{refused:?}");
+    assert!(refused.message.contains("AuthFailure"), "{refused:?}");
+    launchable(&stack, "good").await?;
+
+    let mut zuul = Zuul::connect(&stack).await?;
+    let served = zuul.request(&["good-label"]).await?;
+    assert_eq!(zuul.wait(&served, WAIT).await?["state"], "fulfilled");
+    let stuck = zuul.request(&["bad-label"]).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = zuul.call("get_request", json!({"request_id": stuck})).await?;
+    assert_eq!(
+        waiting["data"]["state"], "requested",
+        "a provider that is not Ready neither serves nor declines: {waiting}"
+    );
+    zuul.run_build(&served).await?;
+    Ok(())
+}
