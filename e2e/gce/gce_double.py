@@ -182,7 +182,9 @@ def new_operation_name() -> str:
 
 
 def fingerprint() -> str:
-    return base64.b64encode(secrets.token_bytes(8)).decode()
+    # URL-safe: google-cloud-compute-v1 decodes `format: byte` fields with serde_with's
+    # Base64<UrlSafe>, so '+' or '/' in a fingerprint would make every answer unreadable.
+    return base64.urlsafe_b64encode(secrets.token_bytes(8)).decode()
 
 
 def b64url_decode(s: str) -> bytes:

@@ -5,6 +5,7 @@
 //! - [`cluster`]: helpers tests use against that environment (namespaces, CRD installation).
 
 pub mod cluster;
+pub mod gce;
 pub mod moto;
 pub mod pki;
 pub mod process;

@@ -4,7 +4,7 @@
 //! started them and can be reused by the next one; their pids are recorded in `env.json`.
 
 use std::{
-    fs::{self, File},
+    fs,
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
     process::{Command, Stdio},

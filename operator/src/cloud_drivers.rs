@@ -8,6 +8,7 @@ use kube::ResourceExt;
 use nodepool_crds::Provider;
 use nodepool_driver::Cloud;
 use nodepool_driver_aws::{AwsCloud, AwsCredentials, AwsSettings};
+use nodepool_driver_gce::{GceCloud, GceSettings};
 
 use crate::clouds::{CloudUnavailable, secret_value};
 
@@ -47,10 +48,43 @@ pub fn aws(
     })))
 }
 
-pub fn gce(
-    _provider: &Provider,
-    _system_id: &str,
-    _credentials: Option<&Secret>,
+/// GCE: the Secret holds a service-account key JSON under `credentialsSecretRef.key`, by default
+/// `credentials.json`.
+pub async fn gce(
+    provider: &Provider,
+    system_id: &str,
+    credentials: Option<&Secret>,
 ) -> Result<Arc<dyn Cloud>, CloudUnavailable> {
-    Err(CloudUnavailable::NotBuilt("gce"))
+    let settings = provider
+        .spec
+        .gce
+        .as_ref()
+        .ok_or_else(|| CloudUnavailable::BadSettings("a gce provider needs spec.gce".into()))?;
+    let secret = credentials
+        .ok_or_else(|| CloudUnavailable::BadSettings("a gce provider needs credentialsSecretRef".into()))?;
+    let key_name = provider
+        .spec
+        .credentials_secret_ref
+        .as_ref()
+        .and_then(|r| r.key.clone())
+        .unwrap_or_else(|| "credentials.json".into());
+    let key: serde_json::Value =
+        serde_json::from_str(&secret_value(secret, &key_name)?).map_err(|error| {
+            CloudUnavailable::BadSettings(format!(
+                "Secret {:?} key {key_name:?} is not a JSON service-account key: {error}",
+                secret.name_any()
+            ))
+        })?;
+    let cloud = GceCloud::new(GceSettings {
+        provider: provider.name_any(),
+        system_id: system_id.to_owned(),
+        project: settings.project.clone(),
+        region: settings.region.clone(),
+        zones: settings.zones.clone(),
+        endpoint: settings.endpoint.clone(),
+        service_account_key: key,
+    })
+    .await
+    .map_err(|error| CloudUnavailable::BadSettings(error.to_string()))?;
+    Ok(Arc::new(cloud))
 }

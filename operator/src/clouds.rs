@@ -85,7 +85,7 @@ impl Clouds {
         {
             return Ok(Some(built.cloud.clone()));
         }
-        let inner = build(provider, &namespace, system_id, credentials.as_ref())?;
+        let inner = build(provider, &namespace, system_id, credentials.as_ref()).await?;
         let cloud: Arc<dyn Cloud> = Arc::new(Throttled::new(inner, provider.spec.rate_limit.as_ref()));
         tracing::info!(provider = %key, driver = provider.spec.driver.as_str(), "cloud client built");
         self.built.lock().expect("clouds lock").insert(key, Built { fingerprint, cloud: cloud.clone() });
@@ -143,7 +143,7 @@ impl Clouds {
 }
 
 /// Builds the driver for a provider.
-fn build(
+async fn build(
     provider: &Provider,
     namespace: &str,
     system_id: &str,
@@ -158,7 +158,7 @@ fn build(
             provider.spec.simulated.clone().unwrap_or_default(),
         ))),
         Driver::Aws => crate::cloud_drivers::aws(provider, system_id, credentials),
-        Driver::Gce => crate::cloud_drivers::gce(provider, system_id, credentials),
+        Driver::Gce => crate::cloud_drivers::gce(provider, system_id, credentials).await,
         Driver::Static => Err(CloudUnavailable::BadSettings("a static provider has no cloud".into())),
     }
 }

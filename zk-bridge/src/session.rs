@@ -252,6 +252,22 @@ async fn resync_zookeeper(shared: &Arc<Shared>) -> Result<()> {
     Ok(())
 }
 
+/// Reads every request znode again.
+async fn resync_requests(shared: &Arc<Shared>) {
+    let ids = match shared.zk.list_children(paths::REQUESTS).await {
+        Ok(ids) => ids,
+        Err(error) => {
+            tracing::warn!(%error, "listing requests failed");
+            return;
+        }
+    };
+    for id in ids {
+        if let Err(error) = requests::on_request_event(shared, &id).await {
+            tracing::warn!(request = %id, error = format!("{error:#}"), "resyncing a request failed");
+        }
+    }
+}
+
 /// Keeps pool components in line with the Providers for the whole session.
 async fn sync_components(shared: Arc<Shared>) -> Result<()> {
     let api: Api<Provider> = Api::namespaced(shared.kube.clone(), &shared.namespace);
@@ -269,9 +285,18 @@ async fn sync_components(shared: Arc<Shared>) -> Result<()> {
             }
         }
         let providers: Vec<Provider> = store.state().iter().map(|p| (**p).clone()).collect();
-        if let Err(error) = shared.registry.lock().await.sync(&shared.zk, &shared.hostname, &providers).await
-        {
-            tracing::warn!(error = format!("{error:#}"), "updating pool components failed");
+        let (before, after) = {
+            let mut registry = shared.registry.lock().await;
+            let before = registry.served();
+            if let Err(error) = registry.sync(&shared.zk, &shared.hostname, &providers).await {
+                tracing::warn!(error = format!("{error:#}"), "updating pool components failed");
+            }
+            (before, registry.served())
+        };
+        // Requests passed over because no pool of ours served them (at start, before the
+        // first registration, or for a label just added) are looked at again.
+        if before != after {
+            resync_requests(&shared).await;
         }
     }
     Ok(())

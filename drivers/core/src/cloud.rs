@@ -17,6 +17,8 @@ pub struct InstanceSpec {
     /// names, the idempotency token where it has those. Creating twice with the same token
     /// yields the same instance, which is what makes a resumed launch safe.
     pub token: String,
+    /// The launch attempt, from 1 (drivers with several zones try them in turn).
+    pub attempt: u32,
     /// The `PoolNode` the instance is for.
     pub node: String,
     pub pool: Pool,
@@ -40,6 +42,9 @@ pub enum InstanceState {
     Gone,
     /// The cloud gave up on it (boot error, failed operation); it must be deleted.
     Failed(String),
+    /// The cloud accepted the create but then refused it for quota or capacity (GCE reports
+    /// that in the insert's operation): the instance never existed. The launch is aborted.
+    Refused(String),
 }
 
 /// An instance as the cloud reports it.

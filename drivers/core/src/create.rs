@@ -174,6 +174,7 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
             Step::Create => {
                 let mut spec = plan.spec.clone();
                 spec.token = progress.token(&node);
+                spec.attempt = progress.attempt;
                 match cloud.create(&spec).await {
                     Ok(instance) => {
                         tracing::info!(node = %node, instance = %instance.id, attempt = progress.attempt, "instance requested");
@@ -209,6 +210,10 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
                             return Next::Ready { instance, host_keys: Vec::new() };
                         }
                         progress.step = Step::ScanKeys;
+                    }
+                    Ok(Some(Instance { state: InstanceState::Refused(reason), .. })) => {
+                        progress.last_error = Some(reason.clone());
+                        return Next::Aborted(reason);
                     }
                     Ok(Some(Instance { state: InstanceState::Failed(reason), .. })) => {
                         fail!(fail_attempt(progress, plan, format!("instance {id} failed: {reason}"), now))

@@ -57,8 +57,8 @@ pub async fn advance(cloud: &dyn Cloud, node: &str, recorded: Option<&str>) -> N
 pub async fn delete_and_check(cloud: &dyn Cloud, id: &str) -> Result<bool, CloudError> {
     match cloud.get(id).await? {
         None => Ok(true),
-        Some(instance) => match instance.state {
-            InstanceState::Gone => Ok(true),
+        Some(instance) => match &instance.state {
+            InstanceState::Gone | InstanceState::Refused(_) => Ok(true),
             InstanceState::Stopping => Ok(false),
             _ => {
                 tracing::info!(instance = %id, "deleting instance");

@@ -27,7 +27,9 @@ pub async fn pass(
         .list_instances()
         .await?
         .into_iter()
-        .filter(|i| !matches!(i.state, InstanceState::Gone | InstanceState::Stopping))
+        .filter(|i| {
+            !matches!(i.state, InstanceState::Gone | InstanceState::Stopping | InstanceState::Refused(_))
+        })
         .map(|i| LeakedResource { kind: "instance", node: i.node().map(str::to_owned), id: i.id })
         .collect();
     resources.extend(cloud.list_other_resources().await?);

@@ -41,6 +41,7 @@ fn plan(node: &str, retries: u32) -> Plan {
     Plan {
         spec: InstanceSpec {
             token: String::new(),
+            attempt: 1,
             node: node.into(),
             pool: pool(),
             label: label(),

@@ -105,6 +105,7 @@ fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, 
     Plan {
         spec: InstanceSpec {
             token: String::new(),
+            attempt: 1,
             node: node.name_any(),
             pool: placement.pool.clone(),
             label: placement.label.clone(),
