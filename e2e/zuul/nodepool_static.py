@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run a real Nodepool 11.0.0 launcher (static driver) against the testenv ZooKeeper.
+"""Run a real Nodepool 11.0.0 launcher (static or fake-cloud driver) against the testenv ZooKeeper.
 
 Standard library only; runs with the machine's python3 (3.11).  The launcher
 itself lives in its own venv (default ``~/.cache/nodepool-operator/venv-nodepool``,
@@ -9,7 +9,8 @@ Sub-commands (every one prints exactly one JSON object on stdout):
 
   install   create the venv and ``pip install nodepool==11.0.0`` (idempotent:
             skipped when ``nodepool-launcher --version`` already says 11.0.0)
-  config    write ``<workdir>/nodepool.yaml`` (static provider, loopback hosts)
+  config    write ``<workdir>/nodepool.yaml`` (static provider, loopback hosts;
+            with ``--cloud fake`` a fake-cloud provider + ``<workdir>/clouds.yaml``)
   start     install + ensure the ZK chroot + config + launch ``nodepool-launcher
             -f --no-webapp`` in the background (log ``<workdir>/launcher.log``,
             pid ``<workdir>/launcher.pid``) and wait until its pool component is
@@ -33,6 +34,44 @@ liveness check, and host name 127.0.0.1 resolves without DNS):
   * one entry ``127.0.0.1:<base-port+1000>`` with label ``--single-label``
     (default ``static-single``) and exactly one slot: a label that is easy to
     exhaust (used by the cancel / revise-priority scenarios).
+
+Fake-cloud topology (``--cloud fake``; default ``--cloud static`` is the above,
+unchanged): Nodepool's in-tree ``driver: fake`` (nodepool/driver/fake, the
+OpenStack state-machine driver over an in-memory FakeOpenStackCloud) so every
+request is a single-use cloud launch + delete, to compare with the operator's
+cloud launches.  ``config`` also writes ``<workdir>/clouds.yaml`` with a
+``fake`` cloud (copy of nodepool/tests/fixtures/clouds.yaml) and the launcher
+runs with ``OS_CLIENT_CONFIG_FILE`` pointing at it (the tests monkey-patch
+openstack.config.loader.CONFIG_FILES instead).  One provider (``--provider``,
+default ``fake-provider``), ``cloud: fake``, one cloud image ``image-name:
+'Fake Precise'`` (the only image the fake cloud knows), one pool ``main`` with
+``max-servers: --max-servers`` (default 1000), ``host-key-checking: false``,
+and one label ``--label`` (min-ready 0, flavor 'Fake Flavor' via min-ram 8192);
+``--single-label`` is not used.  Default chroot / workdir become
+``/nodepool-fake`` / ``<cache>/nodepool-fake`` so both modes can run side by
+side (pass ``--cloud fake`` to stop / status too, or give --workdir).
+
+Delays in the fake cloud / launch path (Nodepool 11.0.0, read from source;
+Nodepool is not patched):
+  * FakeOpenStackCloud.create_server returns at once with status BUILD and
+    starts a thread that sleeps 0.1 s (``_finish(s, 0.1, ...)``) before ACTIVE;
+  * delete_server removes the server synchronously (no sleep);
+  * no other sleeps in driver/fake; ``rate`` is ignored (FakeAdapter replaces
+    the openstacksdk Connection that would rate-limit);
+  * the real pacing comes from the generic machinery: the PoolWorker polls
+    requests every 1 s (launcher WATERMARK_SLEEP), the state-machine runner
+    advances each machine once per 1 s tick (StateMachineProvider
+    MINIMUM/MAXIMUM_SLEEP), the server list is a 1 s lazy TTL cache
+    (openstack adapter CACHE_TTL), and used nodes are only picked up for
+    deletion by DeletedNodeWorker every 5 s.  Observed (-d log): assign
+    +0.8 s -> submit create -> +1 s creating -> +1 s complete (nodescan is
+    instant with host-key-checking false) -> +1 s ready -> +0.2 s fulfilled,
+    i.e. ~4-5 s per request; a returned node is gone ~1-5 s + 1-2 ticks later;
+  * the fake cloud's own quota is fixed at 20 instances / 100 cores / 1e6 MB
+    RAM (``_get_quota``; flavors are 4 vcpu / 8192 MB), so at most 20 servers
+    exist at once whatever ``--max-servers`` says: Nodepool pauses the pool
+    on the provider quota (with ``ignore-provider-quota`` the 21st create
+    would fail with "Quota exceeded" instead).
 """
 
 import argparse
@@ -48,6 +87,28 @@ CACHE = os.path.expanduser("~/.cache/nodepool-operator")
 DEFAULT_VENV = os.environ.get("NODEPOOL_VENV", os.path.join(CACHE, "venv-nodepool"))
 DEFAULT_TESTENV = os.environ.get(
     "NODEPOOL_TESTENV", os.path.join(CACHE, "target/debug/nodepool-testenv"))
+
+# Per-mode defaults of --chroot / --workdir / --provider (static: unchanged).
+MODE_DEFAULTS = {
+    "static": {"chroot": "/nodepool-static",
+               "workdir": os.path.join(CACHE, "nodepool-static"),
+               "provider": "static-provider"},
+    "fake": {"chroot": "/nodepool-fake",
+             "workdir": os.path.join(CACHE, "nodepool-fake"),
+             "provider": "fake-provider"},
+}
+
+# The ``fake`` cloud of nodepool/tests/fixtures/clouds.yaml.  FakeDriver's
+# provider config passes validate=False, so auth is never contacted.
+FAKE_CLOUDS_YAML = """\
+clouds:
+  fake:
+    auth:
+      username: 'fake'
+      password: 'fake'
+      project_id: 'fake'
+      auth_url: 'fake'
+"""
 
 
 def out(obj):
@@ -162,7 +223,7 @@ def kazoo_helper(venv, zk, chroot, op):
     return json.loads(r.stdout)
 
 
-def render_config(args, zk):
+def zk_servers(args, zk):
     servers = []
     entries = [h.strip() for h in zk["hosts"].split(",") if h.strip()]
     for i, hp in enumerate(entries):
@@ -173,6 +234,11 @@ def render_config(args, zk):
         if i == len(entries) - 1:
             s["chroot"] = args.chroot
         servers.append(s)
+    return servers
+
+
+def render_config(args, zk):
+    servers = zk_servers(args, zk)
     nodes = []
     for i in range(args.hosts):
         nodes.append({
@@ -207,7 +273,52 @@ def render_config(args, zk):
     return cfg
 
 
+def render_fake_config(args, zk):
+    """Nodepool's in-tree fake cloud (cf. tests/fixtures/node.yaml,
+    metastatic.yaml): driver fake, cloud fake, unmanaged cloud image."""
+    return {
+        "zookeeper-servers": zk_servers(args, zk),
+        "zookeeper-tls": {"ca": zk["tls_ca"], "cert": zk["tls_cert"],
+                          "key": zk["tls_key"]},
+        "zookeeper-timeout": 10,
+        "labels": [{"name": args.label, "min-ready": 0}],
+        "providers": [{
+            "name": args.provider,
+            "driver": "fake",
+            "cloud": "fake",
+            "region-name": "fake-region",
+            "cloud-images": [{"name": "fake-image",
+                              "image-name": "Fake Precise"}],
+            "pools": [{
+                "name": "main",
+                "max-servers": args.max_servers,
+                "host-key-checking": False,
+                "labels": [{"name": args.label,
+                            "cloud-image": "fake-image",
+                            "min-ram": 8192,
+                            "flavor-name": "Fake"}],
+            }],
+        }],
+    }
+
+
+def do_fake_config(args, zk):
+    os.makedirs(args.workdir, exist_ok=True)
+    clouds = os.path.join(args.workdir, "clouds.yaml")
+    with open(clouds, "w") as f:
+        f.write(FAKE_CLOUDS_YAML)
+    cfg = render_fake_config(args, zk)
+    path = os.path.join(args.workdir, "nodepool.yaml")
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    return {"config": path, "labels": [args.label], "cloud": "fake",
+            "clouds_yaml": clouds, "max_servers": args.max_servers,
+            "static_nodes": 0, "single_nodes": 0}
+
+
 def do_config(args, zk):
+    if args.cloud == "fake":
+        return do_fake_config(args, zk)
     os.makedirs(args.workdir, exist_ok=True)
     cfg = render_config(args, zk)
     path = os.path.join(args.workdir, "nodepool.yaml")
@@ -251,6 +362,17 @@ def launcher_cmd(args, config):
     return cmd
 
 
+def launcher_env(args, cfg):
+    """Environment of the launcher: unchanged for static; for the fake cloud
+    point openstacksdk at our clouds.yaml (read when FakeDriver builds its
+    OpenStackConfig)."""
+    if args.cloud != "fake":
+        return None
+    env = dict(os.environ)
+    env["OS_CLIENT_CONFIG_FILE"] = cfg["clouds_yaml"]
+    return env
+
+
 def wait_registered(args, zk, labels, pid, timeout):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -278,10 +400,19 @@ def main():
     p.add_argument("--ca")
     p.add_argument("--cert")
     p.add_argument("--key")
-    p.add_argument("--chroot", default="/nodepool-static")
-    p.add_argument("--workdir", default=os.path.join(CACHE, "nodepool-static"))
+    p.add_argument("--cloud", choices=["static", "fake"], default="static",
+                   help="static: loopback static hosts (default); fake: "
+                        "Nodepool's in-tree fake cloud (single-use launches)")
+    p.add_argument("--chroot", default=None,
+                   help="default /nodepool-static (/nodepool-fake with "
+                        "--cloud fake)")
+    p.add_argument("--workdir", default=None,
+                   help="default <cache>/nodepool-static (nodepool-fake "
+                        "with --cloud fake)")
     p.add_argument("--venv", default=DEFAULT_VENV)
-    p.add_argument("--provider", default="static-provider")
+    p.add_argument("--provider", default=None,
+                   help="default static-provider (fake-provider with "
+                        "--cloud fake)")
     p.add_argument("--label", default="static-label")
     p.add_argument("--single-label", default="static-single",
                    help="label with exactly one slot ('' to disable)")
@@ -289,11 +420,17 @@ def main():
     p.add_argument("--slots", type=int, default=4,
                    help="max-parallel-jobs per host")
     p.add_argument("--base-port", type=int, default=22001)
+    p.add_argument("--max-servers", type=int, default=1000,
+                   help="--cloud fake: the pool's max-servers (the fake "
+                        "cloud's own quota still caps it at 20)")
     p.add_argument("--debug", action="store_true",
                    help="run the launcher with -d (DEBUG log)")
     p.add_argument("--wait", type=float, default=60.0,
                    help="seconds to wait for registration on start")
     args = p.parse_args()
+    for k, v in MODE_DEFAULTS[args.cloud].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     if not args.chroot.startswith("/") or args.chroot == "/":
         p.error("--chroot must be an absolute, non-root path")
     args.workdir = os.path.abspath(args.workdir)
@@ -336,8 +473,11 @@ def main():
 
     kazoo_helper(args.venv, zk, args.chroot, "ensure")
     cmd = launcher_cmd(args, cfg["config"])
+    env = launcher_env(args, cfg)
     if args.action == "run":
-        os.execv(cmd[0], cmd)
+        if env is None:
+            os.execv(cmd[0], cmd)
+        os.execve(cmd[0], cmd, env)
 
     old = read_pid(args.workdir)
     if alive(old):
@@ -345,15 +485,20 @@ def main():
     log_path = os.path.join(args.workdir, "launcher.log")
     log = open(log_path, "ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
     with open(os.path.join(args.workdir, "launcher.pid"), "w") as f:
         f.write("%d\n" % proc.pid)
     pools = wait_registered(args, zk, cfg["labels"], proc.pid, args.wait)
-    out({"pid": proc.pid, "log": log_path, "config": cfg["config"],
-         "chroot": args.chroot, "labels": cfg["labels"],
-         "static_nodes": cfg["static_nodes"], "nodepool": inst["nodepool"],
-         "pools": [{"id": x.get("id"), "supported_labels":
-                    x.get("supported_labels")} for x in pools]})
+    res = {"pid": proc.pid, "log": log_path, "config": cfg["config"],
+           "chroot": args.chroot, "labels": cfg["labels"],
+           "static_nodes": cfg["static_nodes"], "nodepool": inst["nodepool"],
+           "pools": [{"id": x.get("id"), "supported_labels":
+                      x.get("supported_labels")} for x in pools]}
+    if args.cloud == "fake":
+        res.update(cloud="fake", clouds_yaml=cfg["clouds_yaml"],
+                   max_servers=cfg["max_servers"])
+    out(res)
 
 
 if __name__ == "__main__":

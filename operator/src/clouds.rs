@@ -10,7 +10,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
-use nodepool_crds::{Driver, Provider};
+use nodepool_crds::{Driver, Provider, provider::ResourceLimits};
 use nodepool_driver::{Cloud, Throttled};
 
 /// Why a provider has no cloud to talk to.
@@ -49,7 +49,13 @@ pub struct Clouds {
     built: Mutex<HashMap<String, Built>>,
     pauses: Mutex<HashMap<(String, String), Pause>>,
     leak_suspects: Mutex<HashMap<String, (Instant, BTreeSet<(String, String)>)>>,
+    /// The cloud's quota per provider, with when and for which generation it was read.
+    quotas: Mutex<HashMap<String, (Instant, Option<i64>, ResourceLimits)>>,
 }
+
+/// How long a provider's cloud quota is reused before it is read again. The provider
+/// reconciles on every change of its nodes; without this each would cost an API call.
+pub const QUOTA_TTL: Duration = Duration::from_secs(30);
 
 impl Clouds {
     /// The provider's cloud; `Ok(None)` for a static provider.
@@ -135,6 +141,22 @@ impl Clouds {
             Some((_, suspects)) => Some(suspects.clone()),
             None => Some(BTreeSet::new()),
         }
+    }
+
+    /// The quota read for this provider generation less than [`QUOTA_TTL`] ago, if any.
+    pub fn cached_quota(&self, provider: &str, generation: Option<i64>) -> Option<ResourceLimits> {
+        let quotas = self.quotas.lock().expect("quota lock");
+        quotas
+            .get(provider)
+            .filter(|(at, seen, _)| *seen == generation && at.elapsed() < QUOTA_TTL)
+            .map(|(_, _, quota)| quota.clone())
+    }
+
+    pub fn store_quota(&self, provider: &str, generation: Option<i64>, quota: ResourceLimits) {
+        self.quotas
+            .lock()
+            .expect("quota lock")
+            .insert(provider.to_owned(), (Instant::now(), generation, quota));
     }
 
     pub fn record_leak_pass(&self, provider: &str, suspects: BTreeSet<(String, String)>) {

@@ -43,7 +43,16 @@ pub async fn probe(provider: &Provider, ctx: &Context) -> Result<Probe, Error> {
         }
     };
     let name = provider.name_any();
-    let cloud_quota = match cloud.quota_limits().await {
+    let generation = provider.metadata.generation;
+    let cached = ctx.clouds.cached_quota(&name, generation);
+    let quota = match cached {
+        Some(quota) => Ok(quota),
+        None => cloud
+            .quota_limits()
+            .await
+            .inspect(|quota| ctx.clouds.store_quota(&name, generation, quota.clone())),
+    };
+    let cloud_quota = match quota {
         Ok(quota) => quota,
         Err(CloudError::Auth(message)) => return Ok(not_ready("CredentialsRefused", message)),
         Err(error) => {

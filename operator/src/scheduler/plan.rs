@@ -763,4 +763,125 @@ mod tests {
         assert!(!is_free(&unregistered));
         assert!(is_free(&node("n", "p", &["l"])));
     }
+
+    fn cloud_pool(max_servers: Option<u32>, labels: &[&str]) -> PoolView {
+        let footprints = labels
+            .iter()
+            .map(|l| (l.to_string(), NodeResources { cores: 2, ram: 1024, instances: 1 }))
+            .collect();
+        PoolView {
+            launch: Some(LaunchView {
+                footprints,
+                pool_limits: ResourceLimits { max_servers, ..Default::default() },
+                ..Default::default()
+            }),
+            ..pool("c", 100, labels)
+        }
+    }
+
+    fn launching(name: &str, request: &str, state: NodeState) -> Arc<PoolNode> {
+        let mut node = (*node(name, "c", &["l"])).clone();
+        let status = node.status.as_mut().unwrap();
+        status.state = state;
+        status.allocated_to = Some(request.into());
+        status.resources = Some(NodeResources { cores: 2, ram: 1024, instances: 1 });
+        Arc::new(node)
+    }
+
+    fn pending(id: &str, labels: &[&str]) -> Arc<NodeRequest> {
+        let mut request = (*request(id, labels, 0)).clone();
+        request.status = Some(nodepool_crds::NodeRequestStatus {
+            state: NodeRequestState::Pending,
+            provider: Some("c".into()),
+            pool: Some("main".into()),
+            ..Default::default()
+        });
+        Arc::new(request)
+    }
+
+    #[test]
+    fn a_cloud_pool_launches_within_its_limit_and_then_requests_wait() {
+        let requests = [request("100-0000000001", &["l"], 0), request("100-0000000002", &["l"], 0)];
+        let decisions = plan(&requests, &[], &[cloud_pool(Some(1), &["l"])], &mut []);
+        assert!(
+            matches!(&decisions[0], Decision::Launch { request, launch, reuse, .. }
+                if request == "100-0000000001" && launch.len() == 1 && reuse.is_empty()),
+            "{decisions:?}"
+        );
+        assert!(matches!(&decisions[1], Decision::Wait { reason: "AtQuota", .. }), "{decisions:?}");
+    }
+
+    #[test]
+    fn a_label_that_cannot_be_launched_is_declined_with_the_reason() {
+        let mut pool = cloud_pool(None, &["l"]);
+        let launch = pool.launch.as_mut().unwrap();
+        launch.footprints.clear();
+        launch.unlaunchable.insert("l".into(), "Image \"x\" does not exist".into());
+        let decisions = plan(&[request("100-0000000001", &["l"], 0)], &[], &[pool], &mut []);
+        assert!(
+            matches!(&decisions[0], Decision::Decline { message, .. } if message.contains("does not exist")),
+            "{decisions:?}"
+        );
+    }
+
+    #[test]
+    fn a_request_bigger_than_the_pool_could_ever_hold_is_declined() {
+        let decisions =
+            plan(&[request("100-0000000001", &["l", "l"], 0)], &[], &[cloud_pool(Some(1), &["l"])], &mut []);
+        assert!(
+            matches!(&decisions[0], Decision::Decline { message, .. } if message.contains("limits")),
+            "{decisions:?}"
+        );
+    }
+
+    #[test]
+    fn a_pending_request_is_fulfilled_when_its_nodes_are_ready_and_declined_when_one_failed() {
+        let id = "100-0000000001";
+        let ready = [launching("a", id, NodeState::Ready), launching("b", id, NodeState::Ready)];
+        let decisions = plan(&[pending(id, &["l", "l"])], &ready, &[cloud_pool(None, &["l"])], &mut []);
+        assert!(matches!(&decisions[0], Decision::Assign { nodes, .. } if nodes.len() == 2), "{decisions:?}");
+
+        let building = [launching("a", id, NodeState::Ready), launching("b", id, NodeState::Building)];
+        assert!(
+            plan(&[pending(id, &["l", "l"])], &building, &[cloud_pool(None, &["l"])], &mut []).is_empty()
+        );
+
+        let failed = [launching("a", id, NodeState::Ready), launching("b", id, NodeState::Failed)];
+        let decisions = plan(&[pending(id, &["l", "l"])], &failed, &[cloud_pool(None, &["l"])], &mut []);
+        assert!(
+            matches!(&decisions[0], Decision::Decline { release, message, .. } if release == &["a"] && message.contains("b")),
+            "{decisions:?}"
+        );
+    }
+
+    #[test]
+    fn an_aborted_launch_is_replaced_once_the_pool_is_not_paused() {
+        let id = "100-0000000001";
+        let nodes = [launching("a", id, NodeState::Aborted)];
+        let mut paused = cloud_pool(None, &["l"]);
+        paused.launch.as_mut().unwrap().paused = Some("quota".into());
+        assert!(plan(&[pending(id, &["l"])], &nodes, &[paused], &mut []).is_empty());
+        let decisions = plan(&[pending(id, &["l"])], &nodes, &[cloud_pool(None, &["l"])], &mut []);
+        assert!(
+            matches!(&decisions[0], Decision::Launch { launch, .. } if launch.len() == 1),
+            "{decisions:?}"
+        );
+    }
+
+    #[test]
+    fn min_ready_launches_spares_up_to_the_pool_limit() {
+        let label =
+            Arc::new(Label::new("l", nodepool_crds::LabelSpec { min_ready: 3, ..Default::default() }));
+        let pools = [cloud_pool(Some(2), &["l"])];
+        let world = World { requests: &[], nodes: &[], pools: &pools, labels: std::slice::from_ref(&label) };
+        let decisions = super::plan(&world, &mut []);
+        assert!(matches!(&decisions[..], [Decision::LaunchSpare { count: 2, .. }]), "{decisions:?}");
+        // A ready, unallocated node counts as a spare.
+        let spare = (*node("s", "c", &["l"])).clone();
+        let nodes = [Arc::new(spare)];
+        let world =
+            World { requests: &[], nodes: &nodes, pools: &pools, labels: std::slice::from_ref(&label) };
+        let decisions = super::plan(&world, &mut []);
+        assert!(matches!(&decisions[..], [Decision::LaunchSpare { count: 1, .. }]), "{decisions:?}");
+    }
 }
