@@ -76,3 +76,9 @@ impl GceDouble {
         serde_json::from_slice(&output.stdout).context("reading /double/state")
     }
 }
+
+impl Drop for GceDouble {
+    fn drop(&mut self) {
+        self.server.stop(Duration::ZERO);
+    }
+}

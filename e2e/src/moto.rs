@@ -79,3 +79,9 @@ print(json.dumps([key["AccessKeyId"], key["SecretAccessKey"]]))
         Ok((id, secret))
     }
 }
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.server.stop(Duration::ZERO);
+    }
+}

@@ -84,6 +84,8 @@ async fn examples_apply_with_kubectl_and_read_back_typed() -> Result<()> {
     assert_eq!(aws.spec.aws.as_ref().map(|a| a.region.as_str()), Some("us-east-1"));
     assert_eq!(aws.spec.pools[0].labels.len(), 2);
     assert_eq!(providers.get("gce-europe-west4").await?.spec.gce.context("gce block")?.zones.len(), 2);
+    let simulated = providers.get("simulated").await?;
+    assert_eq!(simulated.spec.simulated.context("simulated block")?.capacity, Some(50));
 
     let labels: Api<Label> = Api::namespaced(client.clone(), &namespace);
     assert_eq!(labels.get("ubuntu-noble").await?.spec.min_ready, 2);

@@ -203,6 +203,24 @@ async fn pool_limits_make_requests_wait_and_capacity_errors_pause_the_pool() -> 
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Zuul and other launchers see the pause in the pool component, as from Nodepool.
+    let zk = stack.env.zookeeper(Some(&stack.chroot)).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut paused = false;
+        for child in zk.list_children("/nodepool/components/pool").await? {
+            let (data, _) = zk.get_data(&format!("/nodepool/components/pool/{child}")).await?;
+            let component: serde_json::Value = serde_json::from_slice(&data)?;
+            paused |= component["provider_name"] == "sim" && component["paused"] == true;
+        }
+        if paused {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the pool component never said paused");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let waiting = zuul.call("get_request", json!({"request_id": third})).await?;
     assert_eq!(waiting["data"]["state"], "requested", "{waiting}");
 

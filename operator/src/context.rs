@@ -44,6 +44,8 @@ pub struct Context {
     pub labels: Store<Label>,
     pub tenant_limits: Store<TenantLimit>,
     pub images: Store<Image>,
+    /// When the operator first saw each vanished request gone (for releasing its nodes).
+    vanished_requests: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Wakes the scheduler for another pass.
     pub scheduler_wake: Arc<Notify>,
     /// True once the provider, node and request caches hold their initial lists.
@@ -81,6 +83,7 @@ impl Context {
             labels,
             tenant_limits,
             images,
+            vanished_requests: Default::default(),
             scheduler_wake: Arc::new(Notify::new()),
             caches_ready,
         }
@@ -134,6 +137,14 @@ impl Context {
         provider: &Provider,
     ) -> Result<Option<Arc<dyn nodepool_driver::Cloud>>, crate::clouds::CloudUnavailable> {
         self.clouds.get(&self.client, &self.system_id, provider).await
+    }
+
+    /// How long ago the operator first saw `request` gone (zero the first time).
+    pub fn request_gone_for(&self, request: &str) -> Duration {
+        let mut vanished = self.vanished_requests.lock().expect("vanished lock");
+        // Forget requests gone long ago, so the map does not grow for ever.
+        vanished.retain(|_, since| since.elapsed() < Duration::from_secs(3600));
+        vanished.entry(request.to_owned()).or_insert_with(std::time::Instant::now).elapsed()
     }
 
     pub fn image(&self, name: &str) -> Option<Arc<Image>> {

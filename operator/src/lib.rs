@@ -38,16 +38,19 @@ pub async fn run(settings: Settings) -> Result<()> {
     let images: Api<Image> = Api::namespaced(client.clone(), &namespace);
 
     let provider_controller = Controller::new(providers.clone(), crate::watch_config());
-    let node_controller = Controller::new(nodes.clone(), crate::watch_config());
     let label_controller = Controller::new(labels, crate::watch_config());
     let tenant_limit_controller = Controller::new(tenant_limits, crate::watch_config());
     let image_controller = Controller::new(images.clone(), crate::watch_config());
 
-    // The caches the scheduler and the reconcilers read. They are separate from the controllers'
-    // own stores on purpose: a store's `wait_until_ready` wakes only one waiter, and each
-    // controller already waits on its own store before it starts.
+    // The caches the scheduler and the reconcilers read. Provider and request caches are
+    // separate from the controllers' own stores on purpose: a store's `wait_until_ready` wakes
+    // only one waiter, and each controller already waits on its own store before it starts.
+    // PoolNodes, the one kind that grows into the thousands, have a single cache shared with
+    // the PoolNode controller (its readiness is read off the watch stream instead), kept
+    // without managedFields (server-side-apply bookkeeping nothing here reads).
     let (provider_store, provider_writer) = reflector::store();
     let (node_store, node_writer) = reflector::store();
+    let (nodes_listed_tx, mut nodes_listed) = tokio::sync::watch::channel(false);
     let (request_store, request_writer) = reflector::store();
     let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
     let context = Arc::new(Context::new(
@@ -62,14 +65,27 @@ pub async fn run(settings: Settings) -> Result<()> {
     ));
 
     // Every change to requests, nodes or providers is a reason for another scheduling pass.
-    let cache_tasks = futures::future::join3(
+    let node_stream = {
+        let wake = context.scheduler_wake.clone();
+        watcher(nodes.clone(), crate::watch_config())
+            .default_backoff()
+            .modify(strip_managed_fields)
+            .reflect(node_writer)
+            .inspect(move |event| {
+                wake.notify_one();
+                if matches!(event, Ok(watcher::Event::InitDone)) {
+                    let _ = nodes_listed_tx.send(true);
+                }
+            })
+            .applied_objects()
+    };
+    let node_controller = Controller::for_stream(node_stream, node_store.clone());
+    let cache_tasks = futures::future::join(
         reflector::reflector(
             provider_writer,
             watcher(providers.clone(), crate::watch_config()).default_backoff(),
         )
         .for_each(wake_scheduler(context.scheduler_wake.clone())),
-        reflector::reflector(node_writer, watcher(nodes.clone(), crate::watch_config()).default_backoff())
-            .for_each(wake_scheduler(context.scheduler_wake.clone())),
         reflector::reflector(
             request_writer,
             watcher(requests.clone(), crate::watch_config()).default_backoff(),
@@ -80,8 +96,10 @@ pub async fn run(settings: Settings) -> Result<()> {
     let gate = async move {
         let ready = async {
             provider_store.wait_until_ready().await?;
-            node_store.wait_until_ready().await?;
-            request_store.wait_until_ready().await
+            request_store.wait_until_ready().await?;
+            // The node store's own waiter is the PoolNode controller.
+            let _ = nodes_listed.wait_for(|listed| *listed).await;
+            Ok::<_, kube::runtime::reflector::store::WriterDropped>(())
         };
         if ready.await.is_ok() {
             let _ = ready_tx.send(true);
@@ -170,6 +188,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         result = scheduler_task => result?,
     }
     Ok(())
+}
+
+/// Drops an object's server-side-apply bookkeeping before it is cached.
+fn strip_managed_fields<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 /// A stream consumer that wakes the scheduler on every item.

@@ -65,8 +65,17 @@ impl Registry {
             let Some(provider_name) = provider.metadata.name.as_deref() else { continue };
             for pool in &provider.spec.pools {
                 let priority = pool.priority.or(provider.spec.priority).unwrap_or(100);
-                wanted
-                    .insert(pool_key(provider_name, &pool.name), (provider_name.to_owned(), pool, priority));
+                // Paused as Nodepool's pool workers are: by the operator (the provider is
+                // paused) or because the cloud refused a launch for quota (the pool's status).
+                let paused = provider.spec.paused
+                    || provider
+                        .status
+                        .as_ref()
+                        .is_some_and(|s| s.pools.iter().any(|p| p.name == pool.name && p.paused));
+                wanted.insert(
+                    pool_key(provider_name, &pool.name),
+                    (provider_name.to_owned(), pool, priority, paused),
+                );
             }
         }
         let stale: Vec<String> =
@@ -80,16 +89,20 @@ impl Registry {
                 }
             }
         }
-        for (key, (provider_name, pool, priority)) in wanted {
+        for (key, (provider_name, pool, priority, paused)) in wanted {
             let labels = supported_labels(pool);
             match self.pools.get_mut(&key) {
                 Some(existing) => {
                     let component = &mut existing.component;
-                    if component.supported_labels == labels && component.priority == priority {
+                    if component.supported_labels == labels
+                        && component.priority == priority
+                        && component.paused == paused
+                    {
                         continue;
                     }
                     component.supported_labels = labels;
                     component.priority = priority;
+                    component.paused = paused;
                     let data = serde_json::to_vec(component)?;
                     let stat = zk
                         .set_data(&existing.path, &data, Some(existing.version))
@@ -108,7 +121,7 @@ impl Registry {
                         kind: "pool".into(),
                         model_api: 0,
                         name: pool.name.clone(),
-                        paused: false,
+                        paused,
                         priority,
                         provider_name,
                         state: "running".into(),

@@ -1,13 +1,26 @@
 //! `nodepool-bench`: Zuul's own client against the operator + bridge and, in the same run and on
-//! the same ZooKeeper, against Nodepool 11's launcher, with the same static hosts and slots.
+//! the same ZooKeeper, against Nodepool 11's launcher.
+//!
+//! - `--cloud static` (default): the same static hosts and slots for both.
+//! - `--cloud simulated`: single-use nodes launched on our simulated cloud with zero launch
+//!   latency, against Nodepool 11 on its in-tree fake cloud.
+//!
 //! Each worker loops request → fulfilled → accept → in-use → used, as Zuul's executor does.
 //! Prints fulfilled requests per second and request-to-fulfilled latency, and the ratios.
+//!
+//! `--scale N` (simulated cloud) keeps N nodes under one operator and prints its resident
+//! memory and how long a restarted operator takes to resync; `--burst N --rate R` submits N
+//! single-node requests at once against a provider limited to R cloud calls per second and
+//! compares the time they take with the time the rate limit allows.
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use nodepool_e2e::{stack::Stack, tools};
+
+#[path = "bench/scale.rs"]
+mod scale;
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -28,23 +41,39 @@ struct Cli {
     /// Measure only nodepool-operator.
     #[arg(long)]
     skip_nodepool: bool,
+    /// `static` hosts, or single-use nodes on the `simulated` cloud (vs Nodepool's fake cloud).
+    #[arg(long, default_value = "static")]
+    cloud: String,
+    /// Instead of throughput: keep this many nodes (simulated cloud) and measure memory and resync.
+    #[arg(long)]
+    scale: Option<u32>,
+    /// Instead of throughput: submit this many single-node requests at once (simulated cloud).
+    #[arg(long)]
+    burst: Option<u32>,
+    /// The provider's cloud API rate limit for `--burst`, calls per second.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
 }
 
-fn bench_args(workers: u32, duration: u32) -> Vec<String> {
-    [
-        "bench",
-        "--workers",
-        &workers.to_string(),
-        "--duration",
-        &duration.to_string(),
-        "--label",
-        "static-label",
-    ]
-    .map(str::to_owned)
-    .to_vec()
+fn bench_args(workers: u32, duration: u32, label: &str) -> Vec<String> {
+    ["bench", "--workers", &workers.to_string(), "--duration", &duration.to_string(), "--label", label]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// The label both systems serve in `--cloud simulated` mode.
+const CLOUD_LABEL: &str = "bench-label";
+
+fn simulated_provider(rate: Option<f64>) -> Value {
+    json!({
+        "apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "bench"},
+        "spec": {"driver": "simulated", "rateLimit": rate.map(|r| json!({"requestsPerSecond": r, "burst": 1})),
+                 "pools": [{"name": "main", "hostKeyChecking": false,
+                            "labels": [{"name": CLOUD_LABEL, "instanceType": "small"}]}]},
+    })
 }
 
 fn parse_bench(output: &std::process::Output) -> Result<Value> {
@@ -57,27 +86,44 @@ fn parse_bench(output: &std::process::Output) -> Result<Value> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let stack = Stack::start("bench").await?;
+    let mut stack = Stack::start("bench").await?;
+    if let Some(nodes) = cli.scale {
+        return scale::run(&mut stack, nodes).await;
+    }
+    if let Some(requests) = cli.burst {
+        return scale::burst(&stack, requests, cli.rate).await;
+    }
+    let cloud = cli.cloud == "simulated";
+    let label = if cloud { CLOUD_LABEL } else { "static-label" };
+    if cloud {
+        stack.apply_provider(simulated_provider(None)).await?;
+    }
     let hosts: Vec<Value> = (1..=cli.hosts)
         .map(|i| {
             json!({"name": format!("127.0.0.{i}"), "labels": ["static-label"], "maxParallelJobs": cli.slots,
                    "hostKeyChecking": false})
         })
         .collect();
-    stack
-        .apply_provider(json!({
-            "apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "bench"},
-            "spec": {"driver": "static", "pools": [{"name": "main", "hosts": hosts}]},
-        }))
-        .await?;
-    stack.wait_for_ready_nodes((cli.hosts * cli.slots) as usize, Duration::from_secs(120)).await?;
+    if !cloud {
+        stack
+            .apply_provider(json!({
+                "apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "bench"},
+                "spec": {"driver": "static", "pools": [{"name": "main", "hosts": hosts}]},
+            }))
+            .await?;
+        stack.wait_for_ready_nodes((cli.hosts * cli.slots) as usize, Duration::from_secs(120)).await?;
+    } else {
+        tokio::time::sleep(Duration::from_secs(2)).await; // the provider's first status
+    }
 
     let mut results = Vec::new();
     for &workers in &cli.workers {
         eprintln!("nodepool-operator, {workers} workers, {}s ...", cli.duration);
         let ours = parse_bench(
             &stack
-                .zuul(&bench_args(workers, cli.duration).iter().map(String::as_str).collect::<Vec<_>>())
+                .zuul(
+                    &bench_args(workers, cli.duration, label).iter().map(String::as_str).collect::<Vec<_>>(),
+                )
                 .await?,
         )?;
         results.push(json!({"system": "nodepool-operator", "workers": workers, "result": ours}));
@@ -104,6 +150,9 @@ async fn main() -> Result<()> {
                 ])
                 .arg("--workdir")
                 .arg(&workdir);
+            if cloud {
+                command.args(["--cloud", "fake", "--label", CLOUD_LABEL]);
+            }
             command
         };
         let started = common("start").output().context("starting Nodepool 11's launcher")?;
@@ -112,7 +161,7 @@ async fn main() -> Result<()> {
         }
         for &workers in &cli.workers {
             eprintln!("Nodepool 11, {workers} workers, {}s ...", cli.duration);
-            let args = bench_args(workers, cli.duration);
+            let args = bench_args(workers, cli.duration, label);
             let theirs = parse_bench(
                 &stack.zuul_at(&chroot, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?,
             )?;

@@ -19,6 +19,8 @@ use crate::{context::Context, status};
 /// Condition saying whether a static host answered its last check.
 const REACHABLE: &str = "Reachable";
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(10);
+/// How long a request must have been gone before its ready nodes are released.
+const RELEASE_GRACE: Duration = Duration::from_secs(5);
 /// Condition set while a node is held because of its `spec.hold` (an operator's hold).
 const HELD: &str = "Held";
 
@@ -187,11 +189,29 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
             if let Some(request) = &status.allocated_to
                 && !request_exists(ctx, request).await?
             {
+                // The request is gone. Zuul removes a request after it locked its nodes, and the
+                // bridge records what it sees of a node when it gets to its events, which may
+                // be after Zuul locked, used and unlocked it again. So the node is released only
+                // once the request has been gone for a while and a fresh read still shows no
+                // sign of Zuul (Nodepool's deleted-node worker, every 5 s, takes the node lock).
+                let gone_for = ctx.request_gone_for(request);
+                if gone_for < RELEASE_GRACE {
+                    return Ok(Action::requeue(RELEASE_GRACE - gone_for));
+                }
+                let api: Api<PoolNode> = ctx.api();
+                let Some(fresh) = api.get_opt(&node.name_any()).await? else {
+                    return Ok(Action::await_change());
+                };
+                let mut status = fresh.status.clone().unwrap_or_default();
+                let zuul = status.zookeeper.clone().unwrap_or_default();
+                if zuul.locked || zuul.zuul_state.is_some() || status.state != NodeState::Ready {
+                    return Ok(Action::await_change()); // Zuul has it
+                }
                 tracing::info!(node = %node.name_any(), %request, "request gone; releasing its node");
                 status.allocated_to = None;
                 status.tenant = None;
                 status.requestor = None;
-                status::apply_node_status(&ctx.api(), node, &status).await?;
+                status::apply_node_status(&api, &fresh, &status).await?;
                 return Ok(Action::await_change());
             }
             if status.allocated_to.is_none()

@@ -36,9 +36,11 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
         let (requests, labels) = (ctx.requests.state(), ctx.labels.state());
         let world = plan::World { requests: &requests, nodes: &nodes, pools: &pools, labels: &labels };
         let decisions = plan::plan(&world, &mut tenants);
+        // Decisions of one pass touch disjoint requests and nodes: write them concurrently.
+        let outcomes = futures::future::join_all(decisions.into_iter().map(|d| apply(&ctx, d))).await;
         let mut written = Vec::new();
-        for decision in decisions {
-            match apply(&ctx, decision).await {
+        for outcome in outcomes {
+            match outcome {
                 Ok(mut objects) => written.append(&mut objects),
                 Err(error) if status::is_conflict(&error) => {
                     tracing::debug!(error = format!("{error:#}"), "stale cache; deciding again next pass")
