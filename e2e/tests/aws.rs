@@ -280,10 +280,15 @@ async fn an_operator_killed_mid_launch_neither_leaks_nor_duplicates() -> Result<
         let outcome = zuul.wait(request, WAIT).await?;
         assert_eq!(outcome["state"], "fulfilled", "{outcome}");
     }
-    // Let two leak passes run, then: one live instance per node, each tagged for its node.
+    // A node the killed operator created but never gave its allocation was never launched; it
+    // is deleted after a grace period. Then, after two more leak passes: one live instance per
+    // node, each tagged for its node.
+    let nodes = until("one node per request", async || {
+        let nodes = stack.nodes().await?;
+        Ok((nodes.len() == 4).then_some(nodes))
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let nodes = stack.nodes().await?;
-    assert_eq!(nodes.len(), 4, "one node per request");
     let live = instances(&moto, vec![tag("nodepool_provider_name", "aws"), running()]).await?;
     assert_eq!(live.len(), 4, "one instance per node, no duplicates or leftovers: {live:?}");
     for node in &nodes {

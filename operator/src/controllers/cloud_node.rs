@@ -122,7 +122,7 @@ fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, 
 }
 
 /// How long a new node may stay without the status its creator writes next.
-const UNCLAIMED_GRACE: Duration = Duration::from_secs(60);
+const UNCLAIMED_GRACE: Duration = Duration::from_secs(10);
 
 /// A cloud node whose creator has not written its status yet: wait for it, and delete the
 /// node if it never comes (its creator stopped in between; nothing was launched).
