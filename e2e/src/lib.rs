@@ -13,6 +13,7 @@ pub mod sshd;
 pub mod stack;
 pub mod testenv;
 pub mod tools;
+pub mod wait;
 pub mod zuul;
 
 pub use testenv::{EnvInfo, TestEnv};

@@ -143,6 +143,25 @@ impl Stack {
         Ok(())
     }
 
+    /// A Provider of the stack, as the apiserver has it now.
+    pub async fn provider(&self, name: &str) -> Result<Provider> {
+        let api: Api<Provider> = Api::namespaced(self.client.clone(), &self.namespace);
+        Ok(api.get(name).await?)
+    }
+
+    /// Waits until the provider is Ready and every label of its pools can be launched.
+    pub async fn launchable(&self, name: &str) -> Result<Provider> {
+        crate::wait::until(&format!("provider {name} ready to launch"), Duration::from_secs(60), async || {
+            let provider = self.provider(name).await?;
+            let ok = ready_condition(&provider).is_some_and(|c| c.status == "True")
+                && provider.status.as_ref().is_some_and(|s| {
+                    !s.pools.is_empty() && s.pools.iter().all(|p| p.labels.iter().all(|l| l.launchable))
+                });
+            Ok(ok.then_some(provider))
+        })
+        .await
+    }
+
     /// Every PoolNode of the stack.
     pub async fn nodes(&self) -> Result<Vec<PoolNode>> {
         let api: Api<PoolNode> = Api::namespaced(self.client.clone(), &self.namespace);
@@ -263,6 +282,14 @@ impl Drop for Stack {
             server.stop(Duration::from_secs(5));
         }
     }
+}
+
+/// A provider's `Ready` condition.
+pub fn ready_condition(
+    provider: &Provider,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let status = provider.status.as_ref()?;
+    nodepool_crds::conditions::find(&status.conditions, nodepool_crds::conditions::types::READY).cloned()
 }
 
 /// Parses the JSON lines a tool printed on stdout.

@@ -4,27 +4,19 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use k8s_openapi::api::core::v1::Secret;
-use nodepool_crds::{Image, Label, PoolNode, Provider, conditions};
-use nodepool_e2e::{moto::Moto, stack::Stack, zuul::Zuul};
+use nodepool_crds::{Image, Label, PoolNode};
+use nodepool_e2e::{
+    moto::Moto,
+    stack::{Stack, ready_condition},
+    wait::until,
+    zuul::Zuul,
+};
 use serde_json::json;
 
-const WAIT: u64 = 60;
-
-async fn until<T>(what: &str, mut check: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("{what}: not reached after {WAIT}s");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+const WAIT: Duration = Duration::from_secs(60);
 
 /// Applies the credentials Secret, the Image and an aws Provider named `name` on `moto`.
 async fn aws_provider(stack: &Stack, moto: &Moto, name: &str, keys: (&str, &str), label: &str) -> Result<()> {
@@ -48,29 +40,6 @@ async fn aws_provider(stack: &Stack, moto: &Moto, name: &str, keys: (&str, &str)
                                     "volumeSizeGb": 20, "volumeType": "gp3", "tags": {"team": "ci"},
                                     "dynamicTags": {"zuul-tenant": "{request.tenant_name}"}}]}]}}))
         .await
-}
-
-async fn provider(stack: &Stack, name: &str) -> Result<Provider> {
-    let api: kube::Api<Provider> = kube::Api::namespaced(stack.client.clone(), &stack.namespace);
-    Ok(api.get(name).await?)
-}
-
-fn ready_condition(provider: &Provider) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    provider.status.as_ref().and_then(|s| conditions::find(&s.conditions, conditions::types::READY).cloned())
-}
-
-/// Waits until the provider is Ready and its label can be launched.
-async fn launchable(stack: &Stack, name: &str) -> Result<Provider> {
-    until(&format!("provider {name} ready to launch"), async || {
-        let provider = provider(stack, name).await?;
-        let ok = ready_condition(&provider).is_some_and(|c| c.status == "True")
-            && provider
-                .status
-                .as_ref()
-                .is_some_and(|s| s.pools.iter().all(|p| p.labels.iter().all(|l| l.launchable)));
-        Ok(ok.then_some(provider))
-    })
-    .await
 }
 
 /// Instances in moto, by state, with their tags.
@@ -108,7 +77,7 @@ async fn zuul_gets_ec2_instances_that_are_terminated_after_use() -> Result<()> {
     let stack = Stack::start("aws-launch").await?;
     let moto = Moto::start(&stack.dir.join("logs"))?;
     aws_provider(&stack, &moto, "aws", ("testing", "testing"), "aws-small").await?;
-    let provider = launchable(&stack, "aws").await?;
+    let provider = stack.launchable("aws").await?;
     let label = &provider.status.as_ref().unwrap().pools[0].labels[0];
     // t3.micro as DescribeInstanceTypes says: 2 vCPUs, 1 GiB.
     assert_eq!(label.resources.as_ref().map(|r| (r.cores, r.ram)), Some((2, 1024)), "{label:?}");
@@ -129,7 +98,7 @@ async fn zuul_gets_ec2_instances_that_are_terminated_after_use() -> Result<()> {
 
     let mut zuul = Zuul::connect(&stack).await?;
     let request = zuul.request(&["aws-small"]).await?;
-    let outcome = zuul.wait(&request, WAIT).await?;
+    let outcome = zuul.wait(&request, WAIT.as_secs()).await?;
     assert_eq!(outcome["state"], "fulfilled", "{outcome}");
     let nodes = stack.nodes().await?;
     assert_eq!(nodes.len(), 1);
@@ -156,7 +125,7 @@ async fn zuul_gets_ec2_instances_that_are_terminated_after_use() -> Result<()> {
     assert_eq!(volume.size(), Some(20));
 
     zuul.run_build(&request).await?;
-    until("node deleted after use", async || Ok(stack.nodes().await?.is_empty().then_some(()))).await?;
+    until("node deleted after use", WAIT, async || Ok(stack.nodes().await?.is_empty().then_some(()))).await?;
     let after = instances(&moto, vec![tag("nodepool_node_id", &node_name)]).await?;
     assert_eq!(after.iter().map(|i| i.1.as_str()).collect::<Vec<_>>(), ["terminated"]);
     Ok(())
@@ -188,8 +157,8 @@ async fn leaked_instances_and_volumes_are_deleted_and_nothing_else() -> Result<(
         .apply::<Label>(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Label",
             "metadata": {"name": "aws-small"}, "spec": {"minReady": 1}}))
         .await?;
-    launchable(&stack, "aws").await?;
-    let spare: PoolNode = until("a spare node", async || {
+    stack.launchable("aws").await?;
+    let spare: PoolNode = until("a spare node", WAIT, async || {
         Ok(stack
             .nodes()
             .await?
@@ -235,13 +204,13 @@ async fn leaked_instances_and_volumes_are_deleted_and_nothing_else() -> Result<(
         .unwrap_or_default()
         .to_owned();
 
-    until("the leaked instance terminated", async || {
+    until("the leaked instance terminated", WAIT, async || {
         let found =
             instances(&moto, vec![Filter::builder().name("instance-id").values(&ghost).build()]).await?;
         Ok(found.first().is_some_and(|i| i.1 == "terminated").then_some(()))
     })
     .await?;
-    until("the leaked volume deleted", async || {
+    until("the leaked volume deleted", WAIT, async || {
         let volumes = moto
             .ec2()
             .describe_volumes()
@@ -265,25 +234,25 @@ async fn an_operator_killed_mid_launch_neither_leaks_nor_duplicates() -> Result<
     let mut stack = Stack::start("aws-restart").await?;
     let moto = Moto::start(&stack.dir.join("logs"))?;
     aws_provider(&stack, &moto, "aws", ("testing", "testing"), "aws-small").await?;
-    launchable(&stack, "aws").await?;
+    stack.launchable("aws").await?;
     let mut zuul = Zuul::connect(&stack).await?;
     let mut requests = Vec::new();
     for _ in 0..4 {
         requests.push(zuul.request(&["aws-small"]).await?);
     }
     // Kill the operator as soon as the first launch has begun.
-    until("a launch under way", async || Ok((!stack.nodes().await?.is_empty()).then_some(()))).await?;
+    until("a launch under way", WAIT, async || Ok((!stack.nodes().await?.is_empty()).then_some(()))).await?;
     stack.kill_operator();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stack.start_operator()?;
     for request in &requests {
-        let outcome = zuul.wait(request, WAIT).await?;
+        let outcome = zuul.wait(request, WAIT.as_secs()).await?;
         assert_eq!(outcome["state"], "fulfilled", "{outcome}");
     }
     // A node the killed operator created but never gave its allocation was never launched; it
     // is deleted after a grace period. Then, after two more leak passes: one live instance per
     // node, each tagged for its node.
-    let nodes = until("one node per request", async || {
+    let nodes = until("one node per request", WAIT, async || {
         let nodes = stack.nodes().await?;
         Ok((nodes.len() == 4).then_some(nodes))
     })
@@ -300,7 +269,7 @@ async fn an_operator_killed_mid_launch_neither_leaks_nor_duplicates() -> Result<
     for request in &requests {
         zuul.run_build(request).await?;
     }
-    until("every node deleted", async || Ok(stack.nodes().await?.is_empty().then_some(()))).await?;
+    until("every node deleted", WAIT, async || Ok(stack.nodes().await?.is_empty().then_some(()))).await?;
     let left = instances(&moto, vec![tag("nodepool_provider_name", "aws"), running()]).await?;
     assert!(left.is_empty(), "instances left behind: {left:?}");
     Ok(())
@@ -313,18 +282,18 @@ async fn refused_credentials_make_the_provider_not_ready_and_others_keep_serving
     let (key, secret) = moto.require_credentials()?;
     aws_provider(&stack, &moto, "good", (&key, &secret), "good-label").await?;
     aws_provider(&stack, &moto, "bad", ("AKIAWRONGWRONGWRONG0", "not-the-secret"), "bad-label").await?;
-    let refused = until("the bad provider refused", async || {
-        let provider = provider(&stack, "bad").await?;
+    let refused = until("the bad provider refused", WAIT, async || {
+        let provider = stack.provider("bad").await?;
         Ok(ready_condition(&provider).filter(|c| c.status == "False"))
     })
     .await?;
     assert_eq!(refused.reason, "CredentialsRefused", "{refused:?}");
     assert!(refused.message.contains("AuthFailure"), "{refused:?}");
-    launchable(&stack, "good").await?;
+    stack.launchable("good").await?;
 
     let mut zuul = Zuul::connect(&stack).await?;
     let served = zuul.request(&["good-label"]).await?;
-    assert_eq!(zuul.wait(&served, WAIT).await?["state"], "fulfilled");
+    assert_eq!(zuul.wait(&served, WAIT.as_secs()).await?["state"], "fulfilled");
     let stuck = zuul.request(&["bad-label"]).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let waiting = zuul.call("get_request", json!({"request_id": stuck})).await?;

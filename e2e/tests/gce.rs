@@ -5,30 +5,18 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Secret;
-use nodepool_crds::{Image, Provider, conditions};
+use nodepool_crds::Image;
 use nodepool_e2e::{
     gce::{GceDouble, PROJECT, REGION, ZONE},
-    stack::Stack,
+    stack::{Stack, ready_condition},
+    wait::until,
     zuul::Zuul,
 };
 use serde_json::json;
 
-const WAIT: u64 = 60;
-
-async fn until<T>(what: &str, mut check: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("{what}: not reached after {WAIT}s");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+const WAIT: Duration = Duration::from_secs(60);
 
 /// The credentials Secret, the Image and a gce Provider named `name` on `double`.
 async fn gce_provider(stack: &Stack, double: &GceDouble, name: &str, key: &serde_json::Value) -> Result<()> {
@@ -55,28 +43,6 @@ async fn gce_provider(stack: &Stack, double: &GceDouble, name: &str, key: &serde
         .await
 }
 
-async fn provider(stack: &Stack, name: &str) -> Result<Provider> {
-    let api: kube::Api<Provider> = kube::Api::namespaced(stack.client.clone(), &stack.namespace);
-    Ok(api.get(name).await?)
-}
-
-fn ready(provider: &Provider) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    provider.status.as_ref().and_then(|s| conditions::find(&s.conditions, conditions::types::READY).cloned())
-}
-
-async fn launchable(stack: &Stack, name: &str) -> Result<Provider> {
-    until(&format!("provider {name} ready to launch"), async || {
-        let provider = provider(stack, name).await?;
-        let ok = ready(&provider).is_some_and(|c| c.status == "True")
-            && provider
-                .status
-                .as_ref()
-                .is_some_and(|s| s.pools.iter().all(|p| p.labels.iter().all(|l| l.launchable)));
-        Ok(ok.then_some(provider))
-    })
-    .await
-}
-
 #[tokio::test]
 async fn zuul_gets_gce_instances_that_are_deleted_after_use() -> Result<()> {
     let stack = Stack::start("gce-launch").await?;
@@ -88,7 +54,7 @@ async fn zuul_gets_gce_instances_that_are_deleted_after_use() -> Result<()> {
         json!({"project": PROJECT, "region": REGION, "limits": {"CPUS": 24, "INSTANCES": 10}}),
     )?;
     gce_provider(&stack, &double, "gce", &key).await?;
-    let provider = launchable(&stack, "gce").await?;
+    let provider = stack.launchable("gce").await?;
     let status = provider.status.as_ref().unwrap();
     let label = &status.pools[0].labels[0];
     assert_eq!(label.resources.as_ref().map(|r| (r.cores, r.ram)), Some((2, 2048)), "e2-small: {label:?}");
@@ -103,7 +69,7 @@ async fn zuul_gets_gce_instances_that_are_deleted_after_use() -> Result<()> {
 
     let mut zuul = Zuul::connect(&stack).await?;
     let request = zuul.request(&["gce-small", "gce-small"]).await?;
-    let outcome = zuul.wait(&request, WAIT).await?;
+    let outcome = zuul.wait(&request, WAIT.as_secs()).await?;
     assert_eq!(outcome["state"], "fulfilled", "{outcome}");
     let nodes = stack.nodes().await?;
     assert_eq!(nodes.len(), 2);
@@ -139,8 +105,9 @@ async fn zuul_gets_gce_instances_that_are_deleted_after_use() -> Result<()> {
     }
 
     zuul.run_build(&request).await?;
-    until("nodes deleted after use", async || Ok(stack.nodes().await?.is_empty().then_some(()))).await?;
-    until("instances gone", async || {
+    until("nodes deleted after use", WAIT, async || Ok(stack.nodes().await?.is_empty().then_some(())))
+        .await?;
+    until("instances gone", WAIT, async || {
         Ok(double.state()?["instances"].as_array().is_some_and(|i| i.is_empty()).then_some(()))
     })
     .await?;
@@ -153,13 +120,13 @@ async fn a_zone_out_of_capacity_aborts_the_launch_and_pauses_the_pool() -> Resul
     let double = GceDouble::start(&stack.dir.join("logs"), 0.2)?;
     let key = double.service_account("nodepool")?;
     gce_provider(&stack, &double, "gce", &key).await?;
-    launchable(&stack, "gce").await?;
+    stack.launchable("gce").await?;
     double.control("POST", "/double/capacity", json!({"zone": ZONE, "exhausted": true}))?;
 
     let mut zuul = Zuul::connect(&stack).await?;
     let request = zuul.request(&["gce-small"]).await?;
-    let pool = until("the pool paused", async || {
-        let provider = provider(&stack, "gce").await?;
+    let pool = until("the pool paused", WAIT, async || {
+        let provider = stack.provider("gce").await?;
         Ok(provider.status.and_then(|s| s.pools.into_iter().next()).filter(|p| p.paused))
     })
     .await?;
@@ -181,8 +148,8 @@ async fn refused_credentials_make_the_provider_not_ready() -> Result<()> {
     let email = key["client_email"].as_str().context("client_email")?.to_owned();
     double.control("DELETE", &format!("/double/service-accounts/{email}"), json!({}))?;
     gce_provider(&stack, &double, "gce", &key).await?;
-    let refused = until("the provider refused", async || {
-        Ok(ready(&provider(&stack, "gce").await?)
+    let refused = until("the provider refused", WAIT, async || {
+        Ok(ready_condition(&stack.provider("gce").await?)
             .filter(|c| c.status == "False" && c.reason != "CredentialsMissing"))
     })
     .await?;
