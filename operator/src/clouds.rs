@@ -44,13 +44,18 @@ pub struct Pause {
 /// How long a pool stays paused at most when no node of its provider goes away.
 pub const PAUSE_RETRY: Duration = Duration::from_secs(30);
 
+/// Resources seen leaked on the last pass: (kind, id).
+type LeakSuspects = BTreeSet<(String, String)>;
+/// A cloud quota, when it was read and for which provider generation.
+type CachedQuota = (Instant, Option<i64>, ResourceLimits);
+
 #[derive(Default)]
 pub struct Clouds {
     built: Mutex<HashMap<String, Built>>,
     pauses: Mutex<HashMap<(String, String), Pause>>,
-    leak_suspects: Mutex<HashMap<String, (Instant, BTreeSet<(String, String)>)>>,
+    leak_suspects: Mutex<HashMap<String, (Instant, LeakSuspects)>>,
     /// The cloud's quota per provider, with when and for which generation it was read.
-    quotas: Mutex<HashMap<String, (Instant, Option<i64>, ResourceLimits)>>,
+    quotas: Mutex<HashMap<String, CachedQuota>>,
 }
 
 /// How long a provider's cloud quota is reused before it is read again. The provider

@@ -55,6 +55,8 @@ pub struct Context {
 }
 
 impl Context {
+    // One argument per cache; a builder would only move the list elsewhere.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: Settings,
         providers: Store<Provider>,

@@ -136,7 +136,7 @@ pub enum Next {
     /// Store the progress and call again after this long.
     Wait(Duration),
     /// The node is ready.
-    Ready { instance: Instance, host_keys: Vec<String> },
+    Ready { instance: Box<Instance>, host_keys: Vec<String> },
     /// No attempts or time left; the node has failed. Its instance (if any) still has to be
     /// deleted by the delete state machine.
     Failed(String),
@@ -207,7 +207,7 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
                             fail!(fail_attempt(progress, plan, format!("instance {id} has no address"), now))
                         }
                         if !plan.host_key_checking {
-                            return Next::Ready { instance, host_keys: Vec::new() };
+                            return Next::Ready { instance: Box::new(instance), host_keys: Vec::new() };
                         }
                         progress.step = Step::ScanKeys;
                     }
@@ -253,7 +253,7 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
                 let address = instance.interface_ip.clone().unwrap_or_default();
                 match nodepool_driver_static::scan_host_keys(&address, plan.ssh_port, plan.scan_timeout).await
                 {
-                    Ok(host_keys) => return Next::Ready { instance, host_keys },
+                    Ok(host_keys) => return Next::Ready { instance: Box::new(instance), host_keys },
                     Err(error) if elapsed(progress.attempt_started, now) > plan.boot_timeout => {
                         let message =
                             format!("no SSH host keys from {address} within the boot timeout: {error}");
