@@ -19,13 +19,8 @@ pub fn aws(
     system_id: &str,
     credentials: Option<&Secret>,
 ) -> Result<Arc<dyn Cloud>, CloudUnavailable> {
-    let settings = provider
-        .spec
-        .aws
-        .as_ref()
-        .ok_or_else(|| CloudUnavailable::BadSettings("an aws provider needs spec.aws".into()))?;
-    let secret = credentials
-        .ok_or_else(|| CloudUnavailable::BadSettings("an aws provider needs credentialsSecretRef".into()))?;
+    let settings = required(provider.spec.aws.as_ref(), "an aws provider needs spec.aws")?;
+    let secret = required(credentials, "an aws provider needs credentialsSecretRef")?;
     let has = |key: &str| secret_value(secret, key).is_ok();
     let credentials = if has("AWS_ROLE_ARN") {
         AwsCredentials::WebIdentity {
@@ -55,13 +50,8 @@ pub async fn gce(
     system_id: &str,
     credentials: Option<&Secret>,
 ) -> Result<Arc<dyn Cloud>, CloudUnavailable> {
-    let settings = provider
-        .spec
-        .gce
-        .as_ref()
-        .ok_or_else(|| CloudUnavailable::BadSettings("a gce provider needs spec.gce".into()))?;
-    let secret = credentials
-        .ok_or_else(|| CloudUnavailable::BadSettings("a gce provider needs credentialsSecretRef".into()))?;
+    let settings = required(provider.spec.gce.as_ref(), "a gce provider needs spec.gce")?;
+    let secret = required(credentials, "a gce provider needs credentialsSecretRef")?;
     let key_name = provider
         .spec
         .credentials_secret_ref
@@ -87,4 +77,9 @@ pub async fn gce(
     .await
     .map_err(|error| CloudUnavailable::BadSettings(error.to_string()))?;
     Ok(Arc::new(cloud))
+}
+
+/// A setting the driver cannot do without (the apiserver's CEL rules normally ensure it).
+fn required<'a, T>(value: Option<&'a T>, missing: &str) -> Result<&'a T, CloudUnavailable> {
+    value.ok_or_else(|| CloudUnavailable::BadSettings(missing.to_owned()))
 }
