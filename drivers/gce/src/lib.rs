@@ -217,6 +217,22 @@ impl GceCloud {
         Ok(instance)
     }
 
+    /// An instance the API does not list (yet, or ever): what we know of it from our insert.
+    fn not_yet_listed(&self, id: &str, zone: &str, state: InstanceState) -> Instance {
+        Instance {
+            id: id.to_owned(),
+            state,
+            interface_ip: None,
+            public_ipv4: None,
+            private_ipv4: None,
+            public_ipv6: None,
+            region: Some(self.settings.region.clone()),
+            az: Some(zone.to_owned()),
+            image_id: None,
+            tags: BTreeMap::new(),
+        }
+    }
+
     async fn get_in_zone(&self, zone: &str, name: &str) -> CloudResult<Option<model::Instance>> {
         match self
             .instances
@@ -339,36 +355,15 @@ impl Cloud for GceCloud {
         if let Some(op_name) = op.name.clone() {
             self.pending_inserts.lock().expect("lock").insert(id.clone(), op_name);
         }
-        let mut instance = Instance {
-            id,
-            state: InstanceState::Pending,
-            interface_ip: None,
-            public_ipv4: None,
-            private_ipv4: None,
-            public_ipv6: None,
-            region: Some(self.settings.region.clone()),
-            az: Some(zone),
-            image_id: spec.image_id.clone(),
-            tags: BTreeMap::new(),
-        };
+        let mut instance = self.not_yet_listed(&id, &zone, InstanceState::Pending);
+        instance.image_id = spec.image_id.clone();
         instance.tags = spec.tags.iter().map(|(k, v)| (label_text(k), label_text(v))).collect();
         Ok(instance)
     }
 
     async fn get(&self, id: &str) -> CloudResult<Option<Instance>> {
         let (zone, name) = split_id(id)?;
-        let placeholder = |state: InstanceState| Instance {
-            id: id.to_owned(),
-            state,
-            interface_ip: None,
-            public_ipv4: None,
-            private_ipv4: None,
-            public_ipv6: None,
-            region: Some(self.settings.region.clone()),
-            az: Some(zone.to_owned()),
-            image_id: None,
-            tags: BTreeMap::new(),
-        };
+        let placeholder = |state: InstanceState| self.not_yet_listed(id, zone, state);
         if let Some(error) = self.failed_inserts.lock().expect("lock").get(id).cloned() {
             return Ok(Some(placeholder(InstanceState::Refused(error.to_string()))));
         }
