@@ -83,6 +83,20 @@ pub enum NodeRequestState {
     Failed,
 }
 
+impl NodeRequestState {
+    pub const ALL: [Self; 4] = [Self::Requested, Self::Pending, Self::Fulfilled, Self::Failed];
+
+    /// Zuul's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Pending => "pending",
+            Self::Fulfilled => "fulfilled",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// The outcome of a request.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

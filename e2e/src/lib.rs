@@ -9,6 +9,7 @@ pub mod gce;
 pub mod moto;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod sshd;
 pub mod stack;
 pub mod testenv;

@@ -4,6 +4,7 @@
 
 use std::{
     fs,
+    net::SocketAddr,
     path::PathBuf,
     process::{Command, Output},
     time::Duration,
@@ -35,11 +36,19 @@ pub struct Stack {
     pub sshd: Sshd,
     pub operator: Option<Server>,
     pub bridge: Option<Server>,
+    /// Where the operator and the bridge serve `/metrics`, `/healthz` and `/readyz`.
+    pub operator_http: SocketAddr,
+    pub bridge_http: SocketAddr,
+}
+
+/// A loopback address with a port free right now (for a child process to bind).
+pub fn free_address() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// A workspace binary next to the running one: `target/debug/NAME`, seen from a binary in
 /// `target/debug` or from a test in `target/debug/deps`.
-fn binary(name: &str) -> Result<PathBuf> {
+pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("the running binary has no directory")?;
     let candidates = [dir.join(name), dir.parent().map(|p| p.join(name)).unwrap_or_default()];
@@ -51,6 +60,15 @@ fn binary(name: &str) -> Result<PathBuf> {
 impl Stack {
     /// Starts operator, bridge and sshd for a test called `name`.
     pub async fn start(name: &str) -> Result<Stack> {
+        let mut stack = Stack::prepare(name).await?;
+        stack.start_operator()?;
+        stack.start_bridge()?;
+        Ok(stack)
+    }
+
+    /// A namespace, a ZooKeeper chroot and an sshd for a test called `name`, without operator
+    /// or bridge (for tests that start their own).
+    pub async fn prepare(name: &str) -> Result<Stack> {
         let env = TestEnv::shared().await?;
         let client = env.kube_client().await?;
         cluster::install_crds(&client).await?;
@@ -64,13 +82,21 @@ impl Stack {
         let dir = env.info.dir.join("stacks").join(&namespace);
         fs::create_dir_all(&dir)?;
         let sshd = Sshd::start(&dir.join("sshd"))?;
-        let mut stack = Stack { env, client, namespace, chroot, dir, sshd, operator: None, bridge: None };
-        stack.start_operator()?;
-        stack.start_bridge()?;
-        Ok(stack)
+        Ok(Stack {
+            env,
+            client,
+            namespace,
+            chroot,
+            dir,
+            sshd,
+            operator: None,
+            bridge: None,
+            operator_http: free_address()?,
+            bridge_http: free_address()?,
+        })
     }
 
-    fn logs(&self) -> PathBuf {
+    pub fn logs(&self) -> PathBuf {
         self.dir.join("logs")
     }
 
@@ -83,14 +109,30 @@ impl Stack {
     }
 
     pub fn start_operator(&mut self) -> Result<()> {
-        let mut command = self.with_env(Command::new(binary("nodepool-operator")?));
-        // Leak cleanup every second, so tests need not wait Nodepool's 60 s.
-        command.env("NODEPOOL_CLEANUP_INTERVAL", "1");
-        self.operator = Some(process::spawn("operator", command, &self.logs())?);
+        let address = self.operator_http.to_string();
+        self.operator = Some(self.spawn_operator("operator", &[("NODEPOOL_HTTP_ADDRESS", &address)])?);
         Ok(())
     }
 
+    /// Starts an operator process logging to `<name>.log`; `env` adds to or overrides the
+    /// test defaults (e.g. another `KUBECONFIG`, leader election).
+    pub fn spawn_operator(&self, name: &str, env: &[(&str, &str)]) -> Result<Server> {
+        let mut command = self.with_env(Command::new(binary("nodepool-operator")?));
+        // Leak cleanup every second, so tests need not wait Nodepool's 60 s.
+        command.env("NODEPOOL_CLEANUP_INTERVAL", "1");
+        command.envs(env.iter().copied());
+        process::spawn(name, command, &self.logs())
+    }
+
     pub fn start_bridge(&mut self) -> Result<()> {
+        let address = self.bridge_http.to_string();
+        self.bridge = Some(self.spawn_bridge("bridge", &[("NODEPOOL_HTTP_ADDRESS", &address)])?);
+        Ok(())
+    }
+
+    /// Starts a bridge process logging to `<name>.log`, connected to the test's chroot; `env`
+    /// adds to or overrides the test defaults.
+    pub fn spawn_bridge(&self, name: &str, env: &[(&str, &str)]) -> Result<Server> {
         let zk = &self.env.info.zookeeper;
         let mut command = self.with_env(Command::new(binary("nodepool-zk-bridge")?));
         command
@@ -101,9 +143,9 @@ impl Stack {
             .env("NODEPOOL_HOSTNAME", "e2e-bridge")
             // Tests cannot wait Nodepool's 60 s and 8 h: clean up every second.
             .env("NODEPOOL_CLEANUP_INTERVAL", "1")
-            .env("NODEPOOL_REQUEST_LOCK_MAX_AGE", "1");
-        self.bridge = Some(process::spawn("bridge", command, &self.logs())?);
-        Ok(())
+            .env("NODEPOOL_REQUEST_LOCK_MAX_AGE", "1")
+            .envs(env.iter().copied());
+        process::spawn(name, command, &self.logs())
     }
 
     /// Kills the bridge at once (SIGKILL: no clean shutdown), as a crash would.

@@ -51,6 +51,8 @@ type CachedQuota = (Instant, Option<i64>, ResourceLimits);
 
 #[derive(Default)]
 pub struct Clouds {
+    /// Where every cloud call is counted (none in unit tests).
+    api_metrics: Option<nodepool_driver::CloudApiMetrics>,
     built: Mutex<HashMap<String, Built>>,
     pauses: Mutex<HashMap<(String, String), Pause>>,
     leak_suspects: Mutex<HashMap<String, (Instant, LeakSuspects)>>,
@@ -63,6 +65,10 @@ pub struct Clouds {
 pub const QUOTA_TTL: Duration = Duration::from_secs(30);
 
 impl Clouds {
+    pub fn new(api_metrics: nodepool_driver::CloudApiMetrics) -> Self {
+        Self { api_metrics: Some(api_metrics), ..Default::default() }
+    }
+
     /// The provider's cloud; `Ok(None)` for a static provider.
     pub async fn get(
         &self,
@@ -97,7 +103,11 @@ impl Clouds {
             return Ok(Some(built.cloud.clone()));
         }
         let inner = build(provider, &namespace, system_id, credentials.as_ref()).await?;
-        let cloud: Arc<dyn Cloud> = Arc::new(Throttled::new(inner, provider.spec.rate_limit.as_ref()));
+        let mut throttled = Throttled::new(inner, provider.spec.rate_limit.as_ref());
+        if let Some(metrics) = &self.api_metrics {
+            throttled = throttled.with_metrics(&key, metrics.clone());
+        }
+        let cloud: Arc<dyn Cloud> = Arc::new(throttled);
         tracing::info!(provider = %key, driver = provider.spec.driver.as_str(), "cloud client built");
         self.built.lock().expect("clouds lock").insert(key, Built { fingerprint, cloud: cloud.clone() });
         Ok(Some(cloud))

@@ -11,7 +11,7 @@ use kube::{
 };
 use nodepool_crds::{Image, Label, NodeRequest, PoolNode, Provider, TenantLimit};
 
-use crate::clouds::Clouds;
+use crate::{clouds::Clouds, metrics::Metrics};
 use tokio::sync::Notify;
 
 /// Configuration of the operator.
@@ -28,6 +28,8 @@ pub struct Settings {
     pub system_id: String,
     /// How often each cloud provider is checked for leaked instances and volumes.
     pub cleanup_interval: Duration,
+    /// Where the controllers record what they do.
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Context {
@@ -36,6 +38,7 @@ pub struct Context {
     pub max_hold_age: Option<Duration>,
     pub system_id: String,
     pub cleanup_interval: Duration,
+    pub metrics: Arc<Metrics>,
     /// The cloud behind each provider, and what is known of it between reconciles.
     pub clouds: Clouds,
     pub providers: Store<Provider>,
@@ -78,7 +81,8 @@ impl Context {
             max_hold_age: settings.max_hold_age,
             system_id: settings.system_id,
             cleanup_interval: settings.cleanup_interval,
-            clouds: Clouds::default(),
+            clouds: Clouds::new(settings.metrics.cloud_api.clone()),
+            metrics: settings.metrics,
             providers,
             nodes,
             requests,

@@ -9,6 +9,7 @@ pub mod cloud_drivers;
 pub mod clouds;
 pub mod context;
 pub mod controllers;
+pub mod metrics;
 pub mod scheduler;
 pub mod status;
 
@@ -63,6 +64,12 @@ pub async fn run(settings: Settings) -> Result<()> {
         image_controller.store(),
         caches_ready,
     ));
+
+    context.metrics.observe(metrics::Caches {
+        providers: provider_store.clone(),
+        nodes: node_store.clone(),
+        requests: request_store.clone(),
+    });
 
     // Every change to requests, nodes or providers is a reason for another scheduling pass.
     let node_stream = {
@@ -142,12 +149,20 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     let image_task = image_controller
         .watches(providers.clone(), crate::watch_config(), images_of)
-        .run(controllers::image::reconcile, controllers::image::error_policy, context.clone())
+        .run(
+            context.metrics.reconciles.instrument("image", controllers::image::reconcile),
+            controllers::image::error_policy,
+            context.clone(),
+        )
         .for_each(log_controller_error);
     let provider_task = provider_controller
         .owns(nodes, crate::watch_config())
         .watches(images, crate::watch_config(), image_users)
-        .run(controllers::provider::reconcile, controllers::provider::error_policy, context.clone())
+        .run(
+            context.metrics.reconciles.instrument("provider", controllers::provider::reconcile),
+            controllers::provider::error_policy,
+            context.clone(),
+        )
         .for_each(log_controller_error);
     // A request that goes away (Zuul cancelled or accepted it) is a reason to look at the nodes
     // reserved for it: unless Zuul holds them, they are released.
@@ -167,13 +182,25 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     let node_task = node_controller
         .watches(requests.clone(), crate::watch_config(), reserved_for)
-        .run(controllers::pool_node::reconcile, controllers::pool_node::error_policy, context.clone())
+        .run(
+            context.metrics.reconciles.instrument("pool_node", controllers::pool_node::reconcile),
+            controllers::pool_node::error_policy,
+            context.clone(),
+        )
         .for_each(log_controller_error);
     let tenant_limit_task = tenant_limit_controller
-        .run(controllers::tenant_limit::reconcile, controllers::tenant_limit::error_policy, context.clone())
+        .run(
+            context.metrics.reconciles.instrument("tenant_limit", controllers::tenant_limit::reconcile),
+            controllers::tenant_limit::error_policy,
+            context.clone(),
+        )
         .for_each(log_controller_error);
     let label_task = label_controller
-        .run(controllers::label::reconcile, controllers::label::error_policy, context.clone())
+        .run(
+            context.metrics.reconciles.instrument("label", controllers::label::reconcile),
+            controllers::label::error_policy,
+            context.clone(),
+        )
         .for_each(log_controller_error);
     let scheduler_task = scheduler::run(context.clone());
 

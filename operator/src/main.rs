@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
-use nodepool_operator::Settings;
+use nodepool_operator::{Settings, metrics::Metrics};
+use nodepool_service::{Health, ServiceArgs, prometheus_client::registry::Registry};
 
 #[derive(Parser)]
 #[command(version, about = "Kubernetes operator that brokers CI nodes for Zuul")]
@@ -23,46 +24,36 @@ struct Cli {
     /// Seconds between checks of each cloud provider for leaked instances and volumes.
     #[arg(long, env = "NODEPOOL_CLEANUP_INTERVAL", default_value_t = 60)]
     cleanup_interval: u64,
-    /// Log as JSON lines.
-    #[arg(long, env = "NODEPOOL_LOG_JSON")]
-    log_json: bool,
+    #[command(flatten)]
+    service: ServiceArgs,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if cli.log_json {
-        builder.json().init()
-    } else {
-        builder.init()
-    }
+    nodepool_service::logging::init(cli.service.log_json);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = kube::Client::try_default().await?;
     tracing::info!(namespace = %cli.namespace, "starting nodepool-operator");
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let health = Health::new(client.clone());
+    nodepool_service::http::serve(cli.service.http_address, registry, health).await?;
+
     let settings = Settings {
-        client,
+        client: client.clone(),
         system_id: cli.system_id.unwrap_or_else(|| format!("nodepool-operator-{}", cli.namespace)),
         cleanup_interval: Duration::from_secs(cli.cleanup_interval),
-        namespace: cli.namespace,
+        namespace: cli.namespace.clone(),
         max_hold_age: cli.max_hold_age.map(Duration::from_secs),
+        metrics,
     };
-    tokio::select! {
-        result = nodepool_operator::run(settings) => result,
-        () = shutdown_signal() => {
-            tracing::info!("shutting down");
-            Ok(())
-        }
-    }
-}
-
-/// SIGINT or SIGTERM (what Kubernetes sends before it kills a pod).
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let work = async {
+        nodepool_operator::run(settings).await?;
+        anyhow::bail!("the controllers stopped")
+    };
+    // One lease per watched namespace: releases watching different namespaces never collide.
+    let lease = format!("nodepool-operator-{}", cli.namespace);
+    cli.service.run(client, &cli.namespace, &lease, work).await
 }

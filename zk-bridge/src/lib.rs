@@ -8,6 +8,7 @@
 
 pub mod cleanup;
 pub mod components;
+pub mod metrics;
 pub mod nodes;
 pub mod requests;
 pub mod session;
@@ -30,6 +31,7 @@ pub fn is_conflict(error: &anyhow::Error) -> bool {
 /// Runs the bridge for ever: a session at a time, resyncing both sides on every new session.
 pub async fn run(settings: Settings) -> Result<()> {
     let mut backoff = Duration::from_millis(200);
+    settings.health.pending(session::ZOOKEEPER_CHECK, "no ZooKeeper session yet");
     loop {
         match session::Session::start(&settings).await {
             Ok(session) => {
@@ -41,6 +43,8 @@ pub async fn run(settings: Settings) -> Result<()> {
             }
             Err(error) => tracing::error!(error = format!("{error:#}"), "cannot start a bridge session"),
         }
+        settings.metrics.zookeeper_connected(false);
+        settings.health.fail(session::ZOOKEEPER_CHECK, "no ZooKeeper session; reconnecting");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }

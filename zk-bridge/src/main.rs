@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
-use nodepool_zk_bridge::{Settings, zk::ZooKeeperConfig};
+use nodepool_service::{Health, ServiceArgs, prometheus_client::registry::Registry};
+use nodepool_zk_bridge::{Settings, metrics::Metrics, zk::ZooKeeperConfig};
 
 #[derive(Parser)]
 #[command(version, about = "Speaks Zuul's Nodepool protocol over ZooKeeper for nodepool-operator")]
@@ -15,9 +16,6 @@ struct Cli {
     /// Host name in pool-component ids (defaults to the machine's host name).
     #[arg(long, env = "NODEPOOL_HOSTNAME")]
     hostname: Option<String>,
-    /// Log as JSON lines.
-    #[arg(long, env = "NODEPOOL_LOG_JSON")]
-    log_json: bool,
     /// Seconds between ZooKeeper cleanup passes (orphaned lock directories, empty node znodes).
     #[arg(long, env = "NODEPOOL_CLEANUP_INTERVAL", default_value_t = 60)]
     cleanup_interval: u64,
@@ -26,46 +24,39 @@ struct Cli {
     request_lock_max_age: u64,
     #[command(flatten)]
     zookeeper: ZooKeeperConfig,
+    #[command(flatten)]
+    service: ServiceArgs,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    nodepool_service::logging::init(cli.service.log_json);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let hostname = cli.hostname.unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".into())
-    });
+    let hostname = cli.hostname.unwrap_or_else(nodepool_service::cli::hostname);
     let kube = kube::Client::try_default().await?;
     tracing::info!(namespace = %cli.namespace, zookeeper = %cli.zookeeper.hosts, "starting nodepool-zk-bridge");
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let health = Health::new(kube.clone());
+    nodepool_service::http::serve(cli.service.http_address, registry, health.clone()).await?;
+
     let cleanup = nodepool_zk_bridge::cleanup::CleanupSettings {
         interval: Duration::from_secs(cli.cleanup_interval),
         request_lock_max_age: Duration::from_secs(cli.request_lock_max_age),
     };
-    let settings = Settings { kube, namespace: cli.namespace, zookeeper: cli.zookeeper, hostname, cleanup };
-    tokio::select! {
-        result = nodepool_zk_bridge::run(settings) => result,
-        () = shutdown_signal() => {
-            tracing::info!("shutting down; the ZooKeeper session closes and releases our locks");
-            Ok(())
-        }
-    }
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json { builder.json().init() } else { builder.init() }
-}
-
-/// SIGINT or SIGTERM (what Kubernetes sends before it kills a pod).
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let settings = Settings {
+        kube: kube.clone(),
+        namespace: cli.namespace.clone(),
+        zookeeper: cli.zookeeper,
+        hostname,
+        cleanup,
+        metrics,
+        health,
+    };
+    // The ZooKeeper session closes when the work is dropped (shutdown or lost leadership),
+    // releasing every lock and ephemeral pool component this bridge held.
+    let lease = format!("nodepool-zk-bridge-{}", cli.namespace);
+    cli.service.run(kube, &cli.namespace, &lease, nodepool_zk_bridge::run(settings)).await
 }

@@ -352,7 +352,13 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
         Err(zookeeper_client::Error::NoNode) => return node_vanished(shared, node_id).await,
         Err(error) => return Err(error).context("reading the node"),
     };
-    let Some(fields) = ZuulFields::parse(&data) else { return Ok(()) };
+    let Some(fields) = ZuulFields::parse(&data) else {
+        if !data.is_empty() {
+            tracing::warn!(node = %node_id, "unreadable node znode; left alone");
+            shared.metrics.malformed("node");
+        }
+        return Ok(());
+    };
     let Some(uid) = fields.pool_node_uid.clone() else { return Ok(()) }; // not one of ours
     shared.node_ids_by_uid.lock().unwrap().insert(uid.clone(), node_id.to_owned());
     let Some(node) = shared.pool_node_by_uid(&uid) else { return Ok(()) };

@@ -72,6 +72,9 @@ pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
         .patch(id, &PatchParams::apply(BRIDGE_MANAGER).force(), &Patch::Apply(&body))
         .await
         .with_context(|| format!("mirroring request {id}"))?;
+    if existing.is_none() {
+        shared.metrics.request_mirrored(request.created_time);
+    }
     tracing::info!(request = %id, labels = ?request.node_types, "mirrored request");
     Ok(())
 }
@@ -92,6 +95,7 @@ async fn withdrawn(shared: &Arc<Shared>, id: &str) -> Result<()> {
 /// A request we cannot read: log it, and fail it if it is a JSON object we can write back.
 async fn fail_malformed(shared: &Arc<Shared>, id: &str, problem: &str) -> Result<()> {
     tracing::error!(request = %id, %problem, "malformed node request");
+    shared.metrics.malformed("request");
     let path = paths::request(id);
     let Some(lock) = shared.try_lock(&paths::request_lock(id)).await? else { return Ok(()) };
     let result = async {
@@ -206,6 +210,7 @@ async fn write_fulfilled(
         doc.nodes = node_ids.clone();
         doc.set_state("fulfilled");
         shared.zk.set_data(&paths::request(id), &doc.to_bytes(), None).await.context("writing fulfilled")?;
+        shared.metrics.outcome("fulfilled", doc.created_time);
         Ok::<_, anyhow::Error>(Some(Ok(())))
     }
     .await;
@@ -252,6 +257,7 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
             .set_data(&paths::request(id), &doc.to_bytes(), None)
             .await
             .context("writing the decline")?;
+        shared.metrics.outcome(if everyone_declined { "failed" } else { "declined" }, doc.created_time);
         Ok::<_, anyhow::Error>(Some((everyone_declined, doc.declined_by)))
     }
     .await;
@@ -282,6 +288,7 @@ async fn write_pending(shared: &Arc<Shared>, request: &NodeRequest, id: &str) ->
         shared.unlock(lock).await;
         return Err(error).context("writing pending");
     }
+    shared.metrics.outcome("pending", doc.created_time);
     shared.request_locks.lock().await.insert(id.to_owned(), lock);
     let view = RequestZooKeeperView { state: Some(NodeRequestState::Pending), ..Default::default() };
     patch_view(shared, request, view).await?;

@@ -18,8 +18,11 @@ use kube::{
 use nodepool_crds::{NodeRequest, PoolNode, Provider};
 use zookeeper_client::{AddWatchMode, EventType, SessionState};
 
+use nodepool_service::Health;
+
 use crate::{
     components::Registry,
+    metrics::Metrics,
     nodes, requests,
     zk::{self, ZooKeeperConfig, lock::Lock, paths},
 };
@@ -34,6 +37,9 @@ pub struct Settings {
     /// Host name used in pool-component names and ids.
     pub hostname: String,
     pub cleanup: crate::cleanup::CleanupSettings,
+    pub metrics: Metrics,
+    /// Readiness: the `zookeeper` check passes while a session is connected and resynced.
+    pub health: Health,
 }
 
 /// State shared by the tasks of one session.
@@ -54,6 +60,7 @@ pub struct Shared {
     /// Znode id by PoolNode uid, from the `driver_data` of every node znode seen this session, so
     /// a PoolNode whose id was never recorded (a crash after creating its znode) is not duplicated.
     pub node_ids_by_uid: Mutex<HashMap<String, String>>,
+    pub metrics: Metrics,
 }
 
 impl Shared {
@@ -109,6 +116,9 @@ impl Shared {
     }
 }
 
+/// The readiness check that follows the ZooKeeper session.
+pub const ZOOKEEPER_CHECK: &str = "zookeeper";
+
 pub struct Session {
     zk: zookeeper_client::Client,
     settings: Settings,
@@ -126,6 +136,7 @@ impl Session {
         ] {
             zk::ensure_path(&zk, path).await?;
         }
+        settings.metrics.session_started();
         Ok(Session { zk, settings: settings.clone() })
     }
 
@@ -173,12 +184,19 @@ impl Session {
             pool_nodes: node_store,
             node_requests: request_store,
             node_ids_by_uid: Default::default(),
+            metrics: settings.metrics.clone(),
         });
 
-        let nodes_task =
-            node_controller.run(nodes::reconcile, nodes::error_policy, shared.clone()).for_each(|_| async {});
+        let reconciles = &settings.metrics.reconciles;
+        let nodes_task = node_controller
+            .run(reconciles.instrument("bridge_nodes", nodes::reconcile), nodes::error_policy, shared.clone())
+            .for_each(|_| async {});
         let requests_task = request_controller
-            .run(requests::reconcile, requests::error_policy, shared.clone())
+            .run(
+                reconciles.instrument("bridge_requests", requests::reconcile),
+                requests::error_policy,
+                shared.clone(),
+            )
             .for_each(|_| async {});
         let providers_task = sync_components(shared.clone());
         let cleanup_task = crate::cleanup::run(shared.clone(), settings.cleanup);
@@ -188,6 +206,7 @@ impl Session {
             shared.node_requests.wait_until_ready().await.context("NodeRequest cache")?;
             resync_zookeeper(&shared).await?;
             tracing::info!("resync done; following events");
+            settings.health.pass(ZOOKEEPER_CHECK);
             loop {
                 let event = zk_events.changed().await;
                 if event.event_type == EventType::Session {
@@ -199,6 +218,7 @@ impl Session {
                         // while we were disconnected was not delivered. Read everything again.
                         tracing::info!("reconnected to ZooKeeper; resyncing");
                         resync_zookeeper(&shared).await?;
+                        settings.health.pass(ZOOKEEPER_CHECK);
                     }
                     continue;
                 }
@@ -208,6 +228,10 @@ impl Session {
         let session_end = async {
             loop {
                 let state = state.changed().await;
+                settings.metrics.zookeeper_connected(state == SessionState::SyncConnected);
+                if state != SessionState::SyncConnected {
+                    settings.health.fail(ZOOKEEPER_CHECK, format!("ZooKeeper session {state:?}"));
+                }
                 if state.is_terminated() || state == SessionState::Expired {
                     return;
                 }

@@ -111,6 +111,18 @@ impl CloudError {
         Self::Api { operation, message: message.to_string() }
     }
 
+    /// A short name for how it failed (a metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Quota(_) => "quota",
+            Self::Capacity(_) => "capacity",
+            Self::Auth(_) => "auth",
+            Self::Throttled(_) => "throttled",
+            Self::Invalid(_) => "invalid",
+            Self::Api { .. } => "api",
+        }
+    }
+
     /// Whether the launch should abort the node and pause the pool.
     pub fn is_quota(&self) -> bool {
         matches!(self, Self::Quota(_) | Self::Capacity(_))

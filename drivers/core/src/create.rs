@@ -47,6 +47,62 @@ impl Step {
 }
 
 /// The state of one launch, as kept in `PoolNode.status.launch`.
+/// How a launch ended, named as Nodepool's `nodepool.launch.<result>` statistics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LaunchResult {
+    Ready,
+    /// The cloud refused it for quota (the node is aborted, the pool paused).
+    Quota,
+    /// The cloud had no capacity for it (aborted, like quota).
+    Capacity,
+    /// The instance went into an error state, or vanished.
+    Status,
+    /// Not running (or not reachable over SSH) within the boot timeout, or the launch
+    /// timeout ran out.
+    ServerCreateTimeout,
+    /// Running, but its SSH host keys could not be read in time.
+    Keyscan,
+    /// Running without an address.
+    IpAdd,
+    /// Anything else (the cloud rejected the request).
+    Unknown,
+}
+
+impl LaunchResult {
+    pub const ALL: [Self; 8] = [
+        Self::Ready,
+        Self::Quota,
+        Self::Capacity,
+        Self::Status,
+        Self::ServerCreateTimeout,
+        Self::Keyscan,
+        Self::IpAdd,
+        Self::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Quota => "error.quota",
+            Self::Capacity => "error.capacity",
+            Self::Status => "error.status",
+            Self::ServerCreateTimeout => "error.servercreatetimeout",
+            Self::Keyscan => "error.keyscan",
+            Self::IpAdd => "error.ipadd",
+            Self::Unknown => "error.unknown",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    /// A refusal reported by the cloud as the instance's state.
+    fn of_refusal(reason: &str) -> Self {
+        if reason.to_ascii_lowercase().contains("quota") { Self::Quota } else { Self::Capacity }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Progress {
     /// From 1.
@@ -59,6 +115,8 @@ pub struct Progress {
     /// This attempt's instance, once the cloud gave it an id.
     pub instance_id: Option<String>,
     pub last_error: Option<String>,
+    /// What ended the last failed attempt (the result of the launch if it fails).
+    pub failure: Option<LaunchResult>,
 }
 
 impl Progress {
@@ -70,6 +128,7 @@ impl Progress {
             launch_started: now,
             instance_id: None,
             last_error: None,
+            failure: None,
         }
     }
 
@@ -88,6 +147,10 @@ impl Progress {
             launch_started: time("launchStarted")?,
             instance_id: data.and_then(|d| d.get("instanceId")).and_then(|v| v.as_str()).map(str::to_owned),
             last_error: stored.last_error.clone(),
+            failure: data
+                .and_then(|d| d.get("failure"))
+                .and_then(|v| v.as_str())
+                .and_then(LaunchResult::parse),
         })
     }
 
@@ -99,6 +162,9 @@ impl Progress {
         data.insert("launchStarted".to_owned(), serde_json::json!(secs(self.launch_started)));
         if let Some(id) = &self.instance_id {
             data.insert("instanceId".to_owned(), serde_json::json!(id));
+        }
+        if let Some(failure) = self.failure {
+            data.insert("failure".to_owned(), serde_json::json!(failure.as_str()));
         }
         LaunchProgress {
             attempt: self.attempt,
@@ -168,6 +234,7 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
         if elapsed(progress.launch_started, now) > plan.launch_timeout && progress.step != Step::CleanUp {
             let message = format!("launch timeout ({:?}) reached", plan.launch_timeout);
             progress.last_error = Some(message.clone());
+            progress.failure = Some(LaunchResult::ServerCreateTimeout);
             return Next::Failed(message);
         }
         match progress.step {
@@ -186,6 +253,10 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
                     }
                     Err(error) if error.is_quota() => {
                         progress.last_error = Some(error.to_string());
+                        progress.failure = Some(match error {
+                            crate::CloudError::Quota(_) => LaunchResult::Quota,
+                            _ => LaunchResult::Capacity,
+                        });
                         return Next::Aborted(error.to_string());
                     }
                     Err(error) if error.is_transient() => {
@@ -193,7 +264,9 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
                         progress.last_error = Some(error.to_string());
                         return Next::Wait(RETRY);
                     }
-                    Err(error) => fail!(fail_attempt(progress, plan, error.to_string(), now)),
+                    Err(error) => {
+                        fail!(fail_attempt(progress, plan, LaunchResult::Unknown, error.to_string(), now))
+                    }
                 }
             }
             Step::WaitRunning => {
@@ -204,7 +277,13 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
                 match cloud.get(&id).await {
                     Ok(Some(instance)) if instance.state == InstanceState::Running => {
                         if instance.interface_ip.is_none() {
-                            fail!(fail_attempt(progress, plan, format!("instance {id} has no address"), now))
+                            fail!(fail_attempt(
+                                progress,
+                                plan,
+                                LaunchResult::IpAdd,
+                                format!("instance {id} has no address"),
+                                now
+                            ))
                         }
                         if !plan.host_key_checking {
                             return Next::Ready { instance: Box::new(instance), host_keys: Vec::new() };
@@ -213,10 +292,17 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
                     }
                     Ok(Some(Instance { state: InstanceState::Refused(reason), .. })) => {
                         progress.last_error = Some(reason.clone());
+                        progress.failure = Some(LaunchResult::of_refusal(&reason));
                         return Next::Aborted(reason);
                     }
                     Ok(Some(Instance { state: InstanceState::Failed(reason), .. })) => {
-                        fail!(fail_attempt(progress, plan, format!("instance {id} failed: {reason}"), now))
+                        fail!(fail_attempt(
+                            progress,
+                            plan,
+                            LaunchResult::Status,
+                            format!("instance {id} failed: {reason}"),
+                            now
+                        ))
                     }
                     Ok(Some(Instance { state: InstanceState::Pending, .. })) => {
                         if elapsed(progress.attempt_started, now) > plan.boot_timeout {
@@ -224,11 +310,23 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
                                 "instance {id} not running after boot timeout ({:?})",
                                 plan.boot_timeout
                             );
-                            fail!(fail_attempt(progress, plan, message, now))
+                            fail!(fail_attempt(
+                                progress,
+                                plan,
+                                LaunchResult::ServerCreateTimeout,
+                                message,
+                                now
+                            ))
                         }
                         return Next::Wait(POLL);
                     }
-                    Ok(_) => fail!(fail_attempt(progress, plan, format!("instance {id} disappeared"), now)),
+                    Ok(_) => fail!(fail_attempt(
+                        progress,
+                        plan,
+                        LaunchResult::Status,
+                        format!("instance {id} disappeared"),
+                        now
+                    )),
                     Err(error) => {
                         progress.last_error = Some(error.to_string());
                         return Next::Wait(RETRY);
@@ -243,7 +341,13 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
                 let instance = match cloud.get(&id).await {
                     Ok(Some(instance)) if instance.state == InstanceState::Running => instance,
                     Ok(_) => {
-                        fail!(fail_attempt(progress, plan, format!("instance {id} stopped running"), now))
+                        fail!(fail_attempt(
+                            progress,
+                            plan,
+                            LaunchResult::Status,
+                            format!("instance {id} stopped running"),
+                            now
+                        ))
                     }
                     Err(error) => {
                         progress.last_error = Some(error.to_string());
@@ -257,7 +361,7 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
                     Err(error) if elapsed(progress.attempt_started, now) > plan.boot_timeout => {
                         let message =
                             format!("no SSH host keys from {address} within the boot timeout: {error}");
-                        fail!(fail_attempt(progress, plan, message, now))
+                        fail!(fail_attempt(progress, plan, LaunchResult::Keyscan, message, now))
                     }
                     Err(error) => {
                         progress.last_error = Some(error.to_string());
@@ -301,9 +405,16 @@ fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
 
 /// Ends this attempt: its instance is cleaned up before the next one starts (or, with no
 /// instance, the next one starts at once). `None`: carry on stepping.
-fn fail_attempt(progress: &mut Progress, plan: &Plan, message: String, now: SystemTime) -> Option<Next> {
-    tracing::warn!(node = %plan.spec.node, attempt = progress.attempt, error = %message, "launch attempt failed");
+fn fail_attempt(
+    progress: &mut Progress,
+    plan: &Plan,
+    result: LaunchResult,
+    message: String,
+    now: SystemTime,
+) -> Option<Next> {
+    tracing::warn!(node = %plan.spec.node, attempt = progress.attempt, result = result.as_str(), error = %message, "launch attempt failed");
     progress.last_error = Some(message.clone());
+    progress.failure = Some(result);
     if progress.instance_id.is_some() {
         progress.step = Step::CleanUp;
         return None;

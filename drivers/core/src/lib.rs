@@ -10,7 +10,7 @@
 //! - [`delete`]: the delete state machine (terminate → wait gone), which also finds an instance
 //!   whose id was never recorded;
 //! - [`leaks`]: instances and volumes tagged for a provider that no node owns;
-//! - [`throttle`]: the per-provider API rate limit, applied to every call.
+//! - [`throttle`]: the per-provider API rate limit and the API [`metrics`], applied to every call.
 //!
 //! The state machines keep their state in a serializable value that the operator stores in the
 //! `PoolNode` status, so a restarted operator resumes every launch and deletion where it stood.
@@ -21,8 +21,10 @@ pub mod cloud;
 pub mod create;
 pub mod delete;
 pub mod leaks;
+pub mod metrics;
 pub mod tags;
 pub mod throttle;
 
 pub use cloud::{Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource};
+pub use metrics::CloudApiMetrics;
 pub use throttle::{RateLimiter, Throttled};

@@ -1,5 +1,6 @@
 //! The per-provider cloud API rate limit: a token bucket every call of every pool of a provider
-//! draws from, applied by wrapping the driver in [`Throttled`].
+//! draws from, applied by wrapping the driver in [`Throttled`], which also records each call in
+//! the [`CloudApiMetrics`].
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,7 +12,10 @@ use nodepool_crds::{
 };
 use tokio::{sync::Mutex, time::Instant};
 
-use crate::cloud::{Cloud, CloudResult, Instance, InstanceSpec, LeakedResource};
+use crate::{
+    CloudApiMetrics,
+    cloud::{Cloud, CloudResult, Instance, InstanceSpec, LeakedResource},
+};
 
 /// A token bucket: `burst` calls at once, refilled at `per_second`.
 #[derive(Debug)]
@@ -55,65 +59,73 @@ impl RateLimiter {
     }
 }
 
-/// A cloud whose every call first takes a token from the provider's bucket.
+/// A cloud whose every call first takes a token from the provider's bucket, and is counted.
 pub struct Throttled {
     inner: Arc<dyn Cloud>,
     limiter: Option<RateLimiter>,
+    metrics: Option<(String, CloudApiMetrics)>,
 }
 
 impl Throttled {
     pub fn new(inner: Arc<dyn Cloud>, limit: Option<&RateLimit>) -> Self {
-        Self { inner, limiter: limit.map(RateLimiter::new) }
+        Self { inner, limiter: limit.map(RateLimiter::new), metrics: None }
     }
 
-    async fn token(&self) {
+    /// Records every call in `metrics` under the provider's name.
+    pub fn with_metrics(mut self, provider: &str, metrics: CloudApiMetrics) -> Self {
+        self.metrics = Some((provider.to_owned(), metrics));
+        self
+    }
+
+    /// Waits for a token, then makes the call and records it.
+    async fn call<T>(
+        &self,
+        operation: &'static str,
+        call: impl std::future::Future<Output = CloudResult<T>>,
+    ) -> CloudResult<T> {
         if let Some(limiter) = &self.limiter {
             limiter.acquire().await;
         }
+        let started = Instant::now();
+        let result = call.await;
+        if let Some((provider, metrics)) = &self.metrics {
+            metrics.record(provider, operation, started.elapsed().as_secs_f64(), &result);
+        }
+        result
     }
 }
 
 #[async_trait]
 impl Cloud for Throttled {
     async fn create(&self, spec: &InstanceSpec) -> CloudResult<Instance> {
-        self.token().await;
-        self.inner.create(spec).await
+        self.call("create", self.inner.create(spec)).await
     }
     async fn get(&self, id: &str) -> CloudResult<Option<Instance>> {
-        self.token().await;
-        self.inner.get(id).await
+        self.call("get", self.inner.get(id)).await
     }
     async fn delete(&self, id: &str) -> CloudResult<()> {
-        self.token().await;
-        self.inner.delete(id).await
+        self.call("delete", self.inner.delete(id)).await
     }
     async fn list_instances(&self) -> CloudResult<Vec<Instance>> {
-        self.token().await;
-        self.inner.list_instances().await
+        self.call("list_instances", self.inner.list_instances()).await
     }
     async fn quota_limits(&self) -> CloudResult<ResourceLimits> {
-        self.token().await;
-        self.inner.quota_limits().await
+        self.call("quota_limits", self.inner.quota_limits()).await
     }
     async fn label_resources(&self, pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
-        self.token().await;
-        self.inner.label_resources(pool, label).await
+        self.call("label_resources", self.inner.label_resources(pool, label)).await
     }
     async fn resolve_image(&self, image: &ImageSpec) -> CloudResult<String> {
-        self.token().await;
-        self.inner.resolve_image(image).await
+        self.call("resolve_image", self.inner.resolve_image(image)).await
     }
     async fn list_other_resources(&self) -> CloudResult<Vec<LeakedResource>> {
-        self.token().await;
-        self.inner.list_other_resources().await
+        self.call("list_other_resources", self.inner.list_other_resources()).await
     }
     async fn delete_other_resource(&self, resource: &LeakedResource) -> CloudResult<()> {
-        self.token().await;
-        self.inner.delete_other_resource(resource).await
+        self.call("delete_other_resource", self.inner.delete_other_resource(resource)).await
     }
     async fn check_access(&self) -> CloudResult<()> {
-        self.token().await;
-        self.inner.check_access().await
+        self.call("check_access", self.inner.check_access()).await
     }
 }
 

@@ -10,7 +10,7 @@ use nodepool_crds::{
     provider::{Pool, PoolLabel, ResourceLimits},
 };
 use nodepool_driver::{
-    create::{self, Next, Plan, Progress, Step},
+    create::{self, LaunchResult, Next, Plan, Progress, Step},
     delete, leaks,
     tags::{self, TagContext},
 };
@@ -84,6 +84,7 @@ async fn failed_boots_are_retried_and_each_attempt_is_cleaned_up() {
     assert!(message.starts_with("3 attempt(s) failed"), "{message}");
     assert!(message.contains("simulated boot failure"), "{message}");
     assert_eq!(progress.attempt, 3);
+    assert_eq!(progress.failure, Some(LaunchResult::Status));
     assert_eq!(cloud.live_instances(), 0, "every failed attempt's instance is deleted");
 }
 
@@ -99,6 +100,8 @@ async fn over_quota_aborts_instead_of_failing() {
     let mut second = Progress::start(SystemTime::now());
     let next = create::advance(&cloud, &plan("n2", 3), &mut second, SystemTime::now()).await;
     assert!(matches!(&next, Next::Aborted(message) if message.contains("quota")), "{next:?}");
+    assert_eq!(second.failure.map(LaunchResult::as_str), Some("error.quota"));
+    assert_eq!(first.failure, None);
     assert_eq!(cloud.live_instances(), 1);
 }
 
@@ -142,6 +145,9 @@ async fn a_boot_timeout_fails_the_attempt_and_deletes_its_instance() {
     assert!(matches!(next, Next::Wait(_)), "{next:?}");
     assert_eq!(progress.step, Step::CleanUp);
     assert!(progress.last_error.as_deref().unwrap_or_default().contains("boot timeout"));
+    // The cause survives the round trip through the node's status, for the final result.
+    let stored = Progress::from_status(&progress.to_status()).expect("progress round-trips");
+    assert_eq!(stored.failure.map(LaunchResult::as_str), Some("error.servercreatetimeout"));
     assert_eq!(cloud.live_instances(), 0);
 }
 

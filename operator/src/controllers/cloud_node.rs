@@ -18,7 +18,7 @@ use nodepool_crds::{
 };
 use nodepool_driver::{
     Cloud, InstanceSpec,
-    create::{self, Next, Plan, Progress},
+    create::{self, LaunchResult, Next, Plan, Progress},
     delete,
     tags::{self, TagContext},
 };
@@ -206,11 +206,18 @@ pub async fn launch(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) 
                 ),
             );
             status::apply_node_status(&ctx.api(), node, &status).await?;
+            ctx.metrics.launched(node, LaunchResult::Ready, launch_time(&progress));
             Ok(Action::await_change())
         }
         Next::Failed(message) => {
             status.launch = Some(progress.to_status());
-            fail(node, status, ctx, message).await
+            let action = fail(node, status, ctx, message).await?;
+            ctx.metrics.launched(
+                node,
+                progress.failure.unwrap_or(LaunchResult::Unknown),
+                launch_time(&progress),
+            );
+            Ok(action)
         }
         Next::Aborted(message) => {
             tracing::warn!(node = %name, %message, "launch aborted: the cloud is out of quota or capacity");
@@ -223,10 +230,20 @@ pub async fn launch(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) 
                 conditions::condition(LAUNCHED, false, "Aborted", message.clone(), node.metadata.generation),
             );
             let updated = status::apply_node_status(&ctx.api(), node, &status).await?;
+            ctx.metrics.launched(
+                node,
+                progress.failure.unwrap_or(LaunchResult::Quota),
+                launch_time(&progress),
+            );
             ctx.event(&updated, true, "LaunchAborted", message).await;
             Ok(Action::await_change())
         }
     }
+}
+
+/// How long a launch has been going, all attempts included.
+fn launch_time(progress: &Progress) -> Duration {
+    SystemTime::now().duration_since(progress.launch_started).unwrap_or_default()
 }
 
 async fn fail(

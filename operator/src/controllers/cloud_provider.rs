@@ -154,8 +154,10 @@ pub async fn clean_up_leaks(provider: &Provider, ctx: &Context) {
     };
     match leaks::pass(cloud.as_ref(), &known, &previous).await {
         Ok(pass) => {
+            ctx.metrics.leak_pass(&name);
             for resource in &pass.deleted {
                 tracing::info!(provider = %name, kind = resource.kind, id = %resource.id, node = ?resource.node, "leaked resource deleted");
+                ctx.metrics.leak_removed(&name, resource.kind);
             }
             if !pass.deleted.is_empty() {
                 let note = format!("deleted {} leaked resource(s)", pass.deleted.len());

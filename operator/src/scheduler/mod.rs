@@ -29,6 +29,7 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
     ctx.caches_ready().await;
     tracing::info!("scheduler running");
     loop {
+        let started = std::time::Instant::now();
         let nodes = ctx.nodes.state();
         let mut tenants = plan::tenant_budgets(&ctx.tenant_limits.state(), &nodes);
         let paused = |provider: &str, pool: &str| ctx.clouds.paused(provider, pool).map(|p| p.reason);
@@ -39,6 +40,7 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
         // Decisions of one pass touch disjoint requests and nodes: write them concurrently.
         let outcomes = futures::future::join_all(decisions.into_iter().map(|d| apply(&ctx, d))).await;
         let mut written = Vec::new();
+        let mut failed = 0;
         for outcome in outcomes {
             match outcome {
                 Ok(mut objects) => written.append(&mut objects),
@@ -46,10 +48,13 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
                     tracing::debug!(error = format!("{error:#}"), "stale cache; deciding again next pass")
                 }
                 Err(error) => {
+                    failed += 1;
                     tracing::warn!(error = format!("{error:#}"), "applying a scheduling decision failed")
                 }
             }
         }
+        ctx.metrics.reconciles.record("scheduler", started.elapsed(), false);
+        ctx.metrics.reconciles.errors("scheduler", failed);
         if !written.is_empty() {
             wait_for_caches(&ctx, &written).await;
             continue; // what we wrote may let more requests through

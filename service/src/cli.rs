@@ -1,0 +1,83 @@
+//! The command-line settings both binaries share, and the way they run their work with them:
+//! metrics and probes served, leadership held (when asked), stopped cleanly on SIGTERM.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Result;
+
+use crate::leader::Election;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServiceArgs {
+    /// Address for `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "NODEPOOL_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub http_address: SocketAddr,
+    /// Work only while holding a Lease, so several replicas can run (one active).
+    #[arg(long, env = "NODEPOOL_LEADER_ELECTION")]
+    pub leader_election: bool,
+    /// Namespace of the Lease (default: the watched namespace).
+    #[arg(long, env = "NODEPOOL_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Seconds a Lease holds without renewal; a standby takes over this long after the
+    /// leader dies (at once when it shuts down cleanly).
+    #[arg(long, env = "NODEPOOL_LEADER_ELECTION_LEASE_DURATION", default_value_t = 15)]
+    pub leader_election_lease_duration: u64,
+    /// This replica's name in the Lease (default: `$POD_NAME`, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long, env = "NODEPOOL_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl ServiceArgs {
+    /// Runs `work` until it ends or a shutdown signal arrives; with leader election, only
+    /// after this replica leads, and fails if leadership is lost so the pod restarts.
+    pub async fn run<F>(&self, client: kube::Client, namespace: &str, lease_name: &str, work: F) -> Result<()>
+    where
+        F: Future<Output = Result<()>>,
+    {
+        let mut leadership = None;
+        if self.leader_election {
+            let election = Election {
+                namespace: self.leader_election_namespace.clone().unwrap_or_else(|| namespace.to_owned()),
+                lease_name: lease_name.to_owned(),
+                identity: self.identity.clone().unwrap_or_else(hostname),
+                duration: Duration::from_secs(self.leader_election_lease_duration),
+            };
+            tokio::select! {
+                acquired = election.acquire(client) => leadership = Some(acquired?),
+                () = crate::shutdown::signal() => {
+                    tracing::info!("shutting down before leading");
+                    return Ok(());
+                }
+            }
+        }
+        let lost = async {
+            match leadership.as_mut() {
+                Some(leadership) => leadership.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            result = work => result,
+            () = lost => Err(anyhow::anyhow!("lost the leader lease {lease_name}; exiting so a fresh start takes over")),
+            () = crate::shutdown::signal() => {
+                tracing::info!("shutting down");
+                Ok(())
+            }
+        };
+        // `work` has been dropped here: its sessions and watches are closed before the lease goes.
+        if let Some(leadership) = leadership {
+            leadership.release().await;
+        }
+        result
+    }
+}
+
+/// The machine's host name (a pod's is its name).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}

@@ -1,0 +1,21 @@
+//! What both nodepool binaries need to run as a Kubernetes service, apart from their own work:
+//!
+//! - [`cli`]: the shared command-line settings, and running a binary's work with them.
+//! - [`http`]: one listener for `/metrics`, `/healthz` and `/readyz`.
+//! - [`health`]: the readiness checks behind `/readyz`.
+//! - [`leader`]: leader election on a `coordination.k8s.io` Lease, so two replicas can run.
+//! - [`metrics`]: metrics both binaries record alike (reconcile time and errors).
+//! - [`logging`]: `tracing` output as text or JSON lines.
+//! - [`shutdown`]: the signals Kubernetes sends before it stops a pod.
+
+pub mod cli;
+pub mod health;
+pub mod http;
+pub mod leader;
+pub mod logging;
+pub mod metrics;
+pub mod shutdown;
+
+pub use cli::ServiceArgs;
+pub use health::Health;
+pub use prometheus_client;
