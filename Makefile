@@ -7,6 +7,7 @@ demo:
 test:
 	e2e/scripts/test.sh
 
-# Regenerates crds/generated/ from the Rust types.
+# Regenerates crds/generated/ from the Rust types, and the Helm chart's copy of them.
 crds:
 	cargo run -p nodepool-crds --bin nodepool-crdgen
+	cp crds/generated/*.yaml charts/nodepool-operator/crds/

@@ -52,6 +52,11 @@ if ! { [ -x "$cache/venv-moto/bin/moto_server" ] &&
   "$cache/venv-moto/bin/pip" install -q "moto[server]==$moto_version"
 fi
 
+# helm, built from the pinned Go modules (for the chart's lint/template/install tests).
+stage "helm (go build, cached by go.sum)"
+helm=$(NODEPOOL_CACHE="$cache" "$here/../helm/build.sh")
+ln -sf "$helm" "$cache/tools/bin/helm"
+
 # etcd, kube-apiserver and kube-controller-manager, built from the pinned Go modules.
 stage "control-plane binaries (go build, cached by go.sum)"
 NODEPOOL_CACHE="$cache" "$here/../k8s-tools/build.sh" >/dev/null

@@ -50,6 +50,11 @@ pub fn kubectl() -> PathBuf {
     tool("KUBECTL", "kubectl")
 }
 
+/// `helm`: `$HELM`, else the one `install-deps.sh` built into the cache, else `PATH`.
+pub fn helm() -> PathBuf {
+    tool("HELM", "helm")
+}
+
 fn tool(variable: &str, name: &str) -> PathBuf {
     if let Some(path) = env::var_os(variable) {
         return PathBuf::from(path);

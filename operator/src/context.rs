@@ -127,7 +127,7 @@ impl Context {
             secondary: None,
         };
         if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
-            tracing::debug!(%error, "publishing an event failed");
+            tracing::warn!(%error, "publishing an event failed");
         }
     }
 
