@@ -22,6 +22,7 @@ pub mod label;
 pub mod node_request;
 pub mod pool_node;
 pub mod provider;
+pub mod reference;
 pub mod tenant_limit;
 
 pub use common::{ConnectionSettings, ConnectionType, GoDuration, SecretKeyRef};

@@ -1,4 +1,4 @@
-//! The checked-in CRD YAML must be exactly what the code generates.
+//! The checked-in CRD YAML and field reference must be exactly what the code generates.
 
 use std::{collections::BTreeSet, fs, path::PathBuf};
 
@@ -20,4 +20,14 @@ fn checked_in_crds_match_the_code() {
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(present, expected_files, "crds/generated holds files the code does not generate");
+}
+
+#[test]
+fn checked_in_field_reference_matches_the_code() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/reference/crds.md");
+    let on_disk = fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == nodepool_crds::reference::markdown(&nodepool_crds::all_crds()),
+        "docs/reference/crds.md is out of date: run `make crds`"
+    );
 }

@@ -1,4 +1,5 @@
-//! Writes the CustomResourceDefinitions to `crds/generated/` (or the directory given).
+//! Writes the CustomResourceDefinitions to `crds/generated/` (or the directory given), and the
+//! field reference generated from them to `docs/reference/crds.md`.
 
 use std::{fs, path::PathBuf};
 
@@ -13,5 +14,9 @@ fn main() -> std::io::Result<()> {
         fs::write(&path, nodepool_crds::crd_yaml(&crd))?;
         println!("wrote {}", path.display());
     }
+    let reference = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/reference/crds.md");
+    fs::create_dir_all(reference.parent().expect("docs/reference"))?;
+    fs::write(&reference, nodepool_crds::reference::markdown(&nodepool_crds::all_crds()))?;
+    println!("wrote {}", reference.display());
     Ok(())
 }
