@@ -18,6 +18,10 @@ use nodepool_e2e::{
 /// left to expire.
 const LEASE_SECONDS: &str = "90";
 const WAIT: Duration = Duration::from_secs(45);
+/// The bridges' ZooKeeper session timeout (ZooKeeper's default maximum, 20 ticks of 2 s)...
+const ZK_SESSION_SECONDS: &str = "40";
+/// ...and a wait well inside it.
+const FAST: Duration = Duration::from_secs(20);
 
 async fn holder(stack: &Stack, lease: &str) -> Result<Option<String>> {
     let leases: Api<Lease> = Api::namespaced(stack.client.clone(), &stack.namespace);
@@ -77,9 +81,16 @@ async fn one_replica_leads_and_the_standby_takes_over_on_shutdown() -> Result<()
     let operator_a = stack.spawn_operator("operator-a", &replica("operator-a", a))?;
     wait_holder(&stack, &operator_lease, "operator-a").await?;
     let operator_b = stack.spawn_operator("operator-b", &replica("operator-b", b))?;
-    let bridge_a = stack.spawn_bridge("bridge-a", &replica("bridge-a", c))?;
+    // A session timeout far beyond the waits below: ephemeral znodes that vanish within them
+    // were deleted by a closed session, not by an expired one.
+    let bridge = |pod, address| {
+        let mut env = replica(pod, address).to_vec();
+        env.push(("NODEPOOL_ZOOKEEPER_SESSION_TIMEOUT", ZK_SESSION_SECONDS));
+        stack.spawn_bridge(pod, &env)
+    };
+    let bridge_a = bridge("bridge-a", c)?;
     wait_holder(&stack, &bridge_lease, "bridge-a").await?;
-    let bridge_b = stack.spawn_bridge("bridge-b", &replica("bridge-b", d))?;
+    let bridge_b = bridge("bridge-b", d)?;
 
     stack.apply_provider(stack.static_provider("lab", 1)).await?;
     stack.wait_for_ready_nodes(2, WAIT).await?;
@@ -110,13 +121,16 @@ async fn one_replica_leads_and_the_standby_takes_over_on_shutdown() -> Result<()
     bridge_a.stop(Duration::from_secs(10));
     wait_holder(&stack, &operator_lease, "operator-b").await?;
     wait_holder(&stack, &bridge_lease, "bridge-b").await?;
-    wait::until("bridge-b's pool components", WAIT, async || {
+    // bridge-a's components went with its closed session, long before it could have expired.
+    wait::until("only bridge-b's pool components", FAST, async || {
         Ok((component_hosts(&stack).await? == ["bridge-b"]).then_some(()))
     })
     .await?;
     fulfilled(&mut zuul).await.context("served after the takeover")?;
     let log = std::fs::read_to_string(stack.logs().join("operator-a.log"))?;
     assert!(log.contains("leadership released"), "operator-a.log:\n{log}");
+    let log = std::fs::read_to_string(stack.logs().join("bridge-a.log"))?;
+    assert!(log.contains("ZooKeeper session closed"), "bridge-a.log:\n{log}");
 
     operator_b.stop(Duration::from_secs(10));
     bridge_b.stop(Duration::from_secs(10));

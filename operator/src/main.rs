@@ -49,9 +49,15 @@ async fn main() -> Result<()> {
         max_hold_age: cli.max_hold_age.map(Duration::from_secs),
         metrics,
     };
-    let work = async {
-        nodepool_operator::run(settings).await?;
-        anyhow::bail!("the controllers stopped")
+    // The controllers hold nothing outside the apiserver: on shutdown they simply stop.
+    let work = |mut shutdown: nodepool_service::cli::Shutdown| async move {
+        tokio::select! {
+            result = nodepool_operator::run(settings) => {
+                result?;
+                anyhow::bail!("the controllers stopped")
+            }
+            _ = shutdown.wait_for(|stop| *stop) => Ok(()),
+        }
     };
     // One lease per watched namespace: releases watching different namespaces never collide.
     let lease = format!("nodepool-operator-{}", cli.namespace);

@@ -5,7 +5,17 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Result;
 
+use tokio::sync::watch;
+
 use crate::leader::Election;
+
+/// Becomes `true` when the process is asked to stop; long-running work that holds external
+/// state (a ZooKeeper session) watches it to shut down cleanly.
+pub type Shutdown = watch::Receiver<bool>;
+
+/// How long work may take to stop after being told to (well inside the 30 s Kubernetes waits
+/// between SIGTERM and SIGKILL).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServiceArgs {
@@ -33,8 +43,18 @@ pub struct ServiceArgs {
 impl ServiceArgs {
     /// Runs `work` until it ends or a shutdown signal arrives; with leader election, only
     /// after this replica leads, and fails if leadership is lost so the pod restarts.
-    pub async fn run<F>(&self, client: kube::Client, namespace: &str, lease_name: &str, work: F) -> Result<()>
+    ///
+    /// On a shutdown signal `work` is told through its [`Shutdown`] receiver and given
+    /// [`SHUTDOWN_GRACE`] to finish cleanly (close sessions, release locks) before it is dropped.
+    pub async fn run<W, F>(
+        &self,
+        client: kube::Client,
+        namespace: &str,
+        lease_name: &str,
+        work: W,
+    ) -> Result<()>
     where
+        W: FnOnce(Shutdown) -> F,
         F: Future<Output = Result<()>>,
     {
         let mut leadership = None;
@@ -59,12 +79,22 @@ impl ServiceArgs {
                 None => std::future::pending().await,
             }
         };
+        let (stop, stopping) = watch::channel(false);
+        let work = work(stopping);
+        tokio::pin!(work);
         let result = tokio::select! {
-            result = work => result,
+            result = &mut work => result,
             () = lost => Err(anyhow::anyhow!("lost the leader lease {lease_name}; exiting so a fresh start takes over")),
             () = crate::shutdown::signal() => {
                 tracing::info!("shutting down");
-                Ok(())
+                let _ = stop.send(true);
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("work did not stop within {SHUTDOWN_GRACE:?}; dropping it");
+                        Ok(())
+                    }
+                }
             }
         };
         // `work` has been dropped here: its sessions and watches are closed before the lease goes.

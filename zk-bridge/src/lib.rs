@@ -28,15 +28,38 @@ pub fn is_conflict(error: &anyhow::Error) -> bool {
     )
 }
 
-/// Runs the bridge for ever: a session at a time, resyncing both sides on every new session.
-pub async fn run(settings: Settings) -> Result<()> {
+/// Runs the bridge until `shutdown`: a session at a time, resyncing both sides on every new
+/// session.
+pub async fn run(settings: Settings, mut shutdown: nodepool_service::cli::Shutdown) -> Result<()> {
     let mut backoff = Duration::from_millis(200);
     settings.health.pending(session::ZOOKEEPER_CHECK, "no ZooKeeper session yet");
+    let stopping = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(stopping);
     loop {
-        match session::Session::start(&settings).await {
+        let started = tokio::select! {
+            started = session::Session::start(&settings) => started,
+            () = &mut stopping => return Ok(()),
+        };
+        match started {
             Ok(session) => {
                 backoff = Duration::from_millis(200);
-                match session.run().await {
+                let mut state = session.state_watcher();
+                let ended = tokio::select! {
+                    ended = session.run() => ended,
+                    () = &mut stopping => {
+                        // The session's tasks, and with them every handle on the client, are
+                        // gone: the client sends CloseSession, and ZooKeeper deletes our lock
+                        // and pool-component znodes at once.
+                        let closed = async { while !state.changed().await.is_terminated() {} };
+                        if tokio::time::timeout(Duration::from_secs(2), closed).await.is_ok() {
+                            tracing::info!("ZooKeeper session closed");
+                        }
+                        return Ok(());
+                    }
+                };
+                match ended {
                     Ok(()) => tracing::warn!("ZooKeeper session ended; starting a new one and resyncing"),
                     Err(error) => tracing::error!(error = format!("{error:#}"), "bridge session failed"),
                 }
@@ -45,7 +68,10 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
         settings.metrics.zookeeper_connected(false);
         settings.health.fail(session::ZOOKEEPER_CHECK, "no ZooKeeper session; reconnecting");
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = &mut stopping => return Ok(()),
+        }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }

@@ -55,8 +55,9 @@ async fn main() -> Result<()> {
         metrics,
         health,
     };
-    // The ZooKeeper session closes when the work is dropped (shutdown or lost leadership),
-    // releasing every lock and ephemeral pool component this bridge held.
+    // On shutdown the bridge closes its ZooKeeper session, which releases every lock and
+    // ephemeral pool component it held at once (not after the session timeout).
     let lease = format!("nodepool-zk-bridge-{}", cli.namespace);
-    cli.service.run(kube, &cli.namespace, &lease, nodepool_zk_bridge::run(settings)).await
+    let work = |shutdown| nodepool_zk_bridge::run(settings, shutdown);
+    cli.service.run(kube, &cli.namespace, &lease, work).await
 }

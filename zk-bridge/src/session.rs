@@ -140,6 +140,11 @@ impl Session {
         Ok(Session { zk, settings: settings.clone() })
     }
 
+    /// Follows the session's state (it stays readable after the session is dropped).
+    pub fn state_watcher(&self) -> zookeeper_client::StateWatcher {
+        self.zk.state_watcher()
+    }
+
     /// Runs until the ZooKeeper session ends.
     pub async fn run(self) -> Result<()> {
         let Session { zk, settings } = self;
