@@ -11,6 +11,14 @@ pub mod types {
     pub const READY: &str = "Ready";
     /// A NodeRequest is waiting; the reason says for what.
     pub const WAITING: &str = "Waiting";
+    /// A cloud PoolNode's launch: `True` (`Ready`) or `False` (`LaunchFailed`, `Aborted`).
+    pub const LAUNCHED: &str = "Launched";
+}
+
+/// Reasons the operator writes that other parts act on.
+pub mod reasons {
+    /// A cloud node's launch failed for good (its `Launched` condition).
+    pub const LAUNCH_FAILED: &str = "LaunchFailed";
 }
 
 /// Builds a condition stamped with `observed_generation` and the current time.

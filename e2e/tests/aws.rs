@@ -304,3 +304,63 @@ async fn refused_credentials_make_the_provider_not_ready_and_others_keep_serving
     zuul.run_build(&served).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn deleting_a_provider_deletes_its_instances_first() -> Result<()> {
+    let stack = Stack::start("aws-provider-delete").await?;
+    let moto = Moto::start(&stack.dir.join("logs"))?;
+    aws_provider(&stack, &moto, "aws", ("testing", "testing"), "aws-small").await?;
+    stack.launchable("aws").await?;
+    let providers: kube::Api<nodepool_crds::Provider> =
+        kube::Api::namespaced(stack.client.clone(), &stack.namespace);
+    let provider = providers.get("aws").await?;
+    assert!(
+        provider.metadata.finalizers.iter().flatten().any(|f| f == "nodepool.dev/cloud-instances"),
+        "{provider:?}"
+    );
+
+    // One node in use by a Zuul build, one ready spare.
+    let mut zuul = Zuul::connect(&stack).await?;
+    let request = zuul.request(&["aws-small"]).await?;
+    assert_eq!(zuul.wait(&request, WAIT.as_secs()).await?["state"], "fulfilled");
+    let build = zuul.call("accept", json!({"request_id": request})).await?["build"].clone();
+    zuul.call("use", json!({"build": build})).await?;
+    stack
+        .apply::<Label>(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Label",
+            "metadata": {"name": "aws-small"}, "spec": {"minReady": 1}}))
+        .await?;
+    let ours = || vec![tag("nodepool_provider_name", "aws"), running()];
+    until("an in-use node and a spare running", WAIT, async || {
+        Ok((instances(&moto, ours()).await?.len() == 2).then_some(()))
+    })
+    .await?;
+    let in_use = until("the in-use node", WAIT, async || {
+        Ok(stack
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.status.as_ref().is_some_and(|s| s.state == nodepool_crds::NodeState::InUse)))
+    })
+    .await?;
+
+    // Deleted: the spare goes at once and is not replaced; the node Zuul uses stays, and so
+    // does the Provider, until Zuul returns it.
+    providers.delete("aws", &Default::default()).await?;
+    until("only the in-use node's instance left", WAIT, async || {
+        let running = instances(&moto, ours()).await?;
+        let nodes = stack.nodes().await?;
+        Ok((running.len() == 1 && nodes.len() == 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(stack.nodes().await?[0].metadata.name, in_use.metadata.name);
+    let deleting = providers.get("aws").await?;
+    assert!(deleting.metadata.deletion_timestamp.is_some());
+
+    zuul.call("return", json!({"build": build})).await?;
+    until("the provider gone", WAIT, async || Ok(providers.get_opt("aws").await?.is_none().then_some(())))
+        .await?;
+    let left = instances(&moto, ours()).await?;
+    assert!(left.is_empty(), "a deleted provider left instances running: {left:?}");
+    assert!(stack.nodes().await?.is_empty());
+    Ok(())
+}

@@ -16,7 +16,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
     config::{AuthInfo, KubeConfigOptions, Kubeconfig},
 };
 use nodepool_crds::{NodeRequest, PoolNode, Provider};
@@ -295,6 +295,30 @@ async fn installed_chart_grants_exactly_what_operator_and_bridge_need() -> Resul
         assert!(!text.contains("forbidden"), "{log} shows a permission the chart does not grant:\n{text}");
     }
 
+    // A cloud Provider gets the operator's cleanup finalizer, and deleting it goes through it.
+    let providers: Api<Provider> = Api::namespaced(stack.client.clone(), &namespace);
+    stack.apply_provider(stack.simulated_provider("sim", json!({}))).await?;
+    nodepool_e2e::wait::until(
+        "the cleanup finalizer on a cloud Provider",
+        Duration::from_secs(30),
+        async || {
+            let sim = providers.get("sim").await?;
+            Ok(sim
+                .metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|f| f == "nodepool.dev/cloud-instances")
+                .then_some(()))
+        },
+    )
+    .await?;
+    providers.delete("sim", &DeleteParams::default()).await?;
+    nodepool_e2e::wait::until("the cloud Provider deleted", Duration::from_secs(30), async || {
+        Ok(providers.get_opt("sim").await?.is_none().then_some(()))
+    })
+    .await?;
+
     // ...and are refused what they must not do.
     let in_namespace =
         |client: &kube::Client| -> (Api<Secret>, Api<Provider>, Api<PoolNode>, Api<NodeRequest>) {
@@ -308,16 +332,11 @@ async fn installed_chart_grants_exactly_what_operator_and_bridge_need() -> Resul
         };
     let (secrets, providers, nodes, requests) = in_namespace(&operator);
     forbidden("operator lists Secrets", secrets.list(&ListParams::default())).await;
-    forbidden(
-        "operator changes a Provider's spec",
-        providers.patch(
-            "lab",
-            &PatchParams::apply("test"),
-            &Patch::Apply(json!({
-            "apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "spec": {"driver": "static"}})),
-        ),
-    )
-    .await;
+    forbidden("operator deletes a Provider", providers.delete("lab", &DeleteParams::default())).await;
+    let forged: Provider = serde_json::from_value(json!({
+        "apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "forged"},
+        "spec": {"driver": "static", "pools": [{"name": "main", "hosts": [{"name": "h", "labels": ["l"]}]}]}}))?;
+    forbidden("operator creates a Provider", providers.create(&PostParams::default(), &forged)).await;
     forbidden("operator deletes a NodeRequest", requests.delete("anything", &DeleteParams::default())).await;
     forbidden(
         "operator reads another namespace",

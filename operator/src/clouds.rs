@@ -123,6 +123,14 @@ impl Clouds {
         pauses.insert(key, Pause { reason, since: Instant::now() });
     }
 
+    /// Drops everything kept for a provider that is gone.
+    pub fn forget(&self, provider: &str) {
+        self.built.lock().expect("clouds lock").remove(provider);
+        self.pauses.lock().expect("pauses lock").retain(|(p, _), _| p != provider);
+        self.leak_suspects.lock().expect("leak suspects lock").remove(provider);
+        self.quotas.lock().expect("quotas lock").remove(provider);
+    }
+
     /// Resumes every pool of a provider (a node went away, so quota freed up).
     pub fn resume(&self, provider: &str) {
         self.pauses.lock().expect("pauses lock").retain(|(p, pool), _| {

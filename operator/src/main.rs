@@ -18,7 +18,8 @@ struct Cli {
     #[arg(long, env = "NODEPOOL_MAX_HOLD_AGE")]
     max_hold_age: Option<u64>,
     /// Identifies this installation in the tags of everything it creates in a cloud; two
-    /// installations sharing a cloud account must use different ids. Default: the namespace.
+    /// installations sharing a cloud account must use different ids.
+    /// Default: `nodepool-operator-<namespace>`.
     #[arg(long, env = "NODEPOOL_SYSTEM_ID")]
     system_id: Option<String>,
     /// Seconds between checks of each cloud provider for leaked instances and volumes.

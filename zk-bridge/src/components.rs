@@ -61,7 +61,8 @@ impl Registry {
     /// ones in place (version-checked), and removes pools that are gone.
     pub async fn sync(&mut self, zk: &Client, hostname: &str, providers: &[Provider]) -> Result<()> {
         let mut wanted = BTreeMap::new();
-        for provider in providers {
+        // A Provider being deleted serves no more requests: its pools leave the registry.
+        for provider in providers.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
             let Some(provider_name) = provider.metadata.name.as_deref() else { continue };
             for pool in &provider.spec.pools {
                 let priority = pool.priority.or(provider.spec.priority).unwrap_or(100);

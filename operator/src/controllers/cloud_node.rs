@@ -25,9 +25,9 @@ use nodepool_driver::{
 
 use super::Error;
 use crate::{context::Context, status};
+use nodepool_crds::conditions::types::LAUNCHED;
 
 /// Condition saying how the node's launch went.
-const LAUNCHED: &str = "Launched";
 /// How long one SSH host-key scan may take.
 const SCAN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retrying when the provider or its cloud is unavailable.
@@ -259,7 +259,13 @@ async fn fail(
     launch.last_error = Some(message.clone());
     conditions::set_condition(
         &mut status.conditions,
-        conditions::condition(LAUNCHED, false, "LaunchFailed", message.clone(), node.metadata.generation),
+        conditions::condition(
+            LAUNCHED,
+            false,
+            conditions::reasons::LAUNCH_FAILED,
+            message.clone(),
+            node.metadata.generation,
+        ),
     );
     let updated = status::apply_node_status(&ctx.api(), node, &status).await?;
     ctx.event(&updated, true, "LaunchFailed", message).await;

@@ -7,6 +7,7 @@ pub mod image;
 pub mod label;
 pub mod pool_node;
 pub mod provider;
+pub mod provider_deletion;
 pub mod tenant_limit;
 
 use std::time::Duration;

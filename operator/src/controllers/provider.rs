@@ -22,6 +22,12 @@ use crate::{context::Context, status};
 pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Slots are counted from the node cache: it must hold every node before anything is created.
     ctx.caches_ready().await;
+    if provider.spec.driver != Driver::Static {
+        if provider.metadata.deletion_timestamp.is_some() {
+            return super::provider_deletion::step(&provider, &ctx).await;
+        }
+        super::provider_deletion::ensure_finalizer(&provider, &ctx).await?;
+    }
     let name = provider.name_any();
     let nodes: Vec<Arc<PoolNode>> =
         ctx.nodes.state().into_iter().filter(|n| n.spec.provider == name).collect();

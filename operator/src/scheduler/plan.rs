@@ -48,6 +48,16 @@ pub enum Decision {
     Decline { request: String, pools: Vec<String>, message: String, release: Vec<String> },
 }
 
+/// Whether a node's launch failed for good: `failed`, or already `deleting` after that (the
+/// node controller may tear it down before a scheduling pass sees it failed).
+fn launch_failed(node: &PoolNode) -> bool {
+    node.status.as_ref().is_some_and(|s| {
+        s.state == NodeState::Failed
+            || conditions::find(&s.conditions, conditions::types::LAUNCHED)
+                .is_some_and(|c| c.reason == conditions::reasons::LAUNCH_FAILED)
+    })
+}
+
 /// A pool of ours, as the scheduler sees it.
 #[derive(Clone, Debug)]
 pub struct PoolView {
@@ -154,7 +164,8 @@ pub fn pools(
     paused: &dyn Fn(&str, &str) -> Option<String>,
 ) -> Vec<PoolView> {
     let mut pools = Vec::new();
-    for provider in providers {
+    // A Provider being deleted takes no more work (its nodes are being torn down).
+    for provider in providers.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
         let ready = provider
             .status
             .as_ref()
@@ -430,8 +441,19 @@ impl<'a> Pass<'a> {
     }
 
     fn decline_everywhere(&mut self, world: &World, request: String, message: String) {
+        self.decline_everywhere_releasing(world, request, message, Vec::new());
+    }
+
+    /// Declines in every pool of ours, giving the request's `release`d nodes back.
+    fn decline_everywhere_releasing(
+        &mut self,
+        world: &World,
+        request: String,
+        message: String,
+        release: Vec<String>,
+    ) {
         let pools = world.pools.iter().map(|p| format!("{}/{}", p.provider, p.pool)).collect();
-        self.decisions.push(Decision::Decline { request, pools, message, release: Vec::new() });
+        self.decisions.push(Decision::Decline { request, pools, message, release });
     }
 
     /// A request we accepted: fulfil it when its nodes are ready, decline it when a launch
@@ -450,23 +472,27 @@ impl<'a> Pass<'a> {
             .filter(|n| n.status.as_ref().and_then(|s| s.allocated_to.as_deref()) == Some(id))
             .filter(|n| n.metadata.deletion_timestamp.is_none())
             .collect();
-        if let Some(failed) =
-            allocated.iter().find(|n| n.status.as_ref().is_some_and(|s| s.state == NodeState::Failed))
-        {
+        let release = |keep: &dyn Fn(&PoolNode) -> bool| -> Vec<String> {
+            allocated.iter().filter(|n| keep(n)).map(|n| n.name_any()).collect()
+        };
+        // Its pool is gone (the Provider is being deleted, or the pool was removed): nothing
+        // will complete it here, so decline it and let Zuul (or another launcher) have it.
+        if !world.pools.iter().any(|p| p.provider == provider && p.pool == pool_name) {
+            let alive = |n: &PoolNode| n.status.as_ref().is_some_and(|s| s.state != NodeState::Deleting);
+            let message = format!("pool {provider}/{pool_name} is gone");
+            self.decline_everywhere_releasing(world, name, message, release(&alive));
+            return;
+        }
+        if let Some(failed) = allocated.iter().find(|n| launch_failed(n)) {
             let why = failed
                 .status
                 .as_ref()
                 .and_then(|s| s.launch.as_ref())
                 .and_then(|l| l.last_error.clone())
                 .unwrap_or_else(|| "launch failed".into());
-            let release = allocated
-                .iter()
-                .filter(|n| n.status.as_ref().is_some_and(|s| s.state != NodeState::Failed))
-                .map(|n| n.name_any())
-                .collect();
-            let pools = world.pools.iter().map(|p| format!("{}/{}", p.provider, p.pool)).collect();
+            let not_failed = |n: &PoolNode| !launch_failed(n);
             let message = format!("launching node {} failed: {why}", failed.name_any());
-            self.decisions.push(Decision::Decline { request: name, pools, message, release });
+            self.decline_everywhere_releasing(world, name, message, release(&not_failed));
             return;
         }
         // Match the request's labels, in order, to its nodes.
@@ -850,6 +876,41 @@ mod tests {
         let decisions = plan(&[pending(id, &["l", "l"])], &failed, &[cloud_pool(None, &["l"])], &mut []);
         assert!(
             matches!(&decisions[0], Decision::Decline { release, message, .. } if release == &["a"] && message.contains("b")),
+            "{decisions:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_launch_already_being_deleted_still_declines_the_request() {
+        let id = "100-0000000001";
+        let mut torn_down = (*launching("b", id, NodeState::Deleting)).clone();
+        let status = torn_down.status.as_mut().unwrap();
+        status.conditions.push(conditions::condition(
+            conditions::types::LAUNCHED,
+            false,
+            conditions::reasons::LAUNCH_FAILED,
+            "3 attempt(s) failed",
+            None,
+        ));
+        let nodes = [launching("a", id, NodeState::Ready), Arc::new(torn_down)];
+        let decisions = plan(&[pending(id, &["l", "l"])], &nodes, &[cloud_pool(None, &["l"])], &mut []);
+        assert!(
+            matches!(&decisions[0], Decision::Decline { release, .. } if release == &["a"]),
+            "{decisions:?}"
+        );
+    }
+
+    #[test]
+    fn a_pending_request_whose_pool_is_gone_is_declined_and_its_nodes_released() {
+        let id = "100-0000000001";
+        let nodes = [launching("a", id, NodeState::Ready), launching("b", id, NodeState::Deleting)];
+        // `pending` is in pool c/main; only another provider's pool is left.
+        let mut other = cloud_pool(None, &["l"]);
+        other.provider = "other".into();
+        let decisions = plan(&[pending(id, &["l", "l"])], &nodes, &[other], &mut []);
+        assert!(
+            matches!(&decisions[0], Decision::Decline { release, message, pools, .. }
+                if release == &["a"] && message.contains("c/main is gone") && pools == &["other/main"]),
             "{decisions:?}"
         );
     }

@@ -1,0 +1,133 @@
+//! Deleting a cloud Provider deletes its instances first.
+//!
+//! A cloud Provider carries the [`CLEANUP_FINALIZER`], so when it is deleted it stays (with its
+//! settings and credentials) until the operator has:
+//! 1. stopped scheduling to it (the scheduler and the bridge skip Providers being deleted);
+//! 2. torn down every node Zuul is not using (`deleting`: instance deleted, then the PoolNode);
+//!    nodes in use go when Zuul returns them, as on any provider;
+//! 3. swept the cloud once no node is left: every instance or volume still tagged for this
+//!    provider and installation is deleted, and the sweep repeats until the cloud lists none.
+//!
+//! Only then is the finalizer removed and the Provider (and anything it owns) goes.
+
+use std::{collections::HashSet, time::Duration};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use nodepool_crds::{NodeState, PoolNode, Provider};
+use nodepool_driver::leaks;
+use serde_json::json;
+
+use super::Error;
+use crate::{context::Context, status};
+
+/// Keeps a cloud Provider until its instances are gone.
+pub const CLEANUP_FINALIZER: &str = "nodepool.dev/cloud-instances";
+
+const POLL: Duration = Duration::from_secs(5);
+
+/// Adds the finalizer to a cloud Provider that lacks it.
+pub async fn ensure_finalizer(provider: &Provider, ctx: &Context) -> Result<(), Error> {
+    if provider.finalizers().iter().any(|f| f == CLEANUP_FINALIZER) {
+        return Ok(());
+    }
+    let mut finalizers = provider.finalizers().to_vec();
+    finalizers.push(CLEANUP_FINALIZER.to_owned());
+    set_finalizers(provider, ctx, finalizers).await?;
+    tracing::info!(provider = %provider.name_any(), "cleanup finalizer added");
+    Ok(())
+}
+
+/// One step of deleting a cloud Provider; requeues until the finalizer can go.
+pub async fn step(provider: &Provider, ctx: &Context) -> Result<Action, Error> {
+    let name = provider.name_any();
+    if !provider.finalizers().iter().any(|f| f == CLEANUP_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let nodes: Vec<_> = ctx.nodes.state().into_iter().filter(|n| n.spec.provider == name).collect();
+    let api: Api<PoolNode> = ctx.api();
+    for node in &nodes {
+        let status = node.status.clone().unwrap_or_default();
+        let zuul_has_it = matches!(status.state, NodeState::InUse | NodeState::Hold)
+            || status.zookeeper.as_ref().is_some_and(|z| z.locked);
+        if zuul_has_it || status.state == NodeState::Deleting || node.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        tracing::info!(provider = %name, node = %node.name_any(), state = status.state.as_str(), "provider deleted: deleting node");
+        let status = nodepool_crds::PoolNodeStatus {
+            state: NodeState::Deleting,
+            state_time: Some(Time(Timestamp::now())),
+            ..status
+        };
+        if let Err(error) = status::apply_node_status(&api, node, &status).await {
+            tracing::debug!(node = %node.name_any(), error = format!("{error:#}"), "marking a node deleting; retrying");
+        }
+    }
+    if !nodes.is_empty() {
+        tracing::info!(provider = %name, nodes = nodes.len(), "provider deleted: waiting for its nodes to go");
+        return Ok(Action::requeue(POLL));
+    }
+    // No node left: whatever the cloud still lists for us is left over; delete it all.
+    let cloud = match ctx.cloud(provider).await {
+        Ok(Some(cloud)) => cloud,
+        Ok(None) => return remove_finalizer(provider, ctx).await,
+        Err(error) => {
+            tracing::warn!(provider = %name, %error, "provider deleted, but its cloud is unreachable; its instances cannot be checked yet");
+            return Ok(Action::requeue(POLL * 6));
+        }
+    };
+    let none = HashSet::new();
+    let sweep = async {
+        let listed = leaks::pass(cloud.as_ref(), &none, &Default::default()).await?;
+        if listed.suspected.is_empty() {
+            return Ok(true);
+        }
+        // Every suspect is "seen twice": delete it now.
+        let pass = leaks::pass(cloud.as_ref(), &none, &listed.suspected).await?;
+        for resource in &pass.deleted {
+            tracing::info!(provider = %name, kind = resource.kind, id = %resource.id, "provider deleted: deleted its left-over resource");
+            ctx.metrics.leak_removed(&name, resource.kind);
+        }
+        Ok::<_, nodepool_driver::CloudError>(false)
+    };
+    match sweep.await {
+        Ok(true) => remove_finalizer(provider, ctx).await,
+        Ok(false) => Ok(Action::requeue(POLL)),
+        Err(error) => {
+            tracing::warn!(provider = %name, %error, "sweeping a deleted provider's cloud failed; retrying");
+            Ok(Action::requeue(POLL))
+        }
+    }
+}
+
+async fn remove_finalizer(provider: &Provider, ctx: &Context) -> Result<Action, Error> {
+    let finalizers = provider.finalizers().iter().filter(|f| *f != CLEANUP_FINALIZER).cloned().collect();
+    set_finalizers(provider, ctx, finalizers).await?;
+    tracing::info!(provider = %provider.name_any(), "provider deleted: its cloud holds nothing of ours; finalizer removed");
+    ctx.clouds.forget(&provider.name_any());
+    Ok(Action::await_change())
+}
+
+/// Replaces the finalizer list, failing if someone changed it meanwhile (so another
+/// controller's finalizer is never dropped).
+async fn set_finalizers(provider: &Provider, ctx: &Context, finalizers: Vec<String>) -> Result<(), Error> {
+    let current = provider.finalizers();
+    let operations = if current.is_empty() {
+        json!([{"op": "add", "path": "/metadata/finalizers", "value": finalizers}])
+    } else {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
+        ])
+    };
+    let patch: json_patch::Patch = serde_json::from_value(operations).expect("a valid JSON patch");
+    ctx.api::<Provider>()
+        .patch(&provider.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+        .map_err(|error| Error(anyhow::Error::new(error).context("updating the Provider's finalizers")))?;
+    Ok(())
+}
