@@ -119,7 +119,8 @@ pub struct NodeRequestStatus {
     /// Our pools that cannot serve the request, as `provider/pool`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub declined_by: Vec<String>,
-    /// `Waiting` says why the request is not fulfilled yet; `Failed` why it failed.
+    /// `Waiting` says why the request is not fulfilled yet (`False` with reason `Declined` when
+    /// it was declined).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// What the zk-bridge has written back to ZooKeeper (zk-bridge).

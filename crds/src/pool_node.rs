@@ -214,7 +214,7 @@ pub struct NodeResources {
 pub struct LaunchProgress {
     /// Attempt number, from 1.
     pub attempt: u32,
-    /// The state machine's current step, e.g. `creating`, `waitingForSsh`.
+    /// The state machine's current step: `create`, `wait-running`, `scan-keys` or `clean-up`.
     pub step: String,
     /// When the current attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]

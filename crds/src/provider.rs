@@ -69,7 +69,8 @@ pub struct ProviderSpec {
     #[schemars(range(min = 1, max = 100))]
     pub launch_retries: u32,
 
-    /// How long an instance may take to reach running (Nodepool's `boot-timeout`). Default 60s.
+    /// How long one attempt may take to reach running and, with host-key checking, answer SSH
+    /// (Nodepool's `boot-timeout`). Default 60s.
     #[serde(default = "default_boot_timeout")]
     pub boot_timeout: GoDuration,
 

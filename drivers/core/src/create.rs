@@ -57,10 +57,9 @@ pub enum LaunchResult {
     Capacity,
     /// The instance went into an error state, or vanished.
     Status,
-    /// Not running (or not reachable over SSH) within the boot timeout, or the launch
-    /// timeout ran out.
+    /// Not running within the boot timeout, or the launch timeout ran out.
     ServerCreateTimeout,
-    /// Running, but its SSH host keys could not be read in time.
+    /// Running, but its SSH host keys could not be read within the boot timeout.
     Keyscan,
     /// Running without an address.
     IpAdd,
@@ -169,7 +168,10 @@ impl Progress {
         LaunchProgress {
             attempt: self.attempt,
             step: self.step.as_str().to_owned(),
-            started_at: None,
+            // Whole seconds, as the apiserver stores a Time: the value read back compares equal.
+            started_at: k8s_openapi::jiff::Timestamp::from_second(secs(self.attempt_started) as i64)
+                .ok()
+                .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
             last_error: self.last_error.clone(),
             driver_data: Some(data),
         }
