@@ -233,3 +233,29 @@ async fn a_broken_provider_says_why_and_the_others_keep_serving() -> Result<()> 
     assert_eq!(state["data"]["state"], "requested", "{state}");
     Ok(())
 }
+
+/// Clusters without the apiserver's WatchList feature run both binaries with
+/// `--streaming-lists=false` (a list, then a watch): Zuul is served the same way.
+#[tokio::test]
+async fn zuul_is_served_when_watches_list_then_watch() -> Result<()> {
+    let mut stack = Stack::prepare("zuul-list-watch").await?;
+    let (operator_http, bridge_http) = (stack.operator_http.to_string(), stack.bridge_http.to_string());
+    let list_then_watch = ("NODEPOOL_STREAMING_LISTS", "false");
+    stack.operator = Some(
+        stack.spawn_operator("operator", &[list_then_watch, ("NODEPOOL_HTTP_ADDRESS", &operator_http)])?,
+    );
+    stack.bridge =
+        Some(stack.spawn_bridge("bridge", &[list_then_watch, ("NODEPOOL_HTTP_ADDRESS", &bridge_http)])?);
+    stack.apply_provider(stack.static_provider("lab", 1)).await?;
+    stack.wait_for_ready_nodes(2, Duration::from_secs(60)).await?;
+    let mut zuul = nodepool_e2e::zuul::Zuul::connect(&stack).await?;
+    let request = zuul.request(&["static-label"]).await?;
+    let outcome = zuul.wait(&request, 60).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    zuul.run_build(&request).await?;
+    // The used slot is registered afresh, which needs the watches to keep delivering changes.
+    stack.wait_for_ready_nodes(2, Duration::from_secs(60)).await?;
+    let second = zuul.request(&["static-label"]).await?;
+    assert_eq!(zuul.wait(&second, 60).await?["state"], "fulfilled");
+    Ok(())
+}

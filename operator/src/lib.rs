@@ -241,10 +241,7 @@ async fn log_controller_error<T: std::fmt::Debug, E: std::fmt::Display>(
     }
 }
 
-/// How every watch is opened: as a streaming list (the apiserver sends the current objects as
-/// events, then keeps watching), which has no gap between a list and the watch that follows.
-/// Right after an apiserver start, watches opened at a list's resourceVersion were seen to miss
-/// events for a newly served custom resource; streaming lists do not.
+/// How every watch is opened (see [`nodepool_service::watch`]).
 pub fn watch_config() -> kube::runtime::watcher::Config {
-    kube::runtime::watcher::Config::default().streaming_lists()
+    nodepool_service::watch::config()
 }

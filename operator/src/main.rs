@@ -33,6 +33,7 @@ struct Cli {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     nodepool_service::logging::init(cli.service.log_json);
+    nodepool_service::watch::set_streaming_lists(cli.service.streaming_lists);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = kube::Client::try_default().await?;
     tracing::info!(namespace = %cli.namespace, "starting nodepool-operator");

@@ -38,6 +38,10 @@ pub struct ServiceArgs {
     /// Log as JSON lines.
     #[arg(long, env = "NODEPOOL_LOG_JSON")]
     pub log_json: bool,
+    /// Open Kubernetes watches as streaming lists (needs the apiserver's WatchList feature);
+    /// `false` lists, then watches.
+    #[arg(long, env = "NODEPOOL_STREAMING_LISTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub streaming_lists: bool,
 }
 
 impl ServiceArgs {

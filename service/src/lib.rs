@@ -6,6 +6,7 @@
 //! - [`leader`]: leader election on a `coordination.k8s.io` Lease, so two replicas can run.
 //! - [`metrics`]: metrics both binaries record alike (reconcile time and errors).
 //! - [`logging`]: `tracing` output as text or JSON lines.
+//! - [`watch`]: how Kubernetes watches are opened (streaming lists, or list-then-watch).
 //! - [`shutdown`]: the signals Kubernetes sends before it stops a pod.
 
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod leader;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
+pub mod watch;
 
 pub use cli::ServiceArgs;
 pub use health::Health;

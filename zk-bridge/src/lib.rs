@@ -76,10 +76,7 @@ pub async fn run(settings: Settings, mut shutdown: nodepool_service::cli::Shutdo
     }
 }
 
-/// How every watch is opened: as a streaming list (the apiserver sends the current objects as
-/// events, then keeps watching), which has no gap between a list and the watch that follows.
-/// Right after an apiserver start, watches opened at a list's resourceVersion were seen to miss
-/// events for a newly served custom resource; streaming lists do not.
+/// How every watch is opened (see [`nodepool_service::watch`]).
 pub fn watch_config() -> kube::runtime::watcher::Config {
-    kube::runtime::watcher::Config::default().streaming_lists()
+    nodepool_service::watch::config()
 }

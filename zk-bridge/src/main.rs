@@ -32,6 +32,7 @@ struct Cli {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     nodepool_service::logging::init(cli.service.log_json);
+    nodepool_service::watch::set_streaming_lists(cli.service.streaming_lists);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let hostname = cli.hostname.unwrap_or_else(nodepool_service::cli::hostname);
     let kube = kube::Client::try_default().await?;

@@ -173,6 +173,7 @@ Arguments and environment both binaries share. Takes (dict "root" $ "component" 
 - --http-address=0.0.0.0:{{ .root.Values.httpPort }}
 - --leader-election
 - --leader-election-namespace={{ .root.Release.Namespace }}
+- --streaming-lists={{ .root.Values.streamingLists }}
 {{- if eq .root.Values.logFormat "json" }}
 - --log-json
 {{- end }}
