@@ -2,6 +2,7 @@
 //!
 //! - [`cli`]: the shared command-line settings, and running a binary's work with them.
 //! - [`http`]: one listener for `/metrics`, `/healthz` and `/readyz`.
+//! - [`finalizers`]: changing an object's finalizers safely.
 //! - [`health`]: the readiness checks behind `/readyz`.
 //! - [`leader`]: leader election on a `coordination.k8s.io` Lease, so two replicas can run.
 //! - [`metrics`]: metrics both binaries record alike (reconcile time and errors).
@@ -10,6 +11,7 @@
 //! - [`shutdown`]: the signals Kubernetes sends before it stops a pod.
 
 pub mod cli;
+pub mod finalizers;
 pub mod health;
 pub mod http;
 pub mod leader;

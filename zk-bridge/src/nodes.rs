@@ -56,28 +56,13 @@ pub async fn reconcile(node: Arc<PoolNode>, shared: Arc<Shared>) -> Result<Actio
     }
 }
 
-/// Replaces the finalizer list if it is still the one we read (a JSON-patch test, so unrelated
-/// writes such as status updates do not make this fail).
+/// Replaces the node's finalizer list (see [`nodepool_service::finalizers::replace`]).
 async fn set_finalizers(
     shared: &Shared,
     node: &PoolNode,
     finalizers: Vec<String>,
 ) -> Result<(), kube::Error> {
-    let current = node.finalizers();
-    let operations = if current.is_empty() {
-        json!([{"op": "add", "path": "/metadata/finalizers", "value": finalizers}])
-    } else {
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": current},
-            {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
-        ])
-    };
-    let patch: json_patch::Patch = serde_json::from_value(operations).expect("a valid JSON patch");
-    shared
-        .pool_node_api()
-        .patch(&node.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
-        .await?;
-    Ok(())
+    nodepool_service::finalizers::replace(&shared.pool_node_api(), node, finalizers).await
 }
 
 pub fn error_policy(node: Arc<PoolNode>, error: &Error, _: Arc<Shared>) -> Action {

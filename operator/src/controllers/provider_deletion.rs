@@ -13,14 +13,9 @@
 use std::{collections::HashSet, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::controller::Action,
-};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 use nodepool_crds::{NodeState, PoolNode, Provider};
 use nodepool_driver::leaks;
-use serde_json::json;
 
 use super::Error;
 use crate::{context::Context, status};
@@ -112,22 +107,9 @@ async fn remove_finalizer(provider: &Provider, ctx: &Context) -> Result<Action, 
     Ok(Action::await_change())
 }
 
-/// Replaces the finalizer list, failing if someone changed it meanwhile (so another
-/// controller's finalizer is never dropped).
+/// Replaces the Provider's finalizer list (see [`nodepool_service::finalizers::replace`]).
 async fn set_finalizers(provider: &Provider, ctx: &Context, finalizers: Vec<String>) -> Result<(), Error> {
-    let current = provider.finalizers();
-    let operations = if current.is_empty() {
-        json!([{"op": "add", "path": "/metadata/finalizers", "value": finalizers}])
-    } else {
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": current},
-            {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
-        ])
-    };
-    let patch: json_patch::Patch = serde_json::from_value(operations).expect("a valid JSON patch");
-    ctx.api::<Provider>()
-        .patch(&provider.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
+    nodepool_service::finalizers::replace(&ctx.api::<Provider>(), provider, finalizers)
         .await
-        .map_err(|error| Error(anyhow::Error::new(error).context("updating the Provider's finalizers")))?;
-    Ok(())
+        .map_err(|error| Error(anyhow::Error::new(error).context("updating the Provider's finalizers")))
 }

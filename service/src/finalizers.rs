@@ -1,0 +1,28 @@
+//! Changing an object's finalizers without clobbering anyone else's.
+
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde::de::DeserializeOwned;
+
+/// Replaces `object`'s finalizer list with `finalizers` if it is still the one we read (a
+/// JSON-patch `test`, so unrelated writes such as status updates do not make this fail, while
+/// a finalizer another controller added meanwhile does).
+pub async fn replace<K>(api: &Api<K>, object: &K, finalizers: Vec<String>) -> kube::Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let current = object.finalizers();
+    let operations = if current.is_empty() {
+        serde_json::json!([{"op": "add", "path": "/metadata/finalizers", "value": finalizers}])
+    } else {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
+        ])
+    };
+    let patch: json_patch::Patch = serde_json::from_value(operations).expect("a valid JSON patch");
+    api.patch(&object.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
+    Ok(())
+}
