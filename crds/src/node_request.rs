@@ -59,6 +59,23 @@ pub struct NodeRequestSpec {
     /// Zuul's event id, for correlating logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
+    /// Pools of other launchers (Nodepool's, on a shared ZooKeeper) that could serve this
+    /// request: they support its labels, are not paused and have not declined it. Our pools
+    /// yield to a better-priority one, and to one of the preferred provider (Nodepool's rules).
+    /// Kept current by the bridge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_launchers: Vec<OtherLauncherPool>,
+}
+
+/// A pool component of another launcher, as registered in ZooKeeper.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OtherLauncherPool {
+    /// The component's pool id, as in `declined_by`.
+    pub id: String,
+    pub provider: String,
+    /// Lower is preferred.
+    pub priority: i32,
 }
 
 fn default_true() -> bool {

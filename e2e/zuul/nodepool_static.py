@@ -267,7 +267,9 @@ def render_config(args, zk):
         "providers": [{
             "name": args.provider,
             "driver": "static",
-            "pools": [{"name": "main", "nodes": nodes}],
+            "pools": [dict({"name": "main", "nodes": nodes},
+                           **({"priority": args.priority}
+                              if args.priority is not None else {}))],
         }],
     }
     return cfg
@@ -414,6 +416,8 @@ def main():
                    help="default static-provider (fake-provider with "
                         "--cloud fake)")
     p.add_argument("--label", default="static-label")
+    p.add_argument("--priority", type=int, default=None,
+                   help="the static pool's priority (Nodepool's default: 100)")
     p.add_argument("--single-label", default="static-single",
                    help="label with exactly one slot ('' to disable)")
     p.add_argument("--hosts", type=int, default=4)

@@ -144,23 +144,45 @@ impl Registry {
     }
 }
 
-/// The ids of every registered pool component, ours and other launchers'.
-pub async fn all_registered_ids(zk: &Client) -> Result<Vec<String>> {
-    let mut ids = Vec::new();
+/// What the bridge reads of any launcher's pool component: lenient, so a launcher writing
+/// fewer (or more) fields still counts.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct Component {
+    pub id: String,
+    #[serde(default)]
+    pub provider_name: String,
+    #[serde(default)]
+    pub supported_labels: Vec<String>,
+    #[serde(default = "default_priority")]
+    pub priority: i32,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_priority() -> i32 {
+    100
+}
+
+/// Every pool component registered in ZooKeeper, ours and other launchers'. Those without an
+/// id are left out.
+pub async fn registered(zk: &Client) -> Result<Vec<Component>> {
+    let mut components = Vec::new();
     for child in zk.list_children(paths::POOL_COMPONENTS).await? {
         let path = format!("{}/{child}", paths::POOL_COMPONENTS);
         match zk.get_data(&path).await {
             Ok((data, _)) => {
-                if let Some(id) = serde_json::from_slice::<serde_json::Value>(&data)
-                    .ok()
-                    .and_then(|doc| doc.get("id").and_then(|id| id.as_str()).map(str::to_owned))
-                {
-                    ids.push(id);
+                if let Ok(component) = serde_json::from_slice::<Component>(&data) {
+                    components.push(component);
                 }
             }
             Err(zookeeper_client::Error::NoNode) => {}
             Err(error) => return Err(error).with_context(|| format!("reading {path}")),
         }
     }
-    Ok(ids)
+    Ok(components)
+}
+
+/// The ids of every registered pool component.
+pub async fn all_registered_ids(zk: &Client) -> Result<Vec<String>> {
+    Ok(registered(zk).await?.into_iter().map(|c| c.id).collect())
 }

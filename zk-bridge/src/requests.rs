@@ -11,7 +11,8 @@ use kube::{
     runtime::controller::Action,
 };
 use nodepool_crds::{
-    BRIDGE_MANAGER, NodeRequest, NodeRequestState, RequestZooKeeperView, node_request::NodeRequestSpec,
+    BRIDGE_MANAGER, NodeRequest, NodeRequestState, RequestZooKeeperView,
+    node_request::{NodeRequestSpec, OtherLauncherPool},
 };
 use serde_json::{Value, json};
 
@@ -50,7 +51,10 @@ pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
     }
     let existing =
         shared.node_requests.get(&kube::runtime::reflector::ObjectRef::new(id).within(&shared.namespace));
-    if existing.as_ref().is_some_and(|cr| cr.spec.relative_priority == request.relative_priority) {
+    let other_launchers = other_launchers(shared, &ours, &request).await?;
+    if existing.as_ref().is_some_and(|cr| {
+        cr.spec.relative_priority == request.relative_priority && cr.spec.other_launchers == other_launchers
+    }) {
         return Ok(());
     }
     let spec = NodeRequestSpec {
@@ -62,6 +66,7 @@ pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
         preferred_provider: request.provider.clone(),
         reuse: request.reuse,
         event_id: request.event_id.clone(),
+        other_launchers,
     };
     let body = json!({
         "apiVersion": "nodepool.dev/v1alpha1", "kind": "NodeRequest",
@@ -77,6 +82,25 @@ pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
     }
     tracing::info!(request = %id, labels = ?request.node_types, "mirrored request");
     Ok(())
+}
+
+/// Other launchers' pools that could take the request (Nodepool's candidate pools, §6.3): they
+/// support all its labels, are not paused and have not declined it.
+async fn other_launchers(
+    shared: &Shared,
+    ours: &[String],
+    request: &RequestDoc,
+) -> Result<Vec<OtherLauncherPool>> {
+    let mut pools: Vec<OtherLauncherPool> = shared
+        .registered_components()
+        .await?
+        .into_iter()
+        .filter(|c| !ours.contains(&c.id) && !request.declined_by.contains(&c.id) && !c.paused)
+        .filter(|c| request.node_types.iter().all(|label| c.supported_labels.contains(label)))
+        .map(|c| OtherLauncherPool { id: c.id, provider: c.provider_name, priority: c.priority })
+        .collect();
+    pools.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(pools)
 }
 
 /// The requester deleted its request: release what we hold and forget it.

@@ -61,6 +61,8 @@ pub struct Shared {
     /// a PoolNode whose id was never recorded (a crash after creating its znode) is not duplicated.
     pub node_ids_by_uid: Mutex<HashMap<String, String>>,
     pub metrics: Metrics,
+    /// Every launcher's pool components, read once and kept until one of them changes.
+    components: tokio::sync::Mutex<Option<Vec<crate::components::Component>>>,
 }
 
 impl Shared {
@@ -100,6 +102,15 @@ impl Shared {
         let names = zk::lock::contenders(&self.zk, dir).await?;
         let own = self.own_contenders.lock().unwrap();
         Ok(names.iter().any(|name| !own.contains(&format!("{dir}/{name}"))))
+    }
+
+    /// Every launcher's registered pool components (cached until a component changes).
+    pub async fn registered_components(&self) -> Result<Vec<crate::components::Component>> {
+        let mut cached = self.components.lock().await;
+        if cached.is_none() {
+            *cached = Some(crate::components::registered(&self.zk).await?);
+        }
+        Ok(cached.clone().unwrap_or_default())
     }
 
     /// The PoolNode a znode mirrors, found by the uid recorded in its `driver_data`.
@@ -190,6 +201,7 @@ impl Session {
             node_requests: request_store,
             node_ids_by_uid: Default::default(),
             metrics: settings.metrics.clone(),
+            components: Default::default(),
         });
 
         let reconciles = &settings.metrics.reconciles;
@@ -257,6 +269,13 @@ impl Session {
 
 async fn dispatch(shared: &Arc<Shared>, path: &str) {
     let outcome = match paths::classify(path) {
+        paths::Znode::Component => {
+            // A launcher registered, left, paused or resumed a pool: which pools could take
+            // each open request (and so whether ours yield) may have changed.
+            *shared.components.lock().await = None;
+            resync_requests(shared).await;
+            Ok(())
+        }
         paths::Znode::Request(id) => requests::on_request_event(shared, id).await,
         paths::Znode::Node(id) | paths::Znode::NodeLock(id) => nodes::on_node_event(shared, id).await,
         paths::Znode::Other => Ok(()),

@@ -333,6 +333,21 @@ impl<'a> Pass<'a> {
         candidates.sort_by_key(|p| {
             (Some(p.provider.as_str()) != preferred, p.priority, p.provider.clone(), p.pool.clone())
         });
+        // Other launchers sharing the ZooKeeper (Nodepool's, §6.3 steps 2 and 3): a pool of the
+        // preferred provider there, when we have none, takes the request; so does a pool there
+        // with a better (lower) priority than ours.
+        let others = &request.spec.other_launchers;
+        if let Some(preferred) = preferred
+            && !candidates.iter().any(|p| p.provider == preferred)
+            && let Some(theirs) = others.iter().find(|o| o.provider == preferred)
+        {
+            let message = format!("left to another launcher's pool {} of the preferred provider", theirs.id);
+            self.decisions.push(Decision::Wait { request: name, reason: "OtherLauncher", message });
+            return;
+        }
+        let better_elsewhere =
+            |pool: &PoolView| others.iter().filter(|o| o.priority < pool.priority).min_by_key(|o| o.priority);
+        let mut yielded: Vec<String> = Vec::new();
 
         // Why each launching pool can never serve the request; all of them → decline.
         let mut never: Vec<String> = Vec::new();
@@ -342,6 +357,13 @@ impl<'a> Pass<'a> {
         for pool in candidates.iter().copied() {
             if !pool.usable {
                 continue; // paused or not Ready: it neither serves nor declines now
+            }
+            if let Some(better) = better_elsewhere(pool) {
+                yielded.push(format!(
+                    "{}/{} (priority {}) yields to another launcher's pool {} (priority {})",
+                    pool.provider, pool.pool, pool.priority, better.id, better.priority
+                ));
+                continue;
             }
             // Free ready nodes first (a static pool's only way; a cloud pool's when reuse is on).
             let reuse = pool.launch.is_none() || request.spec.reuse;
@@ -425,18 +447,21 @@ impl<'a> Pass<'a> {
             self.decline_everywhere(world, name, never.join("; "));
             return;
         }
-        let (reason, message) = if candidates.iter().all(|p| !p.usable) {
-            (
-                "ProvidersUnavailable",
-                format!("every pool serving {labels:?} is paused or its provider is not Ready"),
-            )
-        } else if !blocked.is_empty() {
-            ("AtQuota", blocked.join("; "))
-        } else {
-            let names: Vec<String> =
-                candidates.iter().map(|p| format!("{}/{}", p.provider, p.pool)).collect();
-            ("NoFreeNodes", format!("waiting for free nodes for {labels:?} in {}", names.join(", ")))
-        };
+        let (reason, message) =
+            if !yielded.is_empty() && yielded.len() == candidates.iter().filter(|p| p.usable).count() {
+                ("OtherLauncher", yielded.join("; "))
+            } else if candidates.iter().all(|p| !p.usable) {
+                (
+                    "ProvidersUnavailable",
+                    format!("every pool serving {labels:?} is paused or its provider is not Ready"),
+                )
+            } else if !blocked.is_empty() {
+                ("AtQuota", blocked.join("; "))
+            } else {
+                let names: Vec<String> =
+                    candidates.iter().map(|p| format!("{}/{}", p.provider, p.pool)).collect();
+                ("NoFreeNodes", format!("waiting for free nodes for {labels:?} in {}", names.join(", ")))
+            };
         self.decisions.push(Decision::Wait { request: name, reason, message });
     }
 
@@ -878,6 +903,41 @@ mod tests {
             matches!(&decisions[0], Decision::Decline { release, message, .. } if release == &["a"] && message.contains("b")),
             "{decisions:?}"
         );
+    }
+
+    #[test]
+    fn our_pools_yield_to_another_launchers_better_or_preferred_pool() {
+        let nodes = [node("p1", "p", &["l"])];
+        let pools = [pool("p", 50, &["l"])];
+        let other = |provider: &str, priority| nodepool_crds::node_request::OtherLauncherPool {
+            id: format!("nodepool-{provider}"),
+            provider: provider.into(),
+            priority,
+        };
+        let with_others = |id: &str, others: Vec<nodepool_crds::node_request::OtherLauncherPool>| {
+            let mut request = (*request(id, &["l"], 0)).clone();
+            request.spec.other_launchers = others;
+            Arc::new(request)
+        };
+        // A better-priority pool elsewhere takes it; ours waits, saying why.
+        let decisions =
+            plan(&[with_others("100-0000000001", vec![other("np", 10)])], &nodes, &pools, &mut []);
+        assert!(
+            matches!(&decisions[0], Decision::Wait { reason: "OtherLauncher", message, .. } if message.contains("nodepool-np (priority 10)")),
+            "{decisions:?}"
+        );
+        // A worse (or equal) one does not.
+        let decisions =
+            plan(&[with_others("100-0000000002", vec![other("np", 50)])], &nodes, &pools, &mut []);
+        assert!(
+            matches!(&decisions[0], Decision::Assign { provider, .. } if provider == "p"),
+            "{decisions:?}"
+        );
+        // The preferred provider is only elsewhere: it goes there, whatever the priorities.
+        let mut preferring = (*with_others("100-0000000003", vec![other("np", 90)])).clone();
+        preferring.spec.preferred_provider = Some("np".into());
+        let decisions = plan(&[Arc::new(preferring)], &nodes, &pools, &mut []);
+        assert!(matches!(&decisions[0], Decision::Wait { reason: "OtherLauncher", .. }), "{decisions:?}");
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub enum Znode<'a> {
     Node(&'a str),
     /// `/nodepool/nodes/<id>/lock` or a contender below it.
     NodeLock(&'a str),
+    /// `/nodepool/components/pool/<name>`: any launcher's pool component.
+    Component,
     Other,
 }
 
@@ -45,6 +47,9 @@ pub fn classify(path: &str) -> Znode<'_> {
             _ => {}
         }
     }
+    if path.strip_prefix(POOL_COMPONENTS).is_some_and(|rest| rest.starts_with('/') && rest.len() > 1) {
+        return Znode::Component;
+    }
     Znode::Other
 }
 
@@ -56,6 +61,8 @@ mod tests {
     fn classifies_paths() {
         assert_eq!(classify("/nodepool/requests/200-0000000001"), Znode::Request("200-0000000001"));
         assert_eq!(classify("/nodepool/requests"), Znode::Other);
+        assert_eq!(classify("/nodepool/components/pool/np1-0000000001"), Znode::Component);
+        assert_eq!(classify("/nodepool/components/pool"), Znode::Other);
         assert_eq!(classify("/nodepool/requests-lock/200-0000000001"), Znode::Other);
         assert_eq!(classify("/nodepool/nodes/0000000003"), Znode::Node("0000000003"));
         assert_eq!(classify("/nodepool/nodes/0000000003/lock"), Znode::NodeLock("0000000003"));
