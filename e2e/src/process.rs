@@ -65,18 +65,25 @@ impl Server {
         proc_stat(self.pid).is_some_and(|(state, start_time)| state != 'Z' && start_time == self.start_time)
     }
 
-    /// SIGTERM, then SIGKILL if it has not gone after `grace`.
+    /// SIGTERM, then SIGKILL if it has not gone after `grace`; with no grace, SIGKILL at once
+    /// (a crash). Returns once the process is gone, so its ports are free again.
     pub fn stop(&self, grace: Duration) {
         if !self.is_running() {
             return;
         }
-        signal(self.pid, "TERM");
-        let deadline = Instant::now() + grace;
-        while self.is_running() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+        if !grace.is_zero() {
+            signal(self.pid, "TERM");
+            let deadline = Instant::now() + grace;
+            while self.is_running() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         if self.is_running() {
             signal(self.pid, "KILL");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -95,6 +102,22 @@ impl Server {
         let errors = &errors[errors.len().saturating_sub(10)..];
         let tail = &all[all.len().saturating_sub(lines)..];
         format!("{}\n--- {} ---\n{}", errors.join("\n"), self.log.display(), tail.join("\n"))
+    }
+}
+
+/// A server a test started for itself: stopped when the test ends, passing or failing.
+pub struct StopOnDrop(pub Server);
+
+impl std::ops::Deref for StopOnDrop {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.0
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop(Duration::from_secs(5));
     }
 }
 

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use nodepool_e2e::{
+    process::StopOnDrop,
     prometheus::get,
     stack::{Stack, free_address},
     wait,
@@ -78,15 +79,15 @@ async fn one_replica_leads_and_the_standby_takes_over_on_shutdown() -> Result<()
     let [a, b, c, d] = [&addresses[0], &addresses[1], &addresses[2], &addresses[3]].map(String::as_str);
 
     // The first of each leads; the second waits.
-    let operator_a = stack.spawn_operator("operator-a", &replica("operator-a", a))?;
+    let operator_a = StopOnDrop(stack.spawn_operator("operator-a", &replica("operator-a", a))?);
     wait_holder(&stack, &operator_lease, "operator-a").await?;
-    let operator_b = stack.spawn_operator("operator-b", &replica("operator-b", b))?;
+    let operator_b = StopOnDrop(stack.spawn_operator("operator-b", &replica("operator-b", b))?);
     // A session timeout far beyond the waits below: ephemeral znodes that vanish within them
     // were deleted by a closed session, not by an expired one.
     let bridge = |pod, address| {
         let mut env = replica(pod, address).to_vec();
         env.push(("NODEPOOL_ZOOKEEPER_SESSION_TIMEOUT", ZK_SESSION_SECONDS));
-        stack.spawn_bridge(pod, &env)
+        stack.spawn_bridge(pod, &env).map(StopOnDrop)
     };
     let bridge_a = bridge("bridge-a", c)?;
     wait_holder(&stack, &bridge_lease, "bridge-a").await?;
@@ -147,7 +148,7 @@ async fn a_crashed_leaders_lease_expires_and_the_standby_takes_over() -> Result<
         let mut env = replica(pod, address).to_vec();
         env.retain(|(key, _)| *key != "NODEPOOL_LEADER_ELECTION_LEASE_DURATION");
         env.push(("NODEPOOL_LEADER_ELECTION_LEASE_DURATION", "4"));
-        stack.spawn_operator(pod, &env)
+        stack.spawn_operator(pod, &env).map(StopOnDrop)
     };
     let operator_a = short("operator-a", &a)?;
     wait_holder(&stack, &lease, "operator-a").await?;

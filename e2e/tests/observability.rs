@@ -199,10 +199,10 @@ async fn a_bridge_without_zookeeper_is_live_but_not_ready() -> Result<()> {
     // A port nothing listens on.
     let nowhere = free_address()?;
     let address = free_address()?.to_string();
-    let bridge = stack.spawn_bridge(
+    let _bridge = nodepool_e2e::process::StopOnDrop(stack.spawn_bridge(
         "bridge-no-zk",
         &[("NODEPOOL_ZOOKEEPER_HOSTS", &nowhere.to_string()), ("NODEPOOL_HTTP_ADDRESS", &address)],
-    )?;
+    )?);
     let address = address.parse()?;
     let report = wait::until("the bridge answering /readyz", WAIT, async || {
         Ok(get(address, "/readyz").await.ok().filter(|(status, _)| *status == 503).map(|(_, report)| report))
@@ -213,6 +213,5 @@ async fn a_bridge_without_zookeeper_is_live_but_not_ready() -> Result<()> {
     assert_eq!(get(address, "/healthz").await?.0, 200, "liveness does not depend on ZooKeeper");
     let (_, metrics) = get(address, "/metrics").await?;
     assert_eq!(sample(&metrics, "nodepool_zookeeper_connected"), Some(0.0), "{metrics}");
-    bridge.stop(Duration::from_secs(5));
     Ok(())
 }

@@ -155,8 +155,13 @@ pub async fn run(settings: Settings) -> Result<()> {
             context.clone(),
         )
         .for_each(log_controller_error);
+    // A node's change only needs its owner's name to wake the Provider: a metadata-only watch,
+    // so the (many, large) PoolNodes are not deserialized and held a second time for it.
+    let node_metadata: Api<kube::core::PartialObjectMeta<PoolNode>> =
+        Api::namespaced(client.clone(), &namespace);
+    let node_owners = watcher(node_metadata, crate::watch_config()).touched_objects();
     let provider_task = provider_controller
-        .owns(nodes, crate::watch_config())
+        .owns_stream(node_owners)
         .watches(images, crate::watch_config(), image_users)
         .run(
             context.metrics.reconciles.instrument("provider", controllers::provider::reconcile),
