@@ -125,9 +125,22 @@ fn signal(pid: u32, signal: &str) {
     let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
 }
 
-/// A loopback port that is free right now.
+/// A loopback port that is free right now, below the kernel's ephemeral range (32768 and up
+/// here): a port from that range, once released, can be taken at any moment as the source port
+/// of some outgoing connection, and a server restarted on it then fails with "address in use".
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    const FIRST: u16 = 20000;
+    const COUNT: u16 = 12000;
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos()
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+    for step in 0..COUNT as u32 {
+        let port = FIRST + ((seed.wrapping_add(step.wrapping_mul(7919))) % u32::from(COUNT)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// Waits until something accepts TCP connections on `port`, failing early if `server` exits.

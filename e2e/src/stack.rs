@@ -43,7 +43,7 @@ pub struct Stack {
 
 /// A loopback address with a port free right now (for a child process to bind).
 pub fn free_address() -> Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    Ok(SocketAddr::from(([127, 0, 0, 1], crate::process::free_port()?)))
 }
 
 /// A workspace binary next to the running one: `target/debug/NAME`, seen from a binary in

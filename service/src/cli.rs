@@ -84,8 +84,7 @@ impl ServiceArgs {
             }
         };
         let (stop, stopping) = watch::channel(false);
-        let work = work(stopping);
-        tokio::pin!(work);
+        let mut work = Box::pin(work(stopping));
         let result = tokio::select! {
             result = &mut work => result,
             () = lost => Err(anyhow::anyhow!("lost the leader lease {lease_name}; exiting so a fresh start takes over")),
@@ -101,7 +100,8 @@ impl ServiceArgs {
                 }
             }
         };
-        // `work` has been dropped here: its sessions and watches are closed before the lease goes.
+        // Sessions and watches close before the lease goes, so a successor never overlaps them.
+        drop(work);
         if let Some(leadership) = leadership {
             leadership.release().await;
         }
