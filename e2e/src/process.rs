@@ -81,9 +81,21 @@ impl Server {
         if self.is_running() {
             signal(self.pid, "KILL");
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.is_running() && Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.holds_files() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process still holds open files (sockets included). A killed multi-threaded
+    /// process shows as a zombie while its other threads are still exiting, and its files
+    /// (listening sockets) stay open until the last thread is gone.
+    fn holds_files(&self) -> bool {
+        match proc_stat(self.pid) {
+            Some((_, start_time)) if start_time == self.start_time => {
+                fs::read_dir(format!("/proc/{}/fd", self.pid)).is_ok_and(|mut fds| fds.next().is_some())
+            }
+            _ => false,
         }
     }
 
