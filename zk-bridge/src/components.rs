@@ -49,14 +49,6 @@ impl Registry {
         self.pools.values().map(|pool| pool.component.id.clone()).collect()
     }
 
-    /// What decides which requests we take: each pool's id and labels.
-    pub fn served(&self) -> Vec<(String, Vec<String>)> {
-        self.pools
-            .values()
-            .map(|pool| (pool.component.id.clone(), pool.component.supported_labels.clone()))
-            .collect()
-    }
-
     /// Brings our registrations in line with the Providers: registers new pools, updates changed
     /// ones in place (version-checked), and removes pools that are gone.
     pub async fn sync(&mut self, zk: &Client, hostname: &str, providers: &[Provider]) -> Result<()> {

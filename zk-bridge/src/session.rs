@@ -270,8 +270,8 @@ impl Session {
 async fn dispatch(shared: &Arc<Shared>, path: &str) {
     let outcome = match paths::classify(path) {
         paths::Znode::Component => {
-            // A launcher registered, left, paused or resumed a pool: which pools could take
-            // each open request (and so whether ours yield) may have changed.
+            // A launcher (this bridge included) registered, left, paused or resumed a pool:
+            // requests passed over may be ours now, and whether ours yield may have changed.
             *shared.components.lock().await = None;
             resync_requests(shared).await;
             Ok(())
@@ -333,18 +333,11 @@ async fn sync_components(shared: Arc<Shared>) -> Result<()> {
             }
         }
         let providers: Vec<Provider> = store.state().iter().map(|p| (**p).clone()).collect();
-        let (before, after) = {
-            let mut registry = shared.registry.lock().await;
-            let before = registry.served();
-            if let Err(error) = registry.sync(&shared.zk, &shared.hostname, &providers).await {
-                tracing::warn!(error = format!("{error:#}"), "updating pool components failed");
-            }
-            (before, registry.served())
-        };
-        // Requests passed over because no pool of ours served them (at start, before the
-        // first registration, or for a label just added) are looked at again.
-        if before != after {
-            resync_requests(&shared).await;
+        // A change in what we serve rewrites our pool components; their watch events re-read
+        // the open requests (see `dispatch`), so nothing passed over is missed.
+        let mut registry = shared.registry.lock().await;
+        if let Err(error) = registry.sync(&shared.zk, &shared.hostname, &providers).await {
+            tracing::warn!(error = format!("{error:#}"), "updating pool components failed");
         }
     }
     Ok(())
