@@ -49,6 +49,8 @@ pub struct Context {
     pub images: Store<Image>,
     /// When the operator first saw each vanished request gone (for releasing its nodes).
     vanished_requests: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// When each Provider's node counts were last written (see the Provider reconciler).
+    pub provider_counts: WriteTimes,
     /// Wakes the scheduler for another pass.
     pub scheduler_wake: Arc<Notify>,
     /// True once the provider, node and request caches hold their initial lists.
@@ -90,6 +92,7 @@ impl Context {
             tenant_limits,
             images,
             vanished_requests: Default::default(),
+            provider_counts: Default::default(),
             scheduler_wake: Arc::new(Notify::new()),
             caches_ready,
         }
@@ -155,5 +158,22 @@ impl Context {
 
     pub fn image(&self, name: &str) -> Option<Arc<Image>> {
         self.images.get(&kube::runtime::reflector::ObjectRef::new(name).within(&self.namespace))
+    }
+}
+
+/// When something was last written, by key: for writes that may be put off for a while.
+#[derive(Default)]
+pub struct WriteTimes(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+impl WriteTimes {
+    /// How long until `key` may be written again, or `None` if it may be written now.
+    pub fn wait(&self, key: &str, interval: Duration) -> Option<Duration> {
+        let times = self.0.lock().expect("write times lock");
+        let elapsed = times.get(key)?.elapsed();
+        (elapsed < interval).then(|| interval - elapsed)
+    }
+
+    pub fn written(&self, key: &str) {
+        self.0.lock().expect("write times lock").insert(key.to_owned(), std::time::Instant::now());
     }
 }

@@ -12,12 +12,15 @@ use kube::{
 use nodepool_crds::{
     Driver, NodeState, PoolNode, PoolNodeSpec, Provider, conditions, labels as node_labels,
     pool_node::StaticSlot,
-    provider::{NodeCounts, QuotaStatus},
+    provider::{NodeCounts, ProviderStatus, QuotaStatus},
 };
 use nodepool_driver_static as static_driver;
 
 use super::{Error, retry_after};
 use crate::{context::Context, status};
+
+/// The shortest time between two status writes that only update node counts and quota use.
+const COUNTS_REFRESH: Duration = Duration::from_secs(5);
 
 pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Slots are counted from the node cache: it must hold every node before anything is created.
@@ -54,17 +57,41 @@ pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Act
     let used = crate::scheduler::plan::footprint(nodes.iter().map(|n| n.as_ref()));
     let cloud = status.quota.as_ref().and_then(|q| q.cloud.clone());
     status.quota = Some(QuotaStatus { used, limits: provider.spec.limits.clone(), cloud });
-    if provider.status.as_ref() != Some(&status) {
-        status::apply_status(&ctx.api::<Provider>(), &provider, &status).await?;
+    // Static providers are looked at again now and then; cloud providers more often, as quota,
+    // pauses and leaks change without any object changing.
+    let mut next = if provider.spec.driver == Driver::Static {
+        Duration::from_secs(300)
+    } else {
+        ctx.cleanup_interval.min(Duration::from_secs(30))
+    };
+    if let Some(wait) = write_status(&provider, &status, &ctx).await? {
+        next = next.min(wait);
     }
-    if provider.spec.driver == Driver::Static {
-        return Ok(Action::requeue(Duration::from_secs(300)));
-    }
-    if ready {
+    if provider.spec.driver != Driver::Static && ready {
         super::cloud_provider::clean_up_leaks(&provider, &ctx).await;
     }
-    // Cloud providers: quota, pauses and leaks change without any object changing.
-    Ok(Action::requeue(ctx.cleanup_interval.min(Duration::from_secs(30))))
+    Ok(Action::requeue(next))
+}
+
+/// Writes the status if it changed. Node counts and quota use change with every node that
+/// comes and goes, many times a second on a busy provider; a change of only those is written
+/// at most every [`COUNTS_REFRESH`], so the counts cost the apiserver a write every few seconds
+/// instead of several per request. Returns how long to wait when the write was put off.
+async fn write_status(provider: &Provider, status: &ProviderStatus, ctx: &Context) -> Result<Option<Duration>, Error> {
+    let Some(old) = provider.status.as_ref() else {
+        status::apply_status(&ctx.api::<Provider>(), provider, status).await?;
+        ctx.provider_counts.written(&provider.name_any());
+        return Ok(None);
+    };
+    if old == status {
+        return Ok(None);
+    }
+    if without_counts(old) == without_counts(status) && let Some(wait) = ctx.provider_counts.wait(&provider.name_any(), COUNTS_REFRESH) {
+        return Ok(Some(wait));
+    }
+    status::apply_status(&ctx.api::<Provider>(), provider, status).await?;
+    ctx.provider_counts.written(&provider.name_any());
+    Ok(None)
 }
 
 pub fn error_policy(provider: Arc<Provider>, error: &Error, _: Arc<Context>) -> Action {
@@ -85,6 +112,16 @@ async fn readiness(provider: &Provider, ctx: &Context) -> Result<(bool, &'static
         }
     }
     Ok((true, "Configured", "static hosts are registered as they answer".to_owned()))
+}
+
+/// A status without its node counts and quota use.
+fn without_counts(status: &ProviderStatus) -> ProviderStatus {
+    let mut status = status.clone();
+    status.nodes = None;
+    if let Some(quota) = &mut status.quota {
+        quota.used = Default::default();
+    }
+    status
 }
 
 fn count_nodes(nodes: &[Arc<PoolNode>]) -> NodeCounts {
