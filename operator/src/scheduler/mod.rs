@@ -25,6 +25,10 @@ use plan::Decision;
 /// Safety net only: passes are driven by changes, this bounds how long a missed wake could stall.
 const IDLE_PASS: Duration = Duration::from_secs(30);
 
+/// A request says why it waits (condition and Event) once it has waited this long: most waits
+/// for a static slot or a launch are over sooner, and reporting each would cost two writes.
+const REPORT_WAIT_AFTER: Duration = Duration::from_secs(2);
+
 pub async fn run(ctx: Arc<Context>) -> Result<()> {
     ctx.caches_ready().await;
     tracing::info!("scheduler running");
@@ -41,9 +45,11 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
         let outcomes = futures::future::join_all(decisions.into_iter().map(|d| apply(&ctx, d))).await;
         let mut written = Vec::new();
         let mut failed = 0;
+        let mut next_pass = IDLE_PASS;
         for outcome in outcomes {
             match outcome {
-                Ok(mut objects) => written.append(&mut objects),
+                Ok(Applied::Wrote(mut objects)) => written.append(&mut objects),
+                Ok(Applied::Later(after)) => next_pass = next_pass.min(after),
                 Err(error) if status::is_conflict(&error) => {
                     tracing::debug!(error = format!("{error:#}"), "stale cache; deciding again next pass")
                 }
@@ -61,8 +67,21 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
         }
         tokio::select! {
             () = ctx.scheduler_wake.notified() => {}
-            () = tokio::time::sleep(IDLE_PASS) => {}
+            () = tokio::time::sleep(next_pass) => {}
         }
+    }
+}
+
+/// What applying a decision did.
+enum Applied {
+    Wrote(Vec<Written>),
+    /// Nothing yet; the decision is to be made again after this long.
+    Later(Duration),
+}
+
+impl From<Vec<Written>> for Applied {
+    fn from(written: Vec<Written>) -> Self {
+        Applied::Wrote(written)
     }
 }
 
@@ -74,17 +93,26 @@ enum Written {
     Request(String, String),
 }
 
-async fn apply(ctx: &Context, decision: Decision) -> Result<Vec<Written>> {
-    match decision {
+async fn apply(ctx: &Context, decision: Decision) -> Result<Applied> {
+    let written = match decision {
         Decision::Assign { request, provider, pool, nodes } => {
-            assign(ctx, &request, provider, pool, nodes).await
+            assign(ctx, &request, provider, pool, nodes).await?
         }
         Decision::Wait { request, reason, message } => {
-            let Some(object) = cached(&ctx.requests, ctx, &request) else { return Ok(vec![]) };
+            let Some(object) = cached(&ctx.requests, ctx, &request) else { return Ok(vec![].into()) };
             let mut status = object.status.clone().unwrap_or_default();
             let current = conditions::find(&status.conditions, conditions::types::WAITING);
             if current.is_some_and(|c| c.status == "True" && c.reason == reason && c.message == message) {
-                return Ok(vec![]);
+                return Ok(vec![].into());
+            }
+            let waited = object
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|created| Timestamp::now().duration_since(created.0).try_into().ok())
+                .unwrap_or(REPORT_WAIT_AFTER);
+            if waited < REPORT_WAIT_AFTER && current.is_none_or(|c| c.status != "True") {
+                return Ok(Applied::Later(REPORT_WAIT_AFTER - waited));
             }
             tracing::info!(request = %request, %reason, %message, "request waits");
             let generation = object.metadata.generation;
@@ -95,10 +123,10 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Vec<Written>> {
             status.observed_generation = generation;
             let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
             ctx.event(&updated, false, reason, message).await;
-            Ok(vec![Written::Request(request, updated.resource_version().unwrap_or_default())])
+            vec![Written::Request(request, updated.resource_version().unwrap_or_default())]
         }
         Decision::Launch { request, provider, pool, reuse, launch } => {
-            launch_for_request(ctx, &request, provider, pool, reuse, launch).await
+            launch_for_request(ctx, &request, provider, pool, reuse, launch).await?
         }
         Decision::LaunchSpare { provider, pool, label, resources, count } => {
             let mut written = Vec::new();
@@ -107,10 +135,10 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Vec<Written>> {
                 tracing::info!(node = %node.name_any(), %provider, %pool, %label, "launching a spare node for min-ready");
                 written.push(Written::NewNode(node.name_any(), node.resource_version().unwrap_or_default()));
             }
-            Ok(written)
+            written
         }
         Decision::Decline { request, pools, message, release } => {
-            let Some(object) = cached(&ctx.requests, ctx, &request) else { return Ok(vec![]) };
+            let Some(object) = cached(&ctx.requests, ctx, &request) else { return Ok(vec![].into()) };
             tracing::info!(request = %request, %message, "declining request");
             let mut written = release_nodes(ctx, &release).await?;
             let mut status = object.status.clone().unwrap_or_default();
@@ -131,9 +159,10 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Vec<Written>> {
             let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
             ctx.event(&updated, true, "Declined", message).await;
             written.push(Written::Request(request, updated.resource_version().unwrap_or_default()));
-            Ok(written)
+            written
         }
-    }
+    };
+    Ok(written.into())
 }
 
 fn cached<K>(store: &Store<K>, ctx: &Context, name: &str) -> Option<Arc<K>>
