@@ -146,6 +146,11 @@ pub struct PoolNodeStatus {
     /// When `state` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_time: Option<Time>,
+    /// How many times a static slot came back after use (operator). Each time it is a new node
+    /// to Zuul, under a new znode id; `zookeeper` describes this registration once its
+    /// `registration` matches.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub registration: u32,
     /// The request the node is reserved for (ZooKeeper request id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocated_to: Option<String>,
@@ -198,6 +203,18 @@ pub struct PoolNodeStatus {
     pub conditions: Vec<Condition>,
 }
 
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+impl PoolNodeStatus {
+    /// What the bridge last saw of the node in ZooKeeper, if it is about the node's current
+    /// registration (a static slot just back from use still shows the view of its last use).
+    pub fn zuul_view(&self) -> Option<&ZooKeeperView> {
+        self.zookeeper.as_ref().filter(|view| view.registration == self.registration)
+    }
+}
+
 /// Quota footprint of a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -232,6 +249,9 @@ pub struct LaunchProgress {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ZooKeeperView {
+    /// The node's `status.registration` this view belongs to.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub registration: u32,
     /// The node id under `/nodepool/nodes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,

@@ -8,8 +8,10 @@
 
 pub mod cleanup;
 pub mod components;
+pub mod dispatch;
 pub mod metrics;
 pub mod nodes;
+pub mod recent;
 pub mod requests;
 pub mod session;
 pub mod zk;

@@ -73,8 +73,47 @@ pub fn error_policy(node: Arc<PoolNode>, error: &Error, _: Arc<Shared>) -> Actio
     Action::requeue(Duration::from_secs(1))
 }
 
+/// A znode the bridge knows for a PoolNode: which registration of the node it is, and its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownZnode {
+    pub registration: u32,
+    pub node_id: String,
+}
+
+fn registration(node: &PoolNode) -> u32 {
+    node.status.as_ref().map(|s| s.registration).unwrap_or(0)
+}
+
+/// The znode id recorded in the PoolNode, whatever registration it belongs to.
 fn recorded_node_id(node: &PoolNode) -> Option<String> {
     node.status.as_ref()?.zookeeper.as_ref()?.node_id.clone()
+}
+
+/// The znode of the node's current registration: as recorded in the PoolNode, or as this session
+/// knows it (the PoolNode in the cache may not show our last write yet).
+fn current_node_id(shared: &Shared, node: &PoolNode, uid: &str) -> Option<String> {
+    let status = node.status.as_ref();
+    if let Some(id) = status.and_then(|s| s.zuul_view()).and_then(|view| view.node_id.clone()) {
+        return Some(id);
+    }
+    let known = shared.znodes_by_uid.lock().unwrap().get(uid).cloned()?;
+    (known.registration == registration(node)).then_some(known.node_id)
+}
+
+/// A znode of an earlier registration recorded in the PoolNode, unless this session has
+/// already moved past it.
+fn earlier_node_id(shared: &Shared, node: &PoolNode, uid: &str) -> Option<String> {
+    let view = node.status.as_ref()?.zookeeper.as_ref()?;
+    let old = view.node_id.clone()?;
+    let current_registration = registration(node);
+    if view.registration == current_registration && node.status.as_ref()?.state != NodeState::Init {
+        return None;
+    }
+    let known = shared.znodes_by_uid.lock().unwrap().get(uid).cloned();
+    match known {
+        Some(known) if known.node_id != old => None, // retired already; the cache lags
+        _ => Some(old),
+    }
 }
 
 /// Makes the znode of `node` match it, creating the znode if needed.
@@ -86,15 +125,21 @@ pub async fn sync(shared: &Arc<Shared>, node: &PoolNode) -> Result<SyncOutcome> 
     if node.metadata.deletion_timestamp.is_some() {
         return Ok(SyncOutcome::NotMirrored);
     }
-    if state == NodeState::Init {
-        // Back in `init` after use: the znode of the last use goes; a new one comes when ready.
-        if let Some(node_id) = recorded_node_id(node) {
-            return retire(shared, node, &uid, &node_id).await;
+    // A static slot back from use is a new node to Zuul: the znode of its last use goes first.
+    if let Some(old) = earlier_node_id(shared, node, &uid) {
+        if !retire(shared, node, &uid, &old).await? {
+            return Ok(SyncOutcome::LockedByOthers);
         }
+        if state == NodeState::Init {
+            // Not ready (its host does not answer): nothing of it is in ZooKeeper now.
+            let view = ZooKeeperView { registration: registration(node), ..Default::default() };
+            patch_view(shared, &node.name_any(), &view).await?;
+        }
+    }
+    if state == NodeState::Init {
         return Ok(SyncOutcome::NotMirrored);
     }
-    let known = recorded_node_id(node).or_else(|| shared.node_ids_by_uid.lock().unwrap().get(&uid).cloned());
-    let Some(node_id) = known else { return create(shared, node, &uid).await };
+    let Some(node_id) = current_node_id(shared, node, &uid) else { return create(shared, node, &uid).await };
 
     let path = paths::node(&node_id);
     let current = match read_doc(shared, &path).await? {
@@ -125,22 +170,27 @@ pub async fn sync(shared: &Arc<Shared>, node: &PoolNode) -> Result<SyncOutcome> 
     Ok(SyncOutcome::Mirrored(node_id))
 }
 
-/// Removes a node's znode (`deleted`, then the znode and its lock directory, under the node lock)
-/// and forgets its id, so the PoolNode can register afresh.
-async fn retire(shared: &Arc<Shared>, node: &PoolNode, uid: &str, node_id: &str) -> Result<SyncOutcome> {
+/// Removes the znode of a node's earlier registration and forgets it, so the PoolNode registers
+/// afresh. False if someone else holds its lock.
+async fn retire(shared: &Arc<Shared>, node: &PoolNode, uid: &str, node_id: &str) -> Result<bool> {
     if !remove_znode(shared, node_id).await? {
-        return Ok(SyncOutcome::LockedByOthers);
+        return Ok(false);
     }
-    shared.node_ids_by_uid.lock().unwrap().remove(uid);
-    tracing::info!(node = %node.name_any(), %node_id, "retired the node's znode; it registers afresh");
-    patch_view(shared, &node.name_any(), &ZooKeeperView::default()).await?;
-    Ok(SyncOutcome::NotMirrored)
+    let mut known = shared.znodes_by_uid.lock().unwrap();
+    if known.get(uid).is_some_and(|k| k.node_id == node_id) {
+        known.remove(uid);
+    }
+    tracing::info!(node = %node.name_any(), %node_id, "retired the znode of the node's last use");
+    Ok(true)
 }
 
 /// Locks the znode, writes `deleted` and removes it with its lock directory. False if someone
-/// else holds the lock (the znode is then left alone).
+/// else holds the lock (the znode is then left alone); true if it is gone.
 async fn remove_znode(shared: &Arc<Shared>, node_id: &str) -> Result<bool> {
     let path = paths::node(node_id);
+    if shared.zk.check_stat(&path).await.with_context(|| format!("looking for {path}"))?.is_none() {
+        return Ok(true); // gone already; taking its lock would only create it again, empty
+    }
     let Some(lock) = shared.try_lock(&paths::node_lock(node_id)).await? else { return Ok(false) };
     if let Some(Value::Object(mut doc)) = read_doc(shared, &path).await? {
         doc.insert("state".into(), json!("deleted"));
@@ -162,7 +212,8 @@ async fn create(shared: &Arc<Shared>, node: &PoolNode, uid: &str) -> Result<Sync
         .await
         .context("creating the node znode")?;
     let node_id = sequence.to_string();
-    shared.node_ids_by_uid.lock().unwrap().insert(uid.to_owned(), node_id.clone());
+    let known = KnownZnode { registration: registration(node), node_id: node_id.clone() };
+    shared.znodes_by_uid.lock().unwrap().insert(uid.to_owned(), known);
     tracing::info!(node = %node.name_any(), %node_id, "registered node in ZooKeeper");
     record_node_id(shared, node, &node_id).await?;
     Ok(SyncOutcome::Mirrored(node_id))
@@ -259,6 +310,7 @@ async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) 
         slot: node.spec.static_host.as_ref().map(|s| s.slot),
         driver_data: json!({"k8s": {
             "namespace": node.namespace(), "name": node.name_any(), "uid": node.uid(),
+            "registration": status.registration,
         }}),
         node_properties: json!({}),
         tenant_name: status.tenant.clone(),
@@ -281,12 +333,15 @@ async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) 
     serde_json::to_value(doc).expect("a node document always serializes")
 }
 
-/// Records the znode id in `status.zookeeper.nodeId` if it is not there yet.
+/// Records the znode id of the node's current registration in `status.zookeeper` if it is not
+/// there yet; a view of an earlier registration is replaced whole.
 async fn record_node_id(shared: &Shared, node: &PoolNode, node_id: &str) -> Result<()> {
-    if recorded_node_id(node).as_deref() == Some(node_id) {
+    let status = node.status.clone().unwrap_or_default();
+    let mut view = status.zuul_view().cloned().unwrap_or_default();
+    if view.node_id.as_deref() == Some(node_id) && status.zookeeper.as_ref() == Some(&view) {
         return Ok(());
     }
-    let mut view = node.status.as_ref().and_then(|s| s.zookeeper.clone()).unwrap_or_default();
+    view.registration = status.registration;
     view.node_id = Some(node_id.to_owned());
     patch_view(shared, &node.name_any(), &view).await
 }
@@ -309,16 +364,17 @@ async fn patch_view(shared: &Shared, name: &str, view: &ZooKeeperView) -> Result
 /// directory, then let the PoolNode go. A node Zuul holds locked is left alone until released.
 async fn finalize(shared: &Arc<Shared>, node: &PoolNode) -> Result<Action> {
     let uid = node.uid().unwrap_or_default();
-    let node_id =
-        recorded_node_id(node).or_else(|| shared.node_ids_by_uid.lock().unwrap().get(&uid).cloned());
-    if let Some(node_id) = node_id {
+    let known = shared.znodes_by_uid.lock().unwrap().get(&uid).map(|k| k.node_id.clone());
+    let mut node_ids: Vec<String> = recorded_node_id(node).into_iter().chain(known).collect();
+    node_ids.dedup();
+    for node_id in node_ids {
         if !remove_znode(shared, &node_id).await? {
             tracing::info!(node = %node.name_any(), %node_id, "node is locked by someone else; deleting it later");
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
-        shared.node_ids_by_uid.lock().unwrap().remove(&uid);
         tracing::info!(node = %node.name_any(), %node_id, "removed node from ZooKeeper");
     }
+    shared.znodes_by_uid.lock().unwrap().remove(&uid);
     let finalizers: Vec<String> =
         node.finalizers().iter().filter(|f| *f != ZNODE_FINALIZER).cloned().collect();
     match set_finalizers(shared, node, finalizers).await {
@@ -345,14 +401,28 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
         return Ok(());
     };
     let Some(uid) = fields.pool_node_uid.clone() else { return Ok(()) }; // not one of ours
-    shared.node_ids_by_uid.lock().unwrap().insert(uid.clone(), node_id.to_owned());
-    let Some(node) = shared.pool_node_by_uid(&uid) else { return Ok(()) };
+    let Some(node) = shared.pool_node_by_uid(&uid) else {
+        let known = KnownZnode { registration: fields.registration, node_id: node_id.to_owned() };
+        shared.znodes_by_uid.lock().unwrap().insert(uid, known);
+        return Ok(());
+    };
+    if fields.registration < registration(&node) {
+        return Ok(()); // the znode of an earlier use, on its way out
+    }
+    {
+        let known = KnownZnode { registration: fields.registration, node_id: node_id.to_owned() };
+        shared.znodes_by_uid.lock().unwrap().insert(uid, known);
+    }
+    if fields.registration > registration(&node) {
+        return Ok(()); // the cache has not caught up with the operator's write yet
+    }
     let zuul_state = fields
         .state
         .as_deref()
         .filter(|s| zuul_owned(s))
         .and_then(|s| NodeState::ALL.into_iter().find(|state| state.as_str() == s));
     let view = ZooKeeperView {
+        registration: fields.registration,
         node_id: Some(node_id.to_owned()),
         zuul_state,
         locked: shared.locked_by_others(&paths::node_lock(node_id)).await?,
@@ -371,11 +441,17 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
 async fn node_vanished(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
     let Some(node) = shared.pool_node_by_node_id(node_id) else { return Ok(()) };
     let state = node.status.as_ref().map(|s| s.state).unwrap_or_default();
-    if node.metadata.deletion_timestamp.is_some() || state == NodeState::Init {
+    let current = node.status.as_ref().and_then(|s| s.zuul_view()).is_some();
+    if node.metadata.deletion_timestamp.is_some() || state == NodeState::Init || !current {
         return Ok(()); // we removed it ourselves
     }
     if let Some(uid) = node.uid() {
-        shared.node_ids_by_uid.lock().unwrap().remove(&uid);
+        let mut known = shared.znodes_by_uid.lock().unwrap();
+        if known.get(&uid).is_some_and(|k| k.node_id == node_id) {
+            known.remove(&uid);
+        } else if known.contains_key(&uid) {
+            return Ok(()); // retired by us; the cache has not caught up yet
+        }
     }
     tracing::warn!(node = %node.name_any(), %node_id, "node znode vanished; registering it again");
     let mut view = node.status.as_ref().and_then(|s| s.zookeeper.clone()).unwrap_or_default();

@@ -11,7 +11,7 @@ use kube::{
     runtime::controller::Action,
 };
 use nodepool_crds::{
-    BRIDGE_MANAGER, NodeRequest, NodeRequestState, RequestZooKeeperView,
+    BRIDGE_MANAGER, NodeRequest, NodeRequestState, PoolNode, RequestZooKeeperView,
     node_request::{NodeRequestSpec, OtherLauncherPool},
 };
 use serde_json::{Value, json};
@@ -108,11 +108,18 @@ async fn withdrawn(shared: &Arc<Shared>, id: &str) -> Result<()> {
     if let Some(lock) = shared.request_locks.lock().await.remove(id) {
         shared.unlock(lock).await;
     }
+    if shared.withdrawn_requests.contains(id) {
+        return Ok(());
+    }
     match shared.node_request_api().delete(id, &DeleteParams::default()).await {
         Ok(_) => tracing::info!(request = %id, "request withdrawn"),
-        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            tracing::debug!(request = %id, "request withdrawn; its NodeRequest was already gone")
+        }
         Err(error) => return Err(error).context("deleting a withdrawn NodeRequest"),
     }
+    shared.withdrawn_requests.insert(id);
+    shared.fulfilled_requests.remove(id);
     Ok(())
 }
 
@@ -169,7 +176,9 @@ pub async fn reconcile(request: Arc<NodeRequest>, shared: Arc<Shared>) -> Result
     let status = request.status.clone().unwrap_or_default();
     let written = status.zookeeper.as_ref().and_then(|z| z.state);
     let action = match status.state {
-        NodeRequestState::Fulfilled if written != Some(NodeRequestState::Fulfilled) => {
+        NodeRequestState::Fulfilled
+            if written != Some(NodeRequestState::Fulfilled) && !shared.fulfilled_requests.contains(&id) =>
+        {
             write_fulfilled(&shared, &request, &id, &status.nodes).await?
         }
         NodeRequestState::Failed
@@ -219,7 +228,7 @@ async fn write_fulfilled(
     // Every node must be in ZooKeeper, allocated to this request, before the request says so.
     let mut node_ids = Vec::with_capacity(names.len());
     for name in names {
-        let node = shared.pool_node_api().get(name).await.with_context(|| format!("PoolNode {name}"))?;
+        let node = allocated_node(shared, name, id).await?;
         match nodes::sync(shared, &node).await? {
             SyncOutcome::Mirrored(node_id) => node_ids.push(node_id),
             SyncOutcome::NotMirrored | SyncOutcome::LockedByOthers => return Ok(Action::requeue(RETRY_SOON)),
@@ -228,6 +237,9 @@ async fn write_fulfilled(
     let Some(lock) = take_lock(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
     let outcome = async {
         let Some(mut doc) = read_locked(shared, id).await? else { return Ok(None) };
+        if doc.state == "fulfilled" && doc.nodes == node_ids {
+            return Ok(Some(Ok(()))); // written before (by this bridge before a restart)
+        }
         if doc.state != "requested" && doc.state != "pending" {
             return Ok(Some(Err(format!("the request is already {} in ZooKeeper", doc.state))));
         }
@@ -242,13 +254,10 @@ async fn write_fulfilled(
     match outcome? {
         None => {} // withdrawn; the mirror deletes the NodeRequest
         Some(Ok(())) => {
+            // Not recorded in the NodeRequest: Zuul deletes the request within moments, and the
+            // write would cost the apiserver one more update per request for nothing.
             tracing::info!(request = %id, nodes = ?node_ids, "request fulfilled");
-            let view = RequestZooKeeperView {
-                state: Some(NodeRequestState::Fulfilled),
-                node_ids,
-                ..Default::default()
-            };
-            patch_view(shared, request, view).await?;
+            shared.fulfilled_requests.insert(id);
         }
         Some(Err(problem)) => {
             tracing::warn!(request = %id, %problem, "cannot fulfil");
@@ -257,6 +266,19 @@ async fn write_fulfilled(
         }
     }
     Ok(Action::await_change())
+}
+
+/// A node allocated to request `id`: from the cache when it already shows the allocation (it
+/// is then at least as new as the operator's write), else read fresh.
+async fn allocated_node(shared: &Shared, name: &str, id: &str) -> Result<Arc<PoolNode>> {
+    let cached = shared.pool_nodes.get(&kube::runtime::reflector::ObjectRef::new(name).within(&shared.namespace));
+    if let Some(node) = cached
+        && node.status.as_ref().and_then(|s| s.allocated_to.as_deref()) == Some(id)
+    {
+        return Ok(node);
+    }
+    let node = shared.pool_node_api().get(name).await.with_context(|| format!("PoolNode {name}"))?;
+    Ok(Arc::new(node))
 }
 
 /// Adds our pools to `declined_by`; the request fails once every registered pool declined.

@@ -22,6 +22,7 @@ use nodepool_service::Health;
 
 use crate::{
     components::Registry,
+    dispatch::{Dispatcher, Key},
     metrics::Metrics,
     nodes, requests,
     zk::{self, ZooKeeperConfig, lock::Lock, paths},
@@ -57,12 +58,20 @@ pub struct Shared {
     pub own_contenders: Mutex<HashSet<String>>,
     pub pool_nodes: Store<PoolNode>,
     pub node_requests: Store<NodeRequest>,
-    /// Znode id by PoolNode uid, from the `driver_data` of every node znode seen this session, so
-    /// a PoolNode whose id was never recorded (a crash after creating its znode) is not duplicated.
-    pub node_ids_by_uid: Mutex<HashMap<String, String>>,
+    /// The znode of each PoolNode (by uid), from the `driver_data` of every node znode seen and
+    /// every znode created this session, so a PoolNode whose id was never recorded (a crash
+    /// after creating its znode, or a cache that has not caught up) is not registered twice.
+    pub znodes_by_uid: Mutex<HashMap<String, crate::nodes::KnownZnode>>,
     pub metrics: Metrics,
+    /// Requests whose fulfilment this session wrote to ZooKeeper. ZooKeeper itself is the record
+    /// (a restarted bridge finds the request already fulfilled there); this saves re-checking it
+    /// on every later event of the NodeRequest.
+    pub fulfilled_requests: crate::recent::Recent,
+    /// Requests withdrawn (their NodeRequest deleted) this session: request ids are never
+    /// reused, so a second event for one needs no second delete.
+    pub withdrawn_requests: crate::recent::Recent,
     /// Every launcher's pool components, read once and kept until one of them changes.
-    components: tokio::sync::Mutex<Option<Vec<crate::components::Component>>>,
+    pub(crate) components: tokio::sync::Mutex<Option<Vec<crate::components::Component>>>,
 }
 
 impl Shared {
@@ -199,9 +208,11 @@ impl Session {
             own_contenders: Default::default(),
             pool_nodes: node_store,
             node_requests: request_store,
-            node_ids_by_uid: Default::default(),
+            znodes_by_uid: Default::default(),
             metrics: settings.metrics.clone(),
             components: Default::default(),
+            fulfilled_requests: Default::default(),
+            withdrawn_requests: Default::default(),
         });
 
         let reconciles = &settings.metrics.reconciles;
@@ -224,6 +235,7 @@ impl Session {
             resync_zookeeper(&shared).await?;
             tracing::info!("resync done; following events");
             settings.health.pass(ZOOKEEPER_CHECK);
+            let mut dispatcher = Dispatcher::new(shared.clone());
             loop {
                 let event = zk_events.changed().await;
                 if event.event_type == EventType::Session {
@@ -234,12 +246,30 @@ impl Session {
                         // Reconnected within the session: the watch is back, but what changed
                         // while we were disconnected was not delivered. Read everything again.
                         tracing::info!("reconnected to ZooKeeper; resyncing");
-                        resync_zookeeper(&shared).await?;
+                        for id in shared.zk.list_children(paths::NODES).await? {
+                            dispatcher.submit(Key::Node(id));
+                        }
+                        submit_requests(&shared, &mut dispatcher).await?;
                         settings.health.pass(ZOOKEEPER_CHECK);
                     }
                     continue;
                 }
-                dispatch(&shared, &event.path).await;
+                match paths::classify(&event.path) {
+                    paths::Znode::Component => {
+                        // A launcher (this bridge included) registered, left, paused or resumed
+                        // a pool: requests passed over may be ours now, and whether ours yield
+                        // may have changed.
+                        *shared.components.lock().await = None;
+                        if let Err(error) = submit_requests(&shared, &mut dispatcher).await {
+                            tracing::warn!(error = format!("{error:#}"), "listing requests failed");
+                        }
+                    }
+                    paths::Znode::Request(id) => dispatcher.submit(Key::Request(id.to_owned())),
+                    paths::Znode::Node(id) | paths::Znode::NodeLock(id) => {
+                        dispatcher.submit(Key::Node(id.to_owned()))
+                    }
+                    paths::Znode::Other => {}
+                }
             }
         };
         let session_end = async {
@@ -267,24 +297,6 @@ impl Session {
     }
 }
 
-async fn dispatch(shared: &Arc<Shared>, path: &str) {
-    let outcome = match paths::classify(path) {
-        paths::Znode::Component => {
-            // A launcher (this bridge included) registered, left, paused or resumed a pool:
-            // requests passed over may be ours now, and whether ours yield may have changed.
-            *shared.components.lock().await = None;
-            resync_requests(shared).await;
-            Ok(())
-        }
-        paths::Znode::Request(id) => requests::on_request_event(shared, id).await,
-        paths::Znode::Node(id) | paths::Znode::NodeLock(id) => nodes::on_node_event(shared, id).await,
-        paths::Znode::Other => Ok(()),
-    };
-    if let Err(error) = outcome {
-        tracing::warn!(%path, error = format!("{error:#}"), "handling a ZooKeeper event failed");
-    }
-}
-
 /// Reads every request and node znode once, as if each had just changed.
 async fn resync_zookeeper(shared: &Arc<Shared>) -> Result<()> {
     for id in shared.zk.list_children(paths::NODES).await? {
@@ -300,20 +312,12 @@ async fn resync_zookeeper(shared: &Arc<Shared>) -> Result<()> {
     Ok(())
 }
 
-/// Reads every request znode again.
-async fn resync_requests(shared: &Arc<Shared>) {
-    let ids = match shared.zk.list_children(paths::REQUESTS).await {
-        Ok(ids) => ids,
-        Err(error) => {
-            tracing::warn!(%error, "listing requests failed");
-            return;
-        }
-    };
-    for id in ids {
-        if let Err(error) = requests::on_request_event(shared, &id).await {
-            tracing::warn!(request = %id, error = format!("{error:#}"), "resyncing a request failed");
-        }
+/// Has every open request read again.
+async fn submit_requests(shared: &Shared, dispatcher: &mut Dispatcher) -> Result<()> {
+    for id in shared.zk.list_children(paths::REQUESTS).await? {
+        dispatcher.submit(Key::Request(id));
     }
+    Ok(())
 }
 
 /// Keeps pool components in line with the Providers for the whole session.

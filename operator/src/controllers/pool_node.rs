@@ -80,9 +80,10 @@ fn now() -> Time {
 /// `init` → `ready` for a static slot once its host answers.
 async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
     let Some(slot) = &node.spec.static_host else { return Ok(Action::await_change()) };
-    if status.zookeeper.as_ref().is_some_and(|z| z.node_id.is_some()) {
-        // The bridge has not retired the znode of the slot's last use yet; it will tell us.
-        return Ok(Action::await_change());
+    if status.zuul_view().is_some_and(|view| view.node_id.is_some()) {
+        // Sent back to `init` after use by an operator that did not count registrations yet:
+        // this registration's znode belongs to the last use, so this is the next one.
+        status.registration = status.registration.wrapping_add(1);
     }
     let Some(provider) = ctx.provider(&node.spec.provider) else { return Ok(Action::await_change()) };
     let Some((pool, host)) = static_driver::find_host(&provider, &node.spec.pool, &slot.host) else {
@@ -97,14 +98,11 @@ async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) ->
             Ok(keys) => keys,
             Err(error) => {
                 tracing::warn!(node = %node.name_any(), host = %host.name, %error, "static host not reachable");
-                let message = error.to_string();
-                let changed =
-                    conditions::find(&status.conditions, REACHABLE).is_none_or(|c| c.message != message);
-                if changed {
-                    conditions::set_condition(
-                        &mut status.conditions,
-                        conditions::condition(REACHABLE, false, "KeyScanFailed", message, generation),
-                    );
+                conditions::set_condition(
+                    &mut status.conditions,
+                    conditions::condition(REACHABLE, false, "KeyScanFailed", error.to_string(), generation),
+                );
+                if node.status.as_ref() != Some(&status) {
                     status::apply_node_status(&ctx.api(), node, &status).await?;
                 }
                 return Ok(Action::requeue(RETRY_UNREACHABLE));
@@ -138,7 +136,7 @@ async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) ->
 }
 
 async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
-    let zookeeper = status.zookeeper.clone().unwrap_or_default();
+    let zookeeper = status.zuul_view().cloned().unwrap_or_default();
     // Zuul's word on in-use/used/hold is final; adopt it first. A node Zuul has already used and
     // unlocked needs no intermediate `used` write: it is done with at once.
     if zookeeper.zuul_state == Some(NodeState::Used) && !zookeeper.locked && status.state != NodeState::Used {
@@ -187,23 +185,29 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
         }
         NodeState::Ready if !zookeeper.locked => {
             if let Some(request) = &status.allocated_to
-                && !request_exists(ctx, request).await?
+                && !request_cached(ctx, request)
             {
                 // The request is gone. Zuul removes a request after it locked its nodes, and the
                 // bridge records what it sees of a node when it gets to its events, which may
                 // be after Zuul locked, used and unlocked it again. So the node is released only
-                // once the request has been gone for a while and a fresh read still shows no
-                // sign of Zuul (Nodepool's deleted-node worker, every 5 s, takes the node lock).
+                // once the request has been gone for a while and fresh reads still show no
+                // request and no sign of Zuul (Nodepool's deleted-node worker, every 5 s, takes
+                // the node lock). The bridge records Zuul's node locks before it removes a
+                // request, so a fresh read never sees "request gone" before "node locked".
                 let gone_for = ctx.request_gone_for(request);
                 if gone_for < RELEASE_GRACE {
                     return Ok(Action::requeue(RELEASE_GRACE - gone_for));
+                }
+                let requests: Api<NodeRequest> = ctx.api();
+                if requests.get_opt(request).await?.is_some() {
+                    return Ok(Action::await_change()); // the cache is behind
                 }
                 let api: Api<PoolNode> = ctx.api();
                 let Some(fresh) = api.get_opt(&node.name_any()).await? else {
                     return Ok(Action::await_change());
                 };
                 let mut status = fresh.status.clone().unwrap_or_default();
-                let zuul = status.zookeeper.clone().unwrap_or_default();
+                let zuul = status.zuul_view().cloned().unwrap_or_default();
                 if zuul.locked || zuul.zuul_state.is_some() || status.state != NodeState::Ready {
                     return Ok(Action::await_change()); // Zuul has it
                 }
@@ -229,8 +233,9 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
 }
 
 /// A node is done with: a static slot comes back as a fresh node (a new znode id, as Nodepool
-/// does) but the object is kept — back to `init`, the bridge retires the old znode, then the slot
-/// registers again; any other node is deleted.
+/// does) but the object is kept — its next registration is checked and written in one go (`ready`,
+/// or `init` while the host does not answer), and the bridge swaps the old znode for a new one;
+/// any other node is deleted.
 async fn finish(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context, why: &str) -> Result<Action, Error> {
     if node.spec.static_host.is_none() {
         return delete(node, ctx, why).await;
@@ -241,19 +246,19 @@ async fn finish(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context, why: &s
     let fresh = PoolNodeStatus {
         state: NodeState::Init,
         state_time: Some(now()),
+        registration: status.registration.wrapping_add(1),
         observed_generation: node.metadata.generation,
         conditions,
+        // The bridge's view of the last registration stays until the bridge replaces it.
+        zookeeper: status.zookeeper.clone(),
         ..Default::default()
     };
-    status::apply_node_status(&ctx.api(), node, &fresh).await?;
-    Ok(Action::await_change())
+    register(node, fresh, ctx).await
 }
 
-/// Reads the request fresh from the apiserver: the bridge records Zuul's node locks before it
-/// removes a request, so a fresh read never sees "request gone" before "node locked".
-async fn request_exists(ctx: &Context, request_id: &str) -> Result<bool, Error> {
-    let api: Api<NodeRequest> = ctx.api();
-    Ok(api.get_opt(request_id).await?.is_some())
+/// Whether the request is in the cache (its deletion wakes the nodes allocated to it).
+fn request_cached(ctx: &Context, request_id: &str) -> bool {
+    ctx.requests.get(&kube::runtime::reflector::ObjectRef::new(request_id).within(&ctx.namespace)).is_some()
 }
 
 fn held_for(status: &PoolNodeStatus) -> Duration {

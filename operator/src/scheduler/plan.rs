@@ -249,7 +249,7 @@ pub fn request_order(a: &NodeRequest, b: &NodeRequest) -> Ordering {
 /// Whether a node can be handed to a request right now.
 pub fn is_free(node: &PoolNode) -> bool {
     let Some(status) = &node.status else { return false };
-    let zookeeper = status.zookeeper.as_ref();
+    let zookeeper = status.zuul_view();
     node.metadata.deletion_timestamp.is_none()
         && status.state == NodeState::Ready
         && status.allocated_to.is_none()
@@ -541,7 +541,7 @@ impl<'a> Pass<'a> {
                 let status = n.status.as_ref();
                 status.is_some_and(|s| s.state == NodeState::Ready)
                     && status
-                        .and_then(|s| s.zookeeper.as_ref())
+                        .and_then(|s| s.zuul_view())
                         .is_some_and(|z| z.node_id.is_some() && !z.locked)
             });
             if ready {
@@ -600,7 +600,7 @@ impl<'a> Pass<'a> {
                     let status = n.status.as_ref();
                     status.is_none_or(|s| {
                         s.allocated_to.is_none()
-                            && s.zookeeper.as_ref().is_none_or(|z| !z.locked && z.zuul_state.is_none())
+                            && s.zuul_view().is_none_or(|z| !z.locked && z.zuul_state.is_none())
                             && matches!(s.state, NodeState::Init | NodeState::Building | NodeState::Ready)
                     })
                 })

@@ -123,6 +123,8 @@ pub struct ZuulFields {
     pub hold_expiration: Option<i64>,
     /// `driver_data.k8s.uid`: the PoolNode this znode mirrors, if we wrote it.
     pub pool_node_uid: Option<String>,
+    /// `driver_data.k8s.registration`: which registration of the PoolNode (0 if not written).
+    pub registration: u32,
 }
 
 impl ZuulFields {
@@ -130,6 +132,7 @@ impl ZuulFields {
     pub fn parse(data: &[u8]) -> Option<Self> {
         let Value::Object(doc) = serde_json::from_slice::<Value>(data).ok()? else { return None };
         let text = |key: &str| doc.get(key).and_then(Value::as_str).map(str::to_owned);
+        let k8s = doc.get("driver_data").and_then(|d| d.get("k8s"));
         Some(ZuulFields {
             state: text("state"),
             allocated_to: text("allocated_to"),
@@ -137,12 +140,12 @@ impl ZuulFields {
             hold_job: text("hold_job"),
             comment: text("comment"),
             hold_expiration: doc.get("hold_expiration").and_then(hold_expiration),
-            pool_node_uid: doc
-                .get("driver_data")
-                .and_then(|d| d.get("k8s"))
-                .and_then(|k| k.get("uid"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            pool_node_uid: k8s.and_then(|k| k.get("uid")).and_then(Value::as_str).map(str::to_owned),
+            registration: k8s
+                .and_then(|k| k.get("registration"))
+                .and_then(Value::as_u64)
+                .and_then(|r| u32::try_from(r).ok())
+                .unwrap_or(0),
         })
     }
 }
