@@ -140,12 +140,14 @@ pub struct NodeRequestStatus {
     /// it was declined).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// What the zk-bridge has written back to ZooKeeper (zk-bridge).
+    /// A decline the zk-bridge wrote back to ZooKeeper, or why it could not write an outcome
+    /// (zk-bridge). `pending` and `fulfilled` are not echoed here: the request znode is the
+    /// record, and Zuul deletes a fulfilled request within moments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zookeeper: Option<RequestZooKeeperView>,
 }
 
-/// The request as last written to ZooKeeper by the bridge.
+/// A decline as written to ZooKeeper by the bridge, or why an outcome could not be written.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestZooKeeperView {

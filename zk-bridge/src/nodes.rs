@@ -406,8 +406,8 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
         shared.znodes_by_uid.lock().unwrap().insert(uid, known);
         return Ok(());
     };
-    if fields.registration < registration(&node) {
-        return Ok(()); // the znode of an earlier use, on its way out
+    if fields.registration < registration(&node) || node.metadata.deletion_timestamp.is_some() {
+        return Ok(()); // the znode of an earlier use, or of a node being deleted: on its way out
     }
     {
         let known = KnownZnode { registration: fields.registration, node_id: node_id.to_owned() };

@@ -120,6 +120,7 @@ async fn withdrawn(shared: &Arc<Shared>, id: &str) -> Result<()> {
     }
     shared.withdrawn_requests.insert(id);
     shared.fulfilled_requests.remove(id);
+    shared.pending_requests.remove(id);
     Ok(())
 }
 
@@ -186,7 +187,9 @@ pub async fn reconcile(request: Arc<NodeRequest>, shared: Arc<Shared>) -> Result
         {
             write_declined(&shared, &request, &id).await?
         }
-        NodeRequestState::Pending if written.is_none() => write_pending(&shared, &request, &id).await?,
+        NodeRequestState::Pending if written.is_none() && !shared.pending_requests.contains(&id) => {
+            write_pending(&shared, &id).await?
+        }
         _ => Action::await_change(),
     };
     Ok(action)
@@ -318,13 +321,15 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
 }
 
 /// Accepts the request: `pending`, keeping the request lock until the outcome is written.
-async fn write_pending(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -> Result<Action> {
+async fn write_pending(shared: &Arc<Shared>, id: &str) -> Result<Action> {
     let Some(lock) = take_lock(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
     let doc = match read_locked(shared, id).await {
         Ok(Some(doc)) if doc.state == "requested" => doc,
         other => {
             shared.unlock(lock).await;
-            other?;
+            if other?.is_some_and(|doc| doc.state == "pending") {
+                shared.pending_requests.insert(id); // written before this bridge restarted
+            }
             return Ok(Action::await_change());
         }
     };
@@ -336,8 +341,8 @@ async fn write_pending(shared: &Arc<Shared>, request: &NodeRequest, id: &str) ->
     }
     shared.metrics.outcome("pending", doc.created_time);
     shared.request_locks.lock().await.insert(id.to_owned(), lock);
-    let view = RequestZooKeeperView { state: Some(NodeRequestState::Pending), ..Default::default() };
-    patch_view(shared, request, view).await?;
+    // Like fulfilment, not echoed into the NodeRequest: ZooKeeper is the record.
+    shared.pending_requests.insert(id);
     Ok(Action::await_change())
 }
 

@@ -67,6 +67,8 @@ pub struct Shared {
     /// (a restarted bridge finds the request already fulfilled there); this saves re-checking it
     /// on every later event of the NodeRequest.
     pub fulfilled_requests: crate::recent::Recent,
+    /// Requests this session found or made `pending` in ZooKeeper (see `fulfilled_requests`).
+    pub pending_requests: crate::recent::Recent,
     /// Requests withdrawn (their NodeRequest deleted) this session: request ids are never
     /// reused, so a second event for one needs no second delete.
     pub withdrawn_requests: crate::recent::Recent,
@@ -212,6 +214,7 @@ impl Session {
             metrics: settings.metrics.clone(),
             components: Default::default(),
             fulfilled_requests: Default::default(),
+            pending_requests: Default::default(),
             withdrawn_requests: Default::default(),
         });
 
