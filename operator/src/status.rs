@@ -33,6 +33,20 @@ where
         .with_context(|| format!("writing status of {} {}", K::kind(&()), object.name_any()))
 }
 
+/// Applies the first status of a PoolNode the operator has just created. Without a
+/// resourceVersion: nobody else writes the operator's fields of a node this new, but the bridge
+/// may already have added its finalizer, and that must not fail the write.
+pub async fn apply_new_node_status(api: &Api<PoolNode>, name: &str, status: &PoolNodeStatus) -> Result<PoolNode> {
+    let body = json!({
+        "apiVersion": PoolNode::api_version(&()),
+        "kind": PoolNode::kind(&()),
+        "status": PoolNodeStatus { zookeeper: None, ..status.clone() },
+    });
+    api.patch_status(name, &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .with_context(|| format!("writing the first status of PoolNode {name}"))
+}
+
 /// Applies the operator's part of a PoolNode's status (everything but `zookeeper`).
 pub async fn apply_node_status(
     api: &Api<PoolNode>,

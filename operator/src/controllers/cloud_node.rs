@@ -134,9 +134,18 @@ pub async fn unclaimed(node: &PoolNode, ctx: &Context) -> Result<Action, Error> 
     }
     tracing::warn!(node = %node.name_any(), "node never got its status from the scheduler; deleting it");
     let api: Api<PoolNode> = ctx.api();
-    match api.delete(&node.name_any(), &DeleteParams::default()).await {
+    // Only the node as seen here: if its status was written since, the delete is refused.
+    let unchanged = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            resource_version: node.resource_version(),
+            uid: node.uid(),
+        }),
+        ..Default::default()
+    };
+    match api.delete(&node.name_any(), &unchanged).await {
         Ok(_) => Ok(Action::await_change()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(Action::await_change()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(Action::await_change()),
         Err(error) => Err(error.into()),
     }
 }

@@ -365,7 +365,7 @@ async fn new_node(
         resources: Some(resources),
         ..Default::default()
     };
-    match status::apply_node_status(&api, &created, &status).await {
+    match status::apply_new_node_status(&api, &created.name_any(), &status).await {
         Ok(updated) => Ok(updated),
         Err(error) => {
             // Without its allocation the node would launch unasked for; take it back.
@@ -402,7 +402,12 @@ fn at_least(cached: Option<String>, written: &str) -> bool {
     }
 }
 
-/// Waits (briefly) until the caches show every write of the last pass.
+/// How long a pass waits for the caches to show the last pass's writes. Under a burst the
+/// watches can lag by seconds; a pass planned on a cache without its own new nodes would launch
+/// them again, so this is generous.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(30);
+
+/// Waits until the caches show every write of the last pass.
 async fn wait_for_caches(ctx: &Context, written: &[Written]) {
     let caught_up = || {
         written.iter().all(|object| match object {
@@ -417,8 +422,12 @@ async fn wait_for_caches(ctx: &Context, written: &[Written]) {
             }
         })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while !caught_up() && tokio::time::Instant::now() < deadline {
+    let deadline = tokio::time::Instant::now() + CACHE_CATCH_UP;
+    while !caught_up() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(writes = written.len(), "caches did not show the last pass's writes in time; planning anyway");
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
