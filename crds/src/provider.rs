@@ -418,10 +418,12 @@ pub struct ProviderStatus {
     /// `Ready` says whether the provider can launch, with a reason when it cannot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// Node counts by state.
+    /// Node counts by state. Refreshed at most every 5 s: on a busy provider they change many
+    /// times a second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<NodeCounts>,
-    /// Resources used by this provider's nodes, and the limits in force.
+    /// Resources used by this provider's nodes (refreshed with the node counts), and the limits
+    /// in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaStatus>,
     /// Per pool: whether it takes new launches, and what each of its labels costs and boots.

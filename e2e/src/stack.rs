@@ -152,6 +152,7 @@ impl Stack {
     pub fn kill_bridge(&mut self) {
         if let Some(bridge) = self.bridge.take() {
             bridge.stop(Duration::ZERO);
+            wait_until_bindable(self.bridge_http);
         }
     }
 
@@ -159,6 +160,7 @@ impl Stack {
     pub fn kill_operator(&mut self) {
         if let Some(operator) = self.operator.take() {
             operator.stop(Duration::ZERO);
+            wait_until_bindable(self.operator_http);
         }
     }
 
@@ -315,6 +317,16 @@ impl Stack {
         command.output().await.with_context(|| {
             format!("running {} (e2e/scripts/install-deps.sh installs Zuul)", python.display())
         })
+    }
+}
+
+/// Waits (up to 30 s) until `address` can be listened on again. A killed process's threads can
+/// outlive its main thread (whose `/proc/<pid>/fd` is then empty) and keep its listener open for
+/// a while, most of all when it held a lot of memory; a restart on the same address must wait.
+fn wait_until_bindable(address: SocketAddr) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpListener::bind(address).is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -177,3 +177,19 @@ impl WriteTimes {
         self.0.lock().expect("write times lock").insert(key.to_owned(), std::time::Instant::now());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_is_put_off_until_the_interval_has_passed() {
+        let times = WriteTimes::default();
+        assert_eq!(times.wait("p", Duration::from_secs(5)), None, "never written: write now");
+        times.written("p");
+        let wait = times.wait("p", Duration::from_secs(5)).expect("just written: wait");
+        assert!(wait > Duration::from_secs(4) && wait <= Duration::from_secs(5), "{wait:?}");
+        assert_eq!(times.wait("other", Duration::from_secs(5)), None, "keys are separate");
+        assert_eq!(times.wait("p", Duration::ZERO), None);
+    }
+}

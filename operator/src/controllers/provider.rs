@@ -207,7 +207,23 @@ async fn sync_static_slots(provider: &Provider, nodes: &[Arc<PoolNode>], ctx: &C
 
 #[cfg(test)]
 mod tests {
-    use super::label_value;
+    use super::{ProviderStatus, QuotaStatus, label_value, without_counts};
+    use nodepool_crds::provider::{NodeCounts, ResourceLimits, ResourceUsage};
+
+    #[test]
+    fn node_counts_and_quota_use_are_told_apart_from_other_changes() {
+        let status = |servers: u32, limit: Option<u32>| ProviderStatus {
+            nodes: Some(NodeCounts { total: servers, ..Default::default() }),
+            quota: Some(QuotaStatus {
+                used: ResourceUsage { servers, ..Default::default() },
+                limits: limit.map(|max| ResourceLimits { max_servers: Some(max), ..Default::default() }),
+                cloud: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(without_counts(&status(1, Some(10))), without_counts(&status(7, Some(10))));
+        assert_ne!(without_counts(&status(1, Some(10))), without_counts(&status(1, Some(20))), "a new limit is written at once");
+    }
 
     #[test]
     fn host_names_become_valid_label_values() {
