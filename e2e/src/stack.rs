@@ -253,7 +253,8 @@ impl Stack {
         })
     }
 
-    /// Waits until `count` nodes are ready and registered in ZooKeeper.
+    /// Waits until `count` nodes are ready and registered in ZooKeeper (a reused static slot: in
+    /// its current registration), and not taken by Zuul.
     pub async fn wait_for_ready_nodes(&self, count: usize, timeout: Duration) -> Result<Vec<PoolNode>> {
         let api: Api<PoolNode> = Api::namespaced(self.client.clone(), &self.namespace);
         let deadline = tokio::time::Instant::now() + timeout;
@@ -266,7 +267,7 @@ impl Stack {
                 .filter(|n| {
                     n.status.as_ref().is_some_and(|s| {
                         s.state == NodeState::Ready
-                            && s.zookeeper.as_ref().is_some_and(|z| z.node_id.is_some())
+                            && s.zuul_view().is_some_and(|z| z.node_id.is_some() && z.zuul_state.is_none())
                     })
                 })
                 .collect();

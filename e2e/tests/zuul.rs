@@ -252,9 +252,23 @@ async fn zuul_is_served_when_watches_list_then_watch() -> Result<()> {
     let request = zuul.request(&["static-label"]).await?;
     let outcome = zuul.wait(&request, 60).await?;
     assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    let used_id = outcome["nodes"][0].as_str().context("the fulfilled node's id")?.to_owned();
     zuul.run_build(&request).await?;
-    // The used slot is registered afresh, which needs the watches to keep delivering changes.
-    stack.wait_for_ready_nodes(2, Duration::from_secs(60)).await?;
+    // The used slot is registered afresh, which needs the watches to keep delivering changes:
+    // its next registration, under a new znode id, and the znode of its use is gone.
+    let new_id = nodepool_e2e::wait::until("the used slot registered again", Duration::from_secs(60), async || {
+        let nodes = stack.wait_for_ready_nodes(2, Duration::from_secs(60)).await?;
+        Ok(nodes
+            .iter()
+            .filter_map(|n| n.status.as_ref())
+            .find(|s| s.registration == 1)
+            .and_then(|s| s.zuul_view()?.node_id.clone()))
+    })
+    .await?;
+    assert_ne!(new_id, used_id, "a reused slot is a new node to Zuul");
+    let zk = stack.env.zookeeper(Some(&stack.chroot)).await?;
+    let used_znode = format!("/nodepool/nodes/{used_id}");
+    assert!(zk.check_stat(&used_znode).await?.is_none(), "{used_znode} is still there");
     let second = zuul.request(&["static-label"]).await?;
     assert_eq!(zuul.wait(&second, 60).await?["state"], "fulfilled");
     Ok(())
