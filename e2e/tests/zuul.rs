@@ -256,15 +256,16 @@ async fn zuul_is_served_when_watches_list_then_watch() -> Result<()> {
     zuul.run_build(&request).await?;
     // The used slot is registered afresh, which needs the watches to keep delivering changes:
     // its next registration, under a new znode id, and the znode of its use is gone.
-    let new_id = nodepool_e2e::wait::until("the used slot registered again", Duration::from_secs(60), async || {
-        let nodes = stack.wait_for_ready_nodes(2, Duration::from_secs(60)).await?;
-        Ok(nodes
-            .iter()
-            .filter_map(|n| n.status.as_ref())
-            .find(|s| s.registration == 1)
-            .and_then(|s| s.zuul_view()?.node_id.clone()))
-    })
-    .await?;
+    let new_id =
+        nodepool_e2e::wait::until("the used slot registered again", Duration::from_secs(60), async || {
+            let nodes = stack.wait_for_ready_nodes(2, Duration::from_secs(60)).await?;
+            Ok(nodes
+                .iter()
+                .filter_map(|n| n.status.as_ref())
+                .find(|s| s.registration == 1)
+                .and_then(|s| s.zuul_view()?.node_id.clone()))
+        })
+        .await?;
     assert_ne!(new_id, used_id, "a reused slot is a new node to Zuul");
     let zk = stack.env.zookeeper(Some(&stack.chroot)).await?;
     let used_znode = format!("/nodepool/nodes/{used_id}");

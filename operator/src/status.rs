@@ -22,29 +22,39 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     S: Serialize,
 {
-    let body = json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": {"name": object.name_any(), "resourceVersion": object.resource_version()},
-        "status": status,
-    });
-    api.patch_status(&object.name_any(), &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .with_context(|| format!("writing status of {} {}", K::kind(&()), object.name_any()))
+    apply(api, &object.name_any(), object.resource_version(), status).await
 }
 
 /// Applies the first status of a PoolNode the operator has just created. Without a
 /// resourceVersion: nobody else writes the operator's fields of a node this new, but the bridge
 /// may already have added its finalizer, and that must not fail the write.
-pub async fn apply_new_node_status(api: &Api<PoolNode>, name: &str, status: &PoolNodeStatus) -> Result<PoolNode> {
+pub async fn apply_new_node_status(
+    api: &Api<PoolNode>,
+    name: &str,
+    status: &PoolNodeStatus,
+) -> Result<PoolNode> {
+    apply(api, name, None, &PoolNodeStatus { zookeeper: None, ..status.clone() }).await
+}
+
+/// Server-side apply of `status` as the operator, conditional on `resource_version` if given.
+async fn apply<K, S>(api: &Api<K>, name: &str, resource_version: Option<String>, status: &S) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let mut metadata = json!({"name": name});
+    if let Some(version) = resource_version {
+        metadata["resourceVersion"] = json!(version);
+    }
     let body = json!({
-        "apiVersion": PoolNode::api_version(&()),
-        "kind": PoolNode::kind(&()),
-        "status": PoolNodeStatus { zookeeper: None, ..status.clone() },
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": metadata,
+        "status": status,
     });
     api.patch_status(name, &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&body))
         .await
-        .with_context(|| format!("writing the first status of PoolNode {name}"))
+        .with_context(|| format!("writing status of {} {name}", K::kind(&())))
 }
 
 /// Applies the operator's part of a PoolNode's status (everything but `zookeeper`).

@@ -274,7 +274,8 @@ async fn write_fulfilled(
 /// A node allocated to request `id`: from the cache when it already shows the allocation (it
 /// is then at least as new as the operator's write), else read fresh.
 async fn allocated_node(shared: &Shared, name: &str, id: &str) -> Result<Arc<PoolNode>> {
-    let cached = shared.pool_nodes.get(&kube::runtime::reflector::ObjectRef::new(name).within(&shared.namespace));
+    let cached =
+        shared.pool_nodes.get(&kube::runtime::reflector::ObjectRef::new(name).within(&shared.namespace));
     if let Some(node) = cached
         && node.status.as_ref().and_then(|s| s.allocated_to.as_deref()) == Some(id)
     {

@@ -77,7 +77,11 @@ pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Act
 /// comes and goes, many times a second on a busy provider; a change of only those is written
 /// at most every [`COUNTS_REFRESH`], so the counts cost the apiserver a write every few seconds
 /// instead of several per request. Returns how long to wait when the write was put off.
-async fn write_status(provider: &Provider, status: &ProviderStatus, ctx: &Context) -> Result<Option<Duration>, Error> {
+async fn write_status(
+    provider: &Provider,
+    status: &ProviderStatus,
+    ctx: &Context,
+) -> Result<Option<Duration>, Error> {
     let Some(old) = provider.status.as_ref() else {
         status::apply_status(&ctx.api::<Provider>(), provider, status).await?;
         ctx.provider_counts.written(&provider.name_any());
@@ -86,7 +90,9 @@ async fn write_status(provider: &Provider, status: &ProviderStatus, ctx: &Contex
     if old == status {
         return Ok(None);
     }
-    if without_counts(old) == without_counts(status) && let Some(wait) = ctx.provider_counts.wait(&provider.name_any(), COUNTS_REFRESH) {
+    if without_counts(old) == without_counts(status)
+        && let Some(wait) = ctx.provider_counts.wait(&provider.name_any(), COUNTS_REFRESH)
+    {
         return Ok(Some(wait));
     }
     status::apply_status(&ctx.api::<Provider>(), provider, status).await?;
@@ -222,7 +228,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(without_counts(&status(1, Some(10))), without_counts(&status(7, Some(10))));
-        assert_ne!(without_counts(&status(1, Some(10))), without_counts(&status(1, Some(20))), "a new limit is written at once");
+        assert_ne!(
+            without_counts(&status(1, Some(10))),
+            without_counts(&status(1, Some(20))),
+            "a new limit is written at once"
+        );
     }
 
     #[test]

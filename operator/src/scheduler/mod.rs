@@ -425,7 +425,10 @@ async fn wait_for_caches(ctx: &Context, written: &[Written]) {
     let deadline = tokio::time::Instant::now() + CACHE_CATCH_UP;
     while !caught_up() {
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(writes = written.len(), "caches did not show the last pass's writes in time; planning anyway");
+            tracing::warn!(
+                writes = written.len(),
+                "caches did not show the last pass's writes in time; planning anyway"
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

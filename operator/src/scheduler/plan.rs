@@ -540,9 +540,7 @@ impl<'a> Pass<'a> {
             let ready = matched.iter().all(|n| {
                 let status = n.status.as_ref();
                 status.is_some_and(|s| s.state == NodeState::Ready)
-                    && status
-                        .and_then(|s| s.zuul_view())
-                        .is_some_and(|z| z.node_id.is_some() && !z.locked)
+                    && status.and_then(|s| s.zuul_view()).is_some_and(|z| z.node_id.is_some() && !z.locked)
             });
             if ready {
                 self.decisions.push(Decision::Assign {
