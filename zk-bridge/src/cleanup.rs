@@ -61,18 +61,29 @@ async fn pass(shared: &Shared, settings: CleanupSettings) -> Result<()> {
             zk::delete_recursive(&shared.zk, &dir).await?;
         }
     }
+    // The znodes our PoolNodes stand for were written with data; with thousands of nodes,
+    // reading each of them every pass would cost a round trip per node for nothing.
+    let ours = current_node_ids(shared);
     for id in shared.zk.list_children(paths::NODES).await? {
+        if ours.contains(&id) {
+            continue;
+        }
         let path = paths::node(&id);
-        match shared.zk.get_data(&path).await {
-            Ok((data, _)) if data.is_empty() => {
-                if lock::contenders(&shared.zk, &paths::node_lock(&id)).await?.is_empty() {
-                    tracing::info!(node_id = %id, "removing a node znode without data");
-                    zk::delete_recursive(&shared.zk, &path).await?;
-                }
-            }
-            Ok(_) | Err(zookeeper_client::Error::NoNode) => {}
-            Err(error) => return Err(error.into()),
+        let Some(stat) = shared.zk.check_stat(&path).await? else { continue };
+        if stat.data_length == 0 && lock::contenders(&shared.zk, &paths::node_lock(&id)).await?.is_empty() {
+            tracing::info!(node_id = %id, "removing a node znode without data");
+            zk::delete_recursive(&shared.zk, &path).await?;
         }
     }
     Ok(())
+}
+
+/// The node ids of the znodes the cached PoolNodes are registered under now.
+fn current_node_ids(shared: &Shared) -> std::collections::HashSet<String> {
+    shared
+        .pool_nodes
+        .state()
+        .iter()
+        .filter_map(|node| node.status.as_ref()?.zookeeper.as_ref()?.node_id.clone())
+        .collect()
 }
