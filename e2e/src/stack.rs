@@ -39,6 +39,9 @@ pub struct Stack {
     /// Where the operator and the bridge serve `/metrics`, `/healthz` and `/readyz`.
     pub operator_http: SocketAddr,
     pub bridge_http: SocketAddr,
+    /// Run operator and bridge with their production cleanup intervals (60 s, and 8 h for
+    /// orphaned request locks) instead of the tests' 1 s; benchmarks measure what a site runs.
+    pub production_intervals: bool,
 }
 
 /// A loopback address with a port free right now (for a child process to bind).
@@ -93,6 +96,7 @@ impl Stack {
             bridge: None,
             operator_http: free_address()?,
             bridge_http: free_address()?,
+            production_intervals: false,
         })
     }
 
@@ -119,7 +123,9 @@ impl Stack {
     pub fn spawn_operator(&self, name: &str, env: &[(&str, &str)]) -> Result<Server> {
         let mut command = self.with_env(Command::new(binary("nodepool-operator")?));
         // Leak cleanup every second, so tests need not wait Nodepool's 60 s.
-        command.env("NODEPOOL_CLEANUP_INTERVAL", "1");
+        if !self.production_intervals {
+            command.env("NODEPOOL_CLEANUP_INTERVAL", "1");
+        }
         command.envs(env.iter().copied());
         process::spawn(name, command, &self.logs())
     }
@@ -140,11 +146,12 @@ impl Stack {
             .env("NODEPOOL_ZOOKEEPER_TLS_CA", &zk.tls_ca)
             .env("NODEPOOL_ZOOKEEPER_TLS_CERT", &zk.tls_cert)
             .env("NODEPOOL_ZOOKEEPER_TLS_KEY", &zk.tls_key)
-            .env("NODEPOOL_HOSTNAME", "e2e-bridge")
+            .env("NODEPOOL_HOSTNAME", "e2e-bridge");
+        if !self.production_intervals {
             // Tests cannot wait Nodepool's 60 s and 8 h: clean up every second.
-            .env("NODEPOOL_CLEANUP_INTERVAL", "1")
-            .env("NODEPOOL_REQUEST_LOCK_MAX_AGE", "1")
-            .envs(env.iter().copied());
+            command.env("NODEPOOL_CLEANUP_INTERVAL", "1").env("NODEPOOL_REQUEST_LOCK_MAX_AGE", "1");
+        }
+        command.envs(env.iter().copied());
         process::spawn(name, command, &self.logs())
     }
 

@@ -86,7 +86,11 @@ fn parse_bench(output: &std::process::Output) -> Result<Value> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let mut stack = Stack::start("bench").await?;
+    // Cleanup passes at their production intervals, as Nodepool runs at its defaults.
+    let mut stack = Stack::prepare("bench").await?;
+    stack.production_intervals = true;
+    stack.start_operator()?;
+    stack.start_bridge()?;
     if let Some(nodes) = cli.scale {
         return scale::run(&mut stack, nodes).await;
     }
