@@ -10,7 +10,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
-use nodepool_crds::{Driver, Provider, provider::ResourceLimits};
+use nodepool_crds::{Driver, Provider, pool_node::NodeResources, provider::ResourceLimits};
 use nodepool_driver::{Cloud, Throttled};
 
 /// Why a provider has no cloud to talk to.
@@ -46,8 +46,38 @@ pub const PAUSE_RETRY: Duration = Duration::from_secs(30);
 
 /// Resources seen leaked on the last pass: (kind, id).
 type LeakSuspects = BTreeSet<(String, String)>;
-/// A cloud quota, when it was read and for which provider generation.
-type CachedQuota = (Instant, Option<i64>, ResourceLimits);
+
+/// Cloud answers that rarely change (the cloud's quota, what a label's flavor costs), kept
+/// per provider generation for [`ANSWER_TTL`]. A provider reconciles on every change of its
+/// nodes; without this each reconcile would cost API calls, and tokens of the provider's rate
+/// limit that launches and deletions need.
+pub struct Answers<K, V>(Mutex<HashMap<K, (Instant, Option<i64>, V)>>);
+
+impl<K, V> Default for Answers<K, V> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Answers<K, V> {
+    /// The answer read for this provider generation less than [`ANSWER_TTL`] ago, if any.
+    pub fn get(&self, key: &K, generation: Option<i64>) -> Option<V> {
+        let answers = self.0.lock().expect("answers lock");
+        answers
+            .get(key)
+            .filter(|(at, seen, _)| *seen == generation && at.elapsed() < ANSWER_TTL)
+            .map(|(_, _, value)| value.clone())
+    }
+
+    pub fn store(&self, key: K, generation: Option<i64>, value: V) {
+        self.0.lock().expect("answers lock").insert(key, (Instant::now(), generation, value));
+    }
+
+    /// Drops the answers whose key matches.
+    pub fn forget(&self, matches: impl Fn(&K) -> bool) {
+        self.0.lock().expect("answers lock").retain(|key, _| !matches(key));
+    }
+}
 
 #[derive(Default)]
 pub struct Clouds {
@@ -56,13 +86,14 @@ pub struct Clouds {
     built: Mutex<HashMap<String, Built>>,
     pauses: Mutex<HashMap<(String, String), Pause>>,
     leak_suspects: Mutex<HashMap<String, (Instant, LeakSuspects)>>,
-    /// The cloud's quota per provider, with when and for which generation it was read.
-    quotas: Mutex<HashMap<String, CachedQuota>>,
+    /// The cloud's quota per provider.
+    pub quotas: Answers<String, ResourceLimits>,
+    /// What a node of each (provider, pool, label) costs.
+    pub label_resources: Answers<(String, String, String), NodeResources>,
 }
 
-/// How long a provider's cloud quota is reused before it is read again. The provider
-/// reconciles on every change of its nodes; without this each would cost an API call.
-pub const QUOTA_TTL: Duration = Duration::from_secs(30);
+/// How long a cloud's answer about its quota or a flavor is reused before it is asked again.
+pub const ANSWER_TTL: Duration = Duration::from_secs(30);
 
 impl Clouds {
     pub fn new(api_metrics: nodepool_driver::CloudApiMetrics) -> Self {
@@ -128,7 +159,8 @@ impl Clouds {
         self.built.lock().expect("clouds lock").remove(provider);
         self.pauses.lock().expect("pauses lock").retain(|(p, _), _| p != provider);
         self.leak_suspects.lock().expect("leak suspects lock").remove(provider);
-        self.quotas.lock().expect("quotas lock").remove(provider);
+        self.quotas.forget(|name| name == provider);
+        self.label_resources.forget(|(name, _, _)| name == provider);
     }
 
     /// Resumes every pool of a provider (a node went away, so quota freed up).
@@ -164,22 +196,6 @@ impl Clouds {
             Some((_, suspects)) => Some(suspects.clone()),
             None => Some(BTreeSet::new()),
         }
-    }
-
-    /// The quota read for this provider generation less than [`QUOTA_TTL`] ago, if any.
-    pub fn cached_quota(&self, provider: &str, generation: Option<i64>) -> Option<ResourceLimits> {
-        let quotas = self.quotas.lock().expect("quota lock");
-        quotas
-            .get(provider)
-            .filter(|(at, seen, _)| *seen == generation && at.elapsed() < QUOTA_TTL)
-            .map(|(_, _, quota)| quota.clone())
-    }
-
-    pub fn store_quota(&self, provider: &str, generation: Option<i64>, quota: ResourceLimits) {
-        self.quotas
-            .lock()
-            .expect("quota lock")
-            .insert(provider.to_owned(), (Instant::now(), generation, quota));
     }
 
     pub fn record_leak_pass(&self, provider: &str, suspects: BTreeSet<(String, String)>) {

@@ -44,13 +44,12 @@ pub async fn probe(provider: &Provider, ctx: &Context) -> Result<Probe, Error> {
     };
     let name = provider.name_any();
     let generation = provider.metadata.generation;
-    let cached = ctx.clouds.cached_quota(&name, generation);
-    let quota = match cached {
+    let quota = match ctx.clouds.quotas.get(&name, generation) {
         Some(quota) => Ok(quota),
         None => cloud
             .quota_limits()
             .await
-            .inspect(|quota| ctx.clouds.store_quota(&name, generation, quota.clone())),
+            .inspect(|quota| ctx.clouds.quotas.store(name.clone(), generation, quota.clone())),
     };
     let cloud_quota = match quota {
         Ok(quota) => quota,
@@ -93,7 +92,16 @@ async fn label_status(
             return status;
         }
     };
-    match cloud.label_resources(pool, label).await {
+    let key = (provider.name_any(), pool.name.clone(), label.name.clone());
+    let generation = provider.metadata.generation;
+    let resources = match ctx.clouds.label_resources.get(&key, generation) {
+        Some(resources) => Ok(resources),
+        None => cloud
+            .label_resources(pool, label)
+            .await
+            .inspect(|resources| ctx.clouds.label_resources.store(key, generation, resources.clone())),
+    };
+    match resources {
         Ok(resources) => {
             status.launchable = true;
             status.resources = Some(resources);
@@ -145,8 +153,8 @@ pub async fn clean_up_leaks(provider: &Provider, ctx: &Context) {
     // Fresh from the apiserver, not the cache: a node must never look leaked because a cache lags.
     let api: Api<PoolNode> = ctx.api();
     let selector = format!("{}={name}", node_labels::PROVIDER);
-    let known: HashSet<String> = match api.list(&ListParams::default().labels(&selector)).await {
-        Ok(list) => list.items.iter().map(|n| n.name_any()).collect(),
+    let known = match node_names(&api, &selector).await {
+        Ok(names) => names,
         Err(error) => {
             tracing::warn!(provider = %name, %error, "listing nodes for leak cleanup failed");
             return;
@@ -166,5 +174,22 @@ pub async fn clean_up_leaks(provider: &Provider, ctx: &Context) {
             ctx.clouds.record_leak_pass(&name, pass.suspected);
         }
         Err(error) => tracing::warn!(provider = %name, %error, "leak cleanup pass failed"),
+    }
+}
+
+/// The names of the PoolNodes matching `selector`, read from the apiserver in pages of
+/// metadata only: with thousands of nodes a full list of whole objects every leak pass cost
+/// more memory than all the operator's caches together.
+async fn node_names(api: &Api<PoolNode>, selector: &str) -> Result<HashSet<String>, kube::Error> {
+    const PAGE: u32 = 500;
+    let mut names = HashSet::new();
+    let mut params = ListParams::default().labels(selector).limit(PAGE);
+    loop {
+        let page = api.list_metadata(&params).await?;
+        names.extend(page.items.into_iter().filter_map(|n| n.metadata.name));
+        match page.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(names),
+        }
     }
 }
