@@ -71,6 +71,7 @@ impl Context {
         tenant_limits: Store<TenantLimit>,
         images: Store<Image>,
         caches_ready: tokio::sync::watch::Receiver<bool>,
+        scheduler_wake: Arc<Notify>,
     ) -> Self {
         let recorder = Recorder::new(
             settings.client.clone(),
@@ -93,7 +94,7 @@ impl Context {
             images,
             vanished_requests: Default::default(),
             provider_counts: Default::default(),
-            scheduler_wake: Arc::new(Notify::new()),
+            scheduler_wake,
             caches_ready,
         }
     }

@@ -38,10 +38,14 @@ pub async fn run(settings: Settings) -> Result<()> {
     let tenant_limits: Api<TenantLimit> = Api::namespaced(client.clone(), &namespace);
     let images: Api<Image> = Api::namespaced(client.clone(), &namespace);
 
-    let provider_controller = Controller::new(providers.clone(), crate::watch_config());
-    let label_controller = Controller::new(labels, crate::watch_config());
-    let tenant_limit_controller = Controller::new(tenant_limits, crate::watch_config());
-    let image_controller = Controller::new(images.clone(), crate::watch_config());
+    let provider_controller = Controller::new(providers.clone(), crate::watch_config())
+        .with_config(nodepool_service::watch::controller_config());
+    let label_controller = Controller::new(labels, crate::watch_config())
+        .with_config(nodepool_service::watch::controller_config());
+    let tenant_limit_controller = Controller::new(tenant_limits, crate::watch_config())
+        .with_config(nodepool_service::watch::controller_config());
+    let image_controller = Controller::new(images.clone(), crate::watch_config())
+        .with_config(nodepool_service::watch::controller_config());
 
     // The caches the scheduler and the reconcilers read. Provider and request caches are
     // separate from the controllers' own stores on purpose: a store's `wait_until_ready` wakes
@@ -50,8 +54,13 @@ pub async fn run(settings: Settings) -> Result<()> {
     // the PoolNode controller (its readiness is read off the watch stream instead), kept
     // without managedFields (server-side-apply bookkeeping nothing here reads).
     let (provider_store, provider_writer) = reflector::store();
-    let (node_store, node_writer) = reflector::store();
-    let (nodes_listed_tx, mut nodes_listed) = tokio::sync::watch::channel(false);
+    let scheduler_wake = Arc::new(tokio::sync::Notify::new());
+    let node_cache = {
+        let wake = scheduler_wake.clone();
+        nodepool_service::watch::shared_cache(nodes.clone(), move || wake.notify_one())
+    };
+    let node_store = node_cache.store.clone();
+    let mut nodes_listed = node_cache.listed.clone();
     let (request_store, request_writer) = reflector::store();
     let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
     let context = Arc::new(Context::new(
@@ -63,6 +72,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         tenant_limit_controller.store(),
         image_controller.store(),
         caches_ready,
+        scheduler_wake,
     ));
 
     context.metrics.observe(metrics::Caches {
@@ -72,32 +82,19 @@ pub async fn run(settings: Settings) -> Result<()> {
     });
 
     // Every change to requests, nodes or providers is a reason for another scheduling pass.
-    let node_stream = {
-        let wake = context.scheduler_wake.clone();
-        watcher(nodes.clone(), crate::watch_config())
-            .default_backoff()
-            .modify(strip_managed_fields)
-            .reflect(node_writer)
-            .inspect(move |event| {
-                wake.notify_one();
-                if matches!(event, Ok(watcher::Event::InitDone)) {
-                    let _ = nodes_listed_tx.send(true);
-                }
-            })
-            .applied_objects()
-    };
-    let node_controller = Controller::for_stream(node_stream, node_store.clone());
+    let node_controller = Controller::for_stream(node_cache.objects, node_store.clone())
+        .with_config(nodepool_service::watch::controller_config());
     let cache_tasks = futures::future::join(
         reflector::reflector(
             provider_writer,
             watcher(providers.clone(), crate::watch_config()).default_backoff(),
         )
         .for_each(wake_scheduler(context.scheduler_wake.clone())),
-        reflector::reflector(
-            request_writer,
-            watcher(requests.clone(), crate::watch_config()).default_backoff(),
-        )
-        .for_each(wake_scheduler(context.scheduler_wake.clone())),
+        watcher(requests.clone(), crate::watch_config())
+            .default_backoff()
+            .modify(nodepool_service::watch::without_managed_fields)
+            .reflect(request_writer)
+            .for_each(wake_scheduler(context.scheduler_wake.clone())),
     );
     // The one waiter on those stores; everyone else waits on `caches_ready`.
     let gate = async move {
@@ -220,11 +217,6 @@ pub async fn run(settings: Settings) -> Result<()> {
         result = scheduler_task => result?,
     }
     Ok(())
-}
-
-/// Drops an object's server-side-apply bookkeeping before it is cached.
-fn strip_managed_fields<K: kube::Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
 }
 
 /// A stream consumer that wakes the scheduler on every item.

@@ -177,28 +177,21 @@ impl Session {
         let mut zk_events = zk.watch("/nodepool", AddWatchMode::PersistentRecursive).await?;
         let mut state = zk.state_watcher();
 
-        let node_controller =
-            Controller::new(Api::<PoolNode>::namespaced(kube.clone(), &namespace), crate::watch_config());
-        let request_controller =
-            Controller::new(Api::<NodeRequest>::namespaced(kube.clone(), &namespace), crate::watch_config());
-        // Our own caches, separate from the controllers' stores: a store's `wait_until_ready`
-        // wakes only one waiter, and each controller already waits on its own store.
-        let (node_store, node_writer) = kube::runtime::reflector::store();
-        let (request_store, request_writer) = kube::runtime::reflector::store();
-        let caches = futures::future::join(
-            kube::runtime::reflector(
-                node_writer,
-                watcher(Api::<PoolNode>::namespaced(kube.clone(), &namespace), crate::watch_config())
-                    .default_backoff(),
-            )
-            .for_each(|_| std::future::ready(())),
-            kube::runtime::reflector(
-                request_writer,
-                watcher(Api::<NodeRequest>::namespaced(kube.clone(), &namespace), crate::watch_config())
-                    .default_backoff(),
-            )
-            .for_each(|_| std::future::ready(())),
+        // One watch per kind feeds both the cache the handlers read and the controller.
+        let node_cache = nodepool_service::watch::shared_cache(
+            Api::<PoolNode>::namespaced(kube.clone(), &namespace),
+            || {},
         );
+        let request_cache = nodepool_service::watch::shared_cache(
+            Api::<NodeRequest>::namespaced(kube.clone(), &namespace),
+            || {},
+        );
+        let (mut nodes_listed, mut requests_listed) = (node_cache.listed, request_cache.listed);
+        let node_controller = Controller::for_stream(node_cache.objects, node_cache.store.clone())
+            .with_config(nodepool_service::watch::controller_config());
+        let request_controller = Controller::for_stream(request_cache.objects, request_cache.store.clone())
+            .with_config(nodepool_service::watch::controller_config());
+        let (node_store, request_store) = (node_cache.store, request_cache.store);
         let shared = Arc::new(Shared {
             zk,
             kube: kube.clone(),
@@ -233,8 +226,8 @@ impl Session {
         let cleanup_task = crate::cleanup::run(shared.clone(), settings.cleanup);
 
         let events_task = async {
-            shared.pool_nodes.wait_until_ready().await.context("PoolNode cache")?;
-            shared.node_requests.wait_until_ready().await.context("NodeRequest cache")?;
+            nodes_listed.wait_for(|listed| *listed).await.context("PoolNode cache")?;
+            requests_listed.wait_for(|listed| *listed).await.context("NodeRequest cache")?;
             resync_zookeeper(&shared).await?;
             tracing::info!("resync done; following events");
             settings.health.pass(ZOOKEEPER_CHECK);
@@ -294,7 +287,6 @@ impl Session {
             result = cleanup_task => result?,
             result = events_task => result?,
             () = session_end => tracing::warn!("ZooKeeper session ended"),
-            _ = caches => tracing::warn!("a Kubernetes watch ended"),
         }
         Ok(())
     }
