@@ -51,6 +51,8 @@ pub struct Context {
     vanished_requests: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// When each Provider's node counts were last written (see the Provider reconciler).
     pub provider_counts: WriteTimes,
+    /// The launch progress last written for each cloud node (see the cloud node reconciler).
+    pub launches_written: crate::controllers::cloud_node::WrittenLaunches,
     /// Wakes the scheduler for another pass.
     pub scheduler_wake: Arc<Notify>,
     /// True once the provider, node and request caches hold their initial lists.
@@ -94,6 +96,7 @@ impl Context {
             images,
             vanished_requests: Default::default(),
             provider_counts: Default::default(),
+            launches_written: Default::default(),
             scheduler_wake,
             caches_ready,
         }

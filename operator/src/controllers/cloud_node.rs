@@ -14,6 +14,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, api::DeleteParams, runtime::controller::Action};
 use nodepool_crds::{
     ConnectionSettings, NodeState, PoolNode, PoolNodeStatus, Provider, conditions,
+    pool_node::LaunchProgress,
     provider::{Pool, PoolLabel},
 };
 use nodepool_driver::{
@@ -121,6 +122,87 @@ fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, 
     }
 }
 
+/// The launch progress this operator last wrote for each node, by uid.
+///
+/// A node's reconcile can run again before the cache shows the status it just wrote: the bridge
+/// adding its finalizer, or the scheduler's allocation, queue another run meanwhile. Acting on
+/// that stale copy repeated the last cloud call (a fifth of all `create` calls in a burst of
+/// 1,000 launches, each a token of the provider's rate limit). Only this reconciler writes
+/// `status.launch`, so a cached node whose launch differs from the one written here is behind;
+/// its reconcile waits for the cache instead. The status stays the only record: after a restart
+/// this is empty and the freshly listed cache is trusted.
+#[derive(Default)]
+pub struct WrittenLaunches(
+    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, LaunchProgress)>>,
+);
+
+/// How long an entry is kept at most (a node deleted before the cache caught up leaves one).
+const WRITTEN_LAUNCH_TTL: Duration = Duration::from_secs(300);
+/// When to look again at a node whose cached copy is behind, should no watch event come first.
+const CACHE_LAG_RETRY: Duration = Duration::from_secs(1);
+
+impl WrittenLaunches {
+    /// Whether the cached `node` does not show the launch progress last written for it yet.
+    /// Once it does, the entry is dropped.
+    pub fn cache_is_behind(&self, node: &PoolNode) -> bool {
+        let Some(uid) = node.metadata.uid.as_deref() else { return false };
+        let mut written = self.0.lock().expect("written launches lock");
+        let Some((_, launch)) = written.get(uid) else { return false };
+        if node.status.as_ref().and_then(|s| s.launch.as_ref()) == Some(launch) {
+            written.remove(uid);
+            return false;
+        }
+        true
+    }
+
+    fn record(&self, node: &PoolNode, launch: Option<&LaunchProgress>) {
+        let (Some(uid), Some(launch)) = (node.metadata.uid.clone(), launch) else { return };
+        let mut written = self.0.lock().expect("written launches lock");
+        written.retain(|_, (at, _)| at.elapsed() < WRITTEN_LAUNCH_TTL);
+        written.insert(uid, (std::time::Instant::now(), launch.clone()));
+    }
+}
+
+/// Writes the status a launch step produced and remembers the launch progress it carries.
+///
+/// The step's cloud call is made by now. If the write conflicts because the scheduler or the
+/// bridge wrote the node in between (its allocation, the bridge's finalizer), the node is read
+/// again and, as long as its launch stands where this step started, the step's outcome is
+/// written onto the fresh copy. Failing instead would repeat the cloud call, and under a burst
+/// of launches a good part of all cloud calls went that way.
+async fn write_status(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context) -> Result<PoolNode, Error> {
+    let api: Api<PoolNode> = ctx.api();
+    let updated = match status::apply_node_status(&api, node, status).await {
+        Ok(updated) => updated,
+        Err(error) if status::is_conflict(&error) => {
+            let Some(fresh) = api.get_opt(&node.name_any()).await? else { return Err(error.into()) };
+            let launch_of = |n: &PoolNode| n.status.as_ref().map(|s| (s.state, s.launch.clone()));
+            if launch_of(&fresh) != launch_of(node) {
+                return Err(error.into());
+            }
+            let others = fresh.status.clone().unwrap_or_default();
+            let merged = PoolNodeStatus {
+                allocated_to: others.allocated_to,
+                tenant: others.tenant,
+                requestor: others.requestor,
+                resources: others.resources,
+                ..status.clone()
+            };
+            status::apply_node_status(&api, &fresh, &merged).await?
+        }
+        Err(error) => return Err(error.into()),
+    };
+    // As the apiserver stored it, which is what the cache will show.
+    ctx.launches_written.record(&updated, updated.status.as_ref().and_then(|s| s.launch.as_ref()));
+    Ok(updated)
+}
+
+/// A cloud node whose cached copy is behind what was last written for it: look again once the
+/// cache has caught up (its watch event wakes the node's reconcile) or after a second.
+pub fn wait_for_cache() -> Action {
+    Action::requeue(CACHE_LAG_RETRY)
+}
+
 /// How long a new node may stay without the status its creator writes next.
 const UNCLAIMED_GRACE: Duration = Duration::from_secs(10);
 
@@ -183,7 +265,7 @@ pub async fn launch(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) 
                 || node.status.as_ref().map(|s| s.state) != Some(NodeState::Building)
             {
                 status.launch = Some(stored);
-                status::apply_node_status(&ctx.api(), node, &status).await?;
+                write_status(node, &status, ctx).await?;
             }
             Ok(requeue(after))
         }
@@ -214,7 +296,7 @@ pub async fn launch(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) 
                     node.metadata.generation,
                 ),
             );
-            status::apply_node_status(&ctx.api(), node, &status).await?;
+            write_status(node, &status, ctx).await?;
             ctx.metrics.launched(node, LaunchResult::Ready, launch_time(&progress));
             Ok(Action::await_change())
         }
@@ -238,7 +320,7 @@ pub async fn launch(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) 
                 &mut status.conditions,
                 conditions::condition(LAUNCHED, false, "Aborted", message.clone(), node.metadata.generation),
             );
-            let updated = status::apply_node_status(&ctx.api(), node, &status).await?;
+            let updated = write_status(node, &status, ctx).await?;
             ctx.metrics.launched(
                 node,
                 progress.failure.unwrap_or(LaunchResult::Quota),
@@ -276,7 +358,7 @@ async fn fail(
             node.metadata.generation,
         ),
     );
-    let updated = status::apply_node_status(&ctx.api(), node, &status).await?;
+    let updated = write_status(node, &status, ctx).await?;
     ctx.event(&updated, true, "LaunchFailed", message).await;
     Ok(Action::await_change())
 }

@@ -29,8 +29,11 @@ pub async fn reconcile(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action,
     if node.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let status = node.status.clone().unwrap_or_default();
     let cloud_node = node.spec.static_host.is_none();
+    if cloud_node && ctx.launches_written.cache_is_behind(&node) {
+        return Ok(super::cloud_node::wait_for_cache());
+    }
+    let status = node.status.clone().unwrap_or_default();
     if cloud_node && node.status.is_none() {
         // The scheduler writes a new node's allocation right after creating it; launching
         // before that would launch it for nobody.
