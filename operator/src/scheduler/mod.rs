@@ -6,6 +6,7 @@
 pub mod capacity;
 pub mod plan;
 
+use futures::StreamExt;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
@@ -28,6 +29,10 @@ const IDLE_PASS: Duration = Duration::from_secs(30);
 /// A request says why it waits (condition and Event) once it has waited this long: most waits
 /// for a static slot or a launch are over sooner, and reporting each would cost two writes.
 const REPORT_WAIT_AFTER: Duration = Duration::from_secs(2);
+/// How many of a pass's decisions are written at once.
+const CONCURRENT_WRITES: usize = 16;
+/// How many launch decisions one pass carries out at most (the first ones, in Nodepool's order).
+const LAUNCHES_PER_PASS: usize = 64;
 
 pub async fn run(ctx: Arc<Context>) -> Result<()> {
     ctx.caches_ready().await;
@@ -40,9 +45,16 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
         let pools = plan::pools(&ctx.providers.state(), &paused);
         let (requests, labels) = (ctx.requests.state(), ctx.labels.state());
         let world = plan::World { requests: &requests, nodes: &nodes, pools: &pools, labels: &labels };
-        let decisions = plan::plan(&world, &mut tenants);
-        // Decisions of one pass touch disjoint requests and nodes: write them concurrently.
-        let outcomes = futures::future::join_all(decisions.into_iter().map(|d| apply(&ctx, d))).await;
+        let decisions = first_launches(plan::plan(&world, &mut tenants), LAUNCHES_PER_PASS);
+        // Decisions of one pass touch disjoint requests and nodes: write them concurrently, but
+        // a few at a time. With hundreds at once (a burst of requests) they all finished
+        // together seconds later, and no new node could start launching in between: the
+        // provider's rate limit sat idle while the apiserver worked through the pile.
+        let outcomes: Vec<_> = futures::stream::iter(decisions)
+            .map(|d| apply(&ctx, d))
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
         let mut written = Vec::new();
         let mut failed = 0;
         let mut next_pass = IDLE_PASS;
@@ -70,6 +82,25 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
             () = tokio::time::sleep(next_pass) => {}
         }
     }
+}
+
+/// The decisions with at most `limit` launches: the first ones, in the plan's order. The rest
+/// are decided again in the next pass, which follows at once. A short pass lets the nodes of
+/// its launches start while later requests are still to be planned; passes of hundreds of
+/// launches each (a burst of requests) left the provider's rate limit idle between them. Other
+/// decisions are kept: they create nothing, and many are no-ops that must not crowd out work.
+fn first_launches(decisions: Vec<Decision>, limit: usize) -> Vec<Decision> {
+    let mut launches = 0;
+    decisions
+        .into_iter()
+        .filter(|decision| {
+            if !matches!(decision, Decision::Launch { .. } | Decision::LaunchSpare { .. }) {
+                return true;
+            }
+            launches += 1;
+            launches <= limit
+        })
+        .collect()
 }
 
 /// What applying a decision did.
@@ -432,5 +463,38 @@ async fn wait_for_caches(ctx: &Context, written: &[Written]) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(request: &str) -> Decision {
+        Decision::Launch {
+            request: request.into(),
+            provider: "p".into(),
+            pool: "main".into(),
+            reuse: vec![],
+            launch: vec![("label".into(), NodeResources::default())],
+        }
+    }
+
+    fn wait(request: &str) -> Decision {
+        Decision::Wait { request: request.into(), reason: "AtQuota", message: String::new() }
+    }
+
+    fn request_of(decision: &Decision) -> &str {
+        match decision {
+            Decision::Launch { request, .. } | Decision::Wait { request, .. } => request,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_pass_keeps_the_first_launches_and_every_other_decision() {
+        let decisions = vec![wait("w1"), launch("l1"), wait("w2"), launch("l2"), launch("l3"), wait("w3")];
+        let kept: Vec<_> = first_launches(decisions, 2).iter().map(request_of).map(str::to_owned).collect();
+        assert_eq!(kept, ["w1", "l1", "w2", "l2", "w3"]);
     }
 }
