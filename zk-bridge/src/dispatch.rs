@@ -15,12 +15,16 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use tokio::task::JoinSet;
+use tokio::{sync::Semaphore, task::JoinSet};
 
 use crate::{nodes, requests, session::Shared};
 
 /// How long a node's events are gathered before the node is looked at.
 const NODE_EVENT_DELAY: Duration = Duration::from_millis(25);
+/// How many handlers run at once. A burst of a thousand new requests used to become a thousand
+/// simultaneous NodeRequest creations, and the operator's writes for the launches they asked
+/// for queued behind all of them at the apiserver.
+const CONCURRENT_HANDLERS: usize = 32;
 
 /// What an event is about.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -37,6 +41,8 @@ pub struct Dispatcher {
     node_delay: Duration,
     /// Keys with a task, and whether another run was asked for while it waited or worked.
     pending: Arc<Mutex<HashMap<Key, bool>>>,
+    /// Permits for [`CONCURRENT_HANDLERS`] runs at a time.
+    running: Arc<Semaphore>,
     tasks: JoinSet<()>,
 }
 
@@ -51,7 +57,13 @@ impl Dispatcher {
     }
 
     fn with_handler(handler: Handler, node_delay: Duration) -> Self {
-        Dispatcher { handler, node_delay, pending: Default::default(), tasks: JoinSet::new() }
+        Dispatcher {
+            handler,
+            node_delay,
+            pending: Default::default(),
+            running: Arc::new(Semaphore::new(CONCURRENT_HANDLERS)),
+            tasks: JoinSet::new(),
+        }
     }
 
     /// Has `key` handled soon: by a new task, or by one more run of the task it already has.
@@ -67,10 +79,12 @@ impl Dispatcher {
         }
         let handler = self.handler.clone();
         let pending = self.pending.clone();
+        let running = self.running.clone();
         let delay = if matches!(key, Key::Node(_)) { self.node_delay } else { Duration::ZERO };
         self.tasks.spawn(async move {
             tokio::time::sleep(delay).await;
             loop {
+                let Ok(_permit) = running.acquire().await else { return };
                 pending.lock().expect("dispatch lock").insert(key.clone(), false);
                 handler(key.clone()).await;
                 let mut pending = pending.lock().expect("dispatch lock");
