@@ -51,7 +51,10 @@ type LeakSuspects = BTreeSet<(String, String)>;
 /// per provider generation for [`ANSWER_TTL`]. A provider reconciles on every change of its
 /// nodes; without this each reconcile would cost API calls, and tokens of the provider's rate
 /// limit that launches and deletions need.
-pub struct Answers<K, V>(Mutex<HashMap<K, (Instant, Option<i64>, V)>>);
+pub struct Answers<K, V>(Mutex<HashMap<K, Answer<V>>>);
+
+/// An answer, when it was read and for which provider generation.
+type Answer<V> = (Instant, Option<i64>, V);
 
 impl<K, V> Default for Answers<K, V> {
     fn default() -> Self {
