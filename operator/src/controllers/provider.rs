@@ -151,6 +151,28 @@ fn label_value(text: &str) -> String {
 
 /// Creates a PoolNode for every slot that has none, updates labels in place, and removes slots
 /// no longer configured once they are idle.
+/// How long a reconcile waits at most for the node cache to show the slot nodes it created.
+const SLOT_CACHE_CATCH_UP: Duration = Duration::from_secs(30);
+
+/// Waits until the node cache holds the nodes just created. Slots are matched against the
+/// cache, and the provider reconciles again on its nodes' events, which come through another
+/// watch than the cache's: a run before the cache caught up registered the same slot twice.
+async fn wait_until_cached(names: &[String], ctx: &Context) {
+    let cached = || {
+        names.iter().all(|name| {
+            ctx.nodes.get(&kube::runtime::reflector::ObjectRef::new(name).within(&ctx.namespace)).is_some()
+        })
+    };
+    let deadline = tokio::time::Instant::now() + SLOT_CACHE_CATCH_UP;
+    while !cached() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(nodes = ?names, "the node cache does not show the new slot nodes yet");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn sync_static_slots(provider: &Provider, nodes: &[Arc<PoolNode>], ctx: &Context) -> Result<(), Error> {
     let api: Api<PoolNode> = ctx.api();
     let name = provider.name_any();
@@ -161,6 +183,7 @@ async fn sync_static_slots(provider: &Provider, nodes: &[Arc<PoolNode>], ctx: &C
         node.spec.static_host.as_ref().map(|s| (node.spec.pool.clone(), s.host.clone(), s.slot))
     };
 
+    let mut created_names = Vec::new();
     for slot in &desired {
         let key = (slot.pool.clone(), slot.host.clone(), slot.slot);
         match live.iter().find(|n| slot_of(n).as_ref() == Some(&key)) {
@@ -191,9 +214,11 @@ async fn sync_static_slots(provider: &Provider, nodes: &[Arc<PoolNode>], ctx: &C
                 node.metadata.owner_references = provider.controller_owner_ref(&()).map(|owner| vec![owner]);
                 let created = api.create(&PostParams::default(), &node).await?;
                 tracing::info!(provider = %name, host = %slot.host, slot = slot.slot, node = %created.name_any(), "registering static slot");
+                created_names.push(created.name_any());
             }
         }
     }
+    wait_until_cached(&created_names, ctx).await;
     for node in live {
         let Some(key) = slot_of(node) else { continue };
         if desired.iter().any(|s| (s.pool.clone(), s.host.clone(), s.slot) == key) {
