@@ -1,6 +1,6 @@
 //! The AWS EC2 driver against moto (`moto_server` on loopback), driven by Zuul's own client:
 //! image resolution, launch → ready → use → delete, tags and volumes, leak cleanup, an operator
-//! killed mid-launch, and refused credentials.
+//! killed mid-launch, refused credentials, and web identity credentials traded with STS.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -362,5 +362,64 @@ async fn deleting_a_provider_deletes_its_instances_first() -> Result<()> {
     let left = instances(&moto, ours()).await?;
     assert!(left.is_empty(), "a deleted provider left instances running: {left:?}");
     assert!(stack.nodes().await?.is_empty());
+    Ok(())
+}
+
+/// Web identity federation (IRSA): the Secret names a role and a token file, and the driver
+/// trades the token for credentials with STS — moto's, through the SDK's standard
+/// `AWS_ENDPOINT_URL_STS` setting — before it can launch anything.
+#[tokio::test]
+async fn web_identity_credentials_are_traded_with_sts_and_launch_instances() -> Result<()> {
+    let mut stack = Stack::prepare("aws-web-identity").await?;
+    let moto = Moto::start(&stack.dir.join("logs"))?;
+    let address = stack.operator_http.to_string();
+    stack.operator = Some(stack.spawn_operator(
+        "operator",
+        &[("NODEPOOL_HTTP_ADDRESS", &address), ("AWS_ENDPOINT_URL_STS", &moto.endpoint)],
+    )?);
+    stack.start_bridge()?;
+    let token_file = stack.dir.join("web-identity-token");
+    std::fs::write(
+        &token_file,
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6bm9kZXBvb2wifQ.c2ln",
+    )?;
+    stack
+        .apply::<Secret>(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "irsa"},
+            "stringData": {"AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/nodepool",
+                           "AWS_WEB_IDENTITY_TOKEN_FILE": token_file.to_string_lossy()}}))
+        .await?;
+    stack
+        .apply_provider(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "irsa"},
+            "spec": {"driver": "aws", "aws": {"region": nodepool_e2e::moto::REGION, "endpoint": moto.endpoint},
+                     "credentialsSecretRef": {"name": "irsa"},
+                     "pools": [{"name": "main", "hostKeyChecking": false,
+                        "labels": [{"name": "irsa-small", "image": "fixed-ami", "instanceType": "t3.micro"}]}]}}))
+        .await?;
+    stack
+        .apply::<Image>(
+            json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Image", "metadata": {"name": "fixed-ami"},
+            "spec": {"aws": {"imageId": "ami-760aaa0f"}}}),
+        )
+        .await?;
+    stack.launchable("irsa").await?;
+    // moto's STS saw the role assumed with the token, under the driver's session name.
+    let data: serde_json::Value =
+        reqwest::get(format!("{}/moto-api/data.json", moto.endpoint)).await?.json().await?;
+    let assumed = data["sts"]["AssumedRole"].as_array().cloned().unwrap_or_default();
+    assert!(
+        assumed.iter().any(|role| role["role_arn"] == "arn:aws:iam::123456789012:role/nodepool"
+            && role["session_name"] == "nodepool-irsa"),
+        "no role assumed through STS: {assumed:?}"
+    );
+
+    let mut zuul = Zuul::connect(&stack).await?;
+    let request = zuul.request(&["irsa-small"]).await?;
+    let outcome = zuul.wait(&request, WAIT.as_secs()).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    let node = stack.nodes().await?.pop().context("a node")?;
+    let instance = node.status.as_ref().and_then(|s| s.external_id.clone()).context("instance id")?;
+    let found = instances(&moto, vec![tag("nodepool_node_id", &node.metadata.name.clone().unwrap())]).await?;
+    assert_eq!(found.iter().map(|i| i.0.as_str()).collect::<Vec<_>>(), [instance.as_str()]);
+    zuul.run_build(&request).await?;
     Ok(())
 }
