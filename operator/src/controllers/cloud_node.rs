@@ -132,9 +132,10 @@ fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, 
 /// its reconcile waits for the cache instead. The status stays the only record: after a restart
 /// this is empty and the freshly listed cache is trusted.
 #[derive(Default)]
-pub struct WrittenLaunches(
-    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, LaunchProgress)>>,
-);
+pub struct WrittenLaunches(std::sync::Mutex<std::collections::HashMap<String, WrittenLaunch>>);
+
+/// When, and which state and launch progress, was written.
+type WrittenLaunch = (std::time::Instant, NodeState, LaunchProgress);
 
 /// How long an entry is kept at most (a node deleted before the cache caught up leaves one).
 const WRITTEN_LAUNCH_TTL: Duration = Duration::from_secs(300);
@@ -142,24 +143,28 @@ const WRITTEN_LAUNCH_TTL: Duration = Duration::from_secs(300);
 const CACHE_LAG_RETRY: Duration = Duration::from_secs(1);
 
 impl WrittenLaunches {
-    /// Whether the cached `node` does not show the launch progress last written for it yet.
-    /// Once it does, the entry is dropped.
+    /// Whether the cached `node` does not show the state and launch progress last written for
+    /// it yet. Once it does, the entry is dropped.
     pub fn cache_is_behind(&self, node: &PoolNode) -> bool {
         let Some(uid) = node.metadata.uid.as_deref() else { return false };
         let mut written = self.0.lock().expect("written launches lock");
-        let Some((_, launch)) = written.get(uid) else { return false };
-        if node.status.as_ref().and_then(|s| s.launch.as_ref()) == Some(launch) {
+        let Some((_, state, launch)) = written.get(uid) else { return false };
+        // The state too: the step to `ready` keeps the launch progress of the step before.
+        if node.status.as_ref().is_some_and(|s| s.state == *state && s.launch.as_ref() == Some(launch)) {
             written.remove(uid);
             return false;
         }
         true
     }
 
-    fn record(&self, node: &PoolNode, launch: Option<&LaunchProgress>) {
-        let (Some(uid), Some(launch)) = (node.metadata.uid.clone(), launch) else { return };
+    /// Remembers what `node`, as the apiserver stored it, says of its launch.
+    fn record(&self, node: &PoolNode) {
+        let Some(uid) = node.metadata.uid.clone() else { return };
+        let Some(status) = node.status.as_ref() else { return };
+        let Some(launch) = status.launch.clone() else { return };
         let mut written = self.0.lock().expect("written launches lock");
-        written.retain(|_, (at, _)| at.elapsed() < WRITTEN_LAUNCH_TTL);
-        written.insert(uid, (std::time::Instant::now(), launch.clone()));
+        written.retain(|_, (at, _, _)| at.elapsed() < WRITTEN_LAUNCH_TTL);
+        written.insert(uid, (std::time::Instant::now(), status.state, launch));
     }
 }
 
@@ -193,7 +198,7 @@ async fn write_status(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context) -
         Err(error) => return Err(error.into()),
     };
     // As the apiserver stored it, which is what the cache will show.
-    ctx.launches_written.record(&updated, updated.status.as_ref().and_then(|s| s.launch.as_ref()));
+    ctx.launches_written.record(&updated);
     Ok(updated)
 }
 
