@@ -122,7 +122,7 @@ fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, 
     }
 }
 
-/// The launch progress this operator last wrote for each node, by uid.
+/// The state and launch progress this operator last wrote for each cloud node, by uid.
 ///
 /// A node's reconcile can run again before the cache shows the status it just wrote: the bridge
 /// adding its finalizer, or the scheduler's allocation, queue another run meanwhile. Acting on
