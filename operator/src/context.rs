@@ -108,6 +108,21 @@ impl Context {
         let _ = ready.wait_for(|ready| *ready).await;
     }
 
+    /// Waits until `caught_up` holds for the caches, which show this operator's own writes a
+    /// moment after they are made, checking every few milliseconds for at most
+    /// [`CACHE_CATCH_UP`]. Returns whether they caught up; callers that plan on the caches go
+    /// on either way, as a lagging watch must not stop them for good.
+    pub async fn until_cached(&self, caught_up: impl Fn() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + CACHE_CATCH_UP;
+        while !caught_up() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
+    }
+
     pub fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
@@ -164,6 +179,11 @@ impl Context {
         self.images.get(&kube::runtime::reflector::ObjectRef::new(name).within(&self.namespace))
     }
 }
+
+/// How long [`Context::until_cached`] waits at most. Under a burst the watches can lag by
+/// seconds; planning on a cache without one's own new nodes would create them again, so this is
+/// generous.
+pub const CACHE_CATCH_UP: Duration = Duration::from_secs(30);
 
 /// When something was last written, by key: for writes that may be put off for a while.
 #[derive(Default)]

@@ -149,11 +149,6 @@ fn label_value(text: &str) -> String {
     value.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
 }
 
-/// Creates a PoolNode for every slot that has none, updates labels in place, and removes slots
-/// no longer configured once they are idle.
-/// How long a reconcile waits at most for the node cache to show the slot nodes it created.
-const SLOT_CACHE_CATCH_UP: Duration = Duration::from_secs(30);
-
 /// Waits until the node cache holds the nodes just created. Slots are matched against the
 /// cache, and the provider reconciles again on its nodes' events, which come through another
 /// watch than the cache's: a run before the cache caught up registered the same slot twice.
@@ -163,16 +158,13 @@ async fn wait_until_cached(names: &[String], ctx: &Context) {
             ctx.nodes.get(&kube::runtime::reflector::ObjectRef::new(name).within(&ctx.namespace)).is_some()
         })
     };
-    let deadline = tokio::time::Instant::now() + SLOT_CACHE_CATCH_UP;
-    while !cached() {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(nodes = ?names, "the node cache does not show the new slot nodes yet");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    if !ctx.until_cached(cached).await {
+        tracing::warn!(nodes = ?names, "the node cache does not show the new slot nodes yet");
     }
 }
 
+/// Creates a PoolNode for every slot that has none, updates labels in place, and removes slots
+/// no longer configured once they are idle.
 async fn sync_static_slots(provider: &Provider, nodes: &[Arc<PoolNode>], ctx: &Context) -> Result<(), Error> {
     let api: Api<PoolNode> = ctx.api();
     let name = provider.name_any();

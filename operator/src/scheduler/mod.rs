@@ -433,11 +433,6 @@ fn at_least(cached: Option<String>, written: &str) -> bool {
     }
 }
 
-/// How long a pass waits for the caches to show the last pass's writes. Under a burst the
-/// watches can lag by seconds; a pass planned on a cache without its own new nodes would launch
-/// them again, so this is generous.
-const CACHE_CATCH_UP: Duration = Duration::from_secs(30);
-
 /// Waits until the caches show every write of the last pass.
 async fn wait_for_caches(ctx: &Context, written: &[Written]) {
     let caught_up = || {
@@ -453,16 +448,11 @@ async fn wait_for_caches(ctx: &Context, written: &[Written]) {
             }
         })
     };
-    let deadline = tokio::time::Instant::now() + CACHE_CATCH_UP;
-    while !caught_up() {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                writes = written.len(),
-                "caches did not show the last pass's writes in time; planning anyway"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    if !ctx.until_cached(caught_up).await {
+        tracing::warn!(
+            writes = written.len(),
+            "caches did not show the last pass's writes in time; planning anyway"
+        );
     }
 }
 
