@@ -47,7 +47,9 @@ pub const VERSION: &str = "v1alpha1";
 pub const OPERATOR_MANAGER: &str = "nodepool-operator";
 /// Field manager of the zk-bridge (server-side apply).
 pub const BRIDGE_MANAGER: &str = "nodepool-zk-bridge";
-/// Finalizer the bridge puts on PoolNodes it mirrors, so a znode never outlives its PoolNode.
+/// Finalizer the bridge removes once a PoolNode's znode is gone, so a znode never outlives its
+/// PoolNode. The operator creates every PoolNode with it (one write less per node, and no node
+/// can go before the bridge has seen it); the bridge adds it to any node that lacks it.
 pub const ZNODE_FINALIZER: &str = "nodepool.dev/znode";
 
 /// Labels the operator puts on PoolNodes.

@@ -26,8 +26,8 @@ where
 }
 
 /// Applies the first status of a PoolNode the operator has just created. Without a
-/// resourceVersion: nobody else writes the operator's fields of a node this new, but the bridge
-/// may already have added its finalizer, and that must not fail the write.
+/// resourceVersion: nobody else writes the operator's fields of a node this new, so there is no
+/// newer write to protect, and a metadata change made meanwhile must not fail it.
 pub async fn apply_new_node_status(
     api: &Api<PoolNode>,
     name: &str,

@@ -125,7 +125,7 @@ fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, 
 /// The state and launch progress this operator last wrote for each cloud node, by uid.
 ///
 /// A node's reconcile can run again before the cache shows the status it just wrote: the bridge
-/// adding its finalizer, or the scheduler's allocation, queue another run meanwhile. Acting on
+/// mirroring it to ZooKeeper, or the scheduler's allocation, queue another run meanwhile. Acting on
 /// that stale copy repeated the last cloud call (a fifth of all `create` calls in a burst of
 /// 1,000 launches, each a token of the provider's rate limit). Only this reconciler writes
 /// `status.launch`, so a cached node whose launch differs from the one written here is behind;
@@ -171,7 +171,7 @@ impl WrittenLaunches {
 /// Writes the status a launch step produced and remembers the launch progress it carries.
 ///
 /// The step's cloud call is made by now. If the write conflicts because the scheduler or the
-/// bridge wrote the node in between (its allocation, the bridge's finalizer), the node is read
+/// bridge wrote the node in between (its allocation, the bridge's ZooKeeper view), the node is read
 /// again and, as long as its launch stands where this step started, the step's outcome is
 /// written onto the fresh copy. Failing instead would repeat the cloud call, and under a burst
 /// of launches a good part of all cloud calls went that way.

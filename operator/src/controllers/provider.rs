@@ -10,7 +10,7 @@ use kube::{
     runtime::controller::Action,
 };
 use nodepool_crds::{
-    Driver, NodeState, PoolNode, PoolNodeSpec, Provider, conditions, labels as node_labels,
+    Driver, NodeState, PoolNode, PoolNodeSpec, Provider, ZNODE_FINALIZER, conditions, labels as node_labels,
     pool_node::StaticSlot,
     provider::{NodeCounts, ProviderStatus, QuotaStatus},
 };
@@ -204,6 +204,7 @@ async fn sync_static_slots(provider: &Provider, nodes: &[Arc<PoolNode>], ctx: &C
                     (node_labels::SLOT.to_owned(), slot.slot.to_string()),
                 ]));
                 node.metadata.owner_references = provider.controller_owner_ref(&()).map(|owner| vec![owner]);
+                node.metadata.finalizers = Some(vec![ZNODE_FINALIZER.to_owned()]);
                 let created = api.create(&PostParams::default(), &node).await?;
                 tracing::info!(provider = %name, host = %slot.host, slot = slot.slot, node = %created.name_any(), "registering static slot");
                 created_names.push(created.name_any());

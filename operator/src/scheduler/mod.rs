@@ -16,8 +16,8 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
 };
 use nodepool_crds::{
-    NodeRequest, NodeRequestState, NodeState, PoolNode, PoolNodeSpec, PoolNodeStatus, conditions,
-    labels as node_labels, pool_node::NodeResources,
+    NodeRequest, NodeRequestState, NodeState, PoolNode, PoolNodeSpec, PoolNodeStatus, ZNODE_FINALIZER,
+    conditions, labels as node_labels, pool_node::NodeResources,
 };
 
 use crate::{context::Context, status};
@@ -386,6 +386,7 @@ async fn new_node(
     if let Some(owner) = ctx.provider(provider).and_then(|p| p.controller_owner_ref(&())) {
         node.metadata.owner_references = Some(vec![owner]);
     }
+    node.metadata.finalizers = Some(vec![ZNODE_FINALIZER.to_owned()]);
     let created = api.create(&Default::default(), &node).await.context("creating a PoolNode")?;
     let status = PoolNodeStatus {
         state: NodeState::Init,
