@@ -192,14 +192,20 @@ async fn remove_znode(shared: &Arc<Shared>, node_id: &str) -> Result<bool> {
         return Ok(true); // gone already; taking its lock would only create it again, empty
     }
     let Some(lock) = shared.try_lock(&paths::node_lock(node_id)).await? else { return Ok(false) };
-    if let Some(Value::Object(mut doc)) = read_doc(shared, &path).await? {
-        doc.insert("state".into(), json!("deleted"));
-        doc.insert("state_time".into(), json!(now()));
-        shared.zk.set_data(&path, &serde_json::to_vec(&doc)?, None).await.context("writing deleted")?;
+    let removed = async {
+        if let Some(Value::Object(mut doc)) = read_doc(shared, &path).await? {
+            doc.insert("state".into(), json!("deleted"));
+            doc.insert("state_time".into(), json!(now()));
+            shared.zk.set_data(&path, &serde_json::to_vec(&doc)?, None).await.context("writing deleted")?;
+        }
+        zk::delete_recursive(&shared.zk, &path).await // removes our lock contender too
     }
-    zk::delete_recursive(&shared.zk, &path).await?; // removes our lock contender too
-    shared.own_contenders.lock().unwrap().remove(&lock.contender);
-    Ok(true)
+    .await;
+    match removed {
+        Ok(()) => shared.lock_gone(&lock.token),
+        Err(_) => shared.unlock(lock).await, // so the next attempt (or Zuul) can take it
+    }
+    removed.map(|()| true)
 }
 
 async fn create(shared: &Arc<Shared>, node: &PoolNode, uid: &str) -> Result<SyncOutcome> {

@@ -4,7 +4,7 @@
 //! ends every lock it held is gone, so the bridge drops all session state and starts over.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex},
 };
 
@@ -54,8 +54,8 @@ pub struct Shared {
     pub request_locks: tokio::sync::Mutex<HashMap<String, Lock>>,
     /// Serialises work on one node (by PoolNode uid) within this process.
     node_mutexes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Our own lock contender paths, so our brief locks never count as "locked by Zuul".
-    pub own_contenders: Mutex<HashSet<String>>,
+    /// Lock contenders of ours, so our brief locks never count as "locked by Zuul".
+    own_locks: zk::lock::OwnLocks,
     pub pool_nodes: Store<PoolNode>,
     pub node_requests: Store<NodeRequest>,
     /// The znode of each PoolNode (by uid), from the `driver_data` of every node znode seen and
@@ -93,26 +93,31 @@ impl Shared {
         self.node_mutexes.lock().unwrap().remove(uid);
     }
 
-    /// Takes a lock without waiting, remembering the contender as ours.
+    /// Takes a lock without waiting, its contender known as ours throughout.
     pub async fn try_lock(&self, dir: &str) -> Result<Option<Lock>> {
-        let lock = zk::lock::try_acquire(&self.zk, dir).await?;
-        if let Some(lock) = &lock {
-            self.own_contenders.lock().unwrap().insert(lock.contender.clone());
+        let token = self.own_locks.begin();
+        let lock = zk::lock::try_acquire(&self.zk, dir, &token).await;
+        if !matches!(lock, Ok(Some(_))) {
+            self.own_locks.end(&token);
         }
-        Ok(lock)
+        lock
     }
 
     pub async fn unlock(&self, lock: Lock) {
-        let contender = lock.contender.clone();
+        let token = lock.token.clone();
         lock.release(&self.zk).await;
-        self.own_contenders.lock().unwrap().remove(&contender);
+        self.lock_gone(&token);
+    }
+
+    /// Forgets a lock whose contender is gone by other means (its whole znode deleted).
+    pub fn lock_gone(&self, token: &str) {
+        self.own_locks.end(token);
     }
 
     /// Whether someone other than this bridge holds or waits for the lock in `dir`.
     pub async fn locked_by_others(&self, dir: &str) -> Result<bool> {
         let names = zk::lock::contenders(&self.zk, dir).await?;
-        let own = self.own_contenders.lock().unwrap();
-        Ok(names.iter().any(|name| !own.contains(&format!("{dir}/{name}"))))
+        Ok(names.iter().any(|name| !self.own_locks.is_ours(name)))
     }
 
     /// Every launcher's registered pool components (cached until a component changes).
@@ -200,7 +205,7 @@ impl Session {
             registry: Default::default(),
             request_locks: Default::default(),
             node_mutexes: Default::default(),
-            own_contenders: Default::default(),
+            own_locks: Default::default(),
             pool_nodes: node_store,
             node_requests: request_store,
             znodes_by_uid: Default::default(),

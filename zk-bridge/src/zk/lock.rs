@@ -2,9 +2,9 @@
 //! (zk-protocol.md §4.1): contenders are ephemeral-sequential children `<uuid4 hex>__lock__<seq>`
 //! of the lock directory; the lowest sequence holds the lock.
 
-use std::time::Duration;
+use std::{collections::HashSet, sync::Mutex};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use zookeeper_client::{Acls, Client, CreateMode};
 
 use super::ensure_path;
@@ -16,6 +16,35 @@ const MARKER: &str = "__lock__";
 pub struct Lock {
     /// Full path of our contender node.
     pub contender: String,
+    /// The token our contender's name starts with (see [`new_token`]).
+    pub token: String,
+}
+
+/// The contenders this process holds or is creating, by token: kazoo names a contender
+/// `<uuid4 hex>__lock__<seq>`, and the token (the uuid) is chosen, and recorded here, before
+/// the contender is created and forgotten after it is deleted. So a lock directory listed at
+/// any moment in between (the contender's own creation is an event that makes the bridge
+/// look) shows it as ours, and our brief locks never count as someone else's.
+#[derive(Debug, Default)]
+pub struct OwnLocks(Mutex<HashSet<String>>);
+
+impl OwnLocks {
+    /// A new token, ours from now on.
+    pub fn begin(&self) -> String {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        self.0.lock().unwrap().insert(token.clone());
+        token
+    }
+
+    /// The contender of `token` is gone (or was never created).
+    pub fn end(&self, token: &str) {
+        self.0.lock().unwrap().remove(token);
+    }
+
+    /// Whether a contender name in a lock directory is one of ours.
+    pub fn is_ours(&self, name: &str) -> bool {
+        contender_token(name).is_some_and(|token| self.0.lock().unwrap().contains(token))
+    }
 }
 
 /// The sequence of a kazoo contender name, or `None` for anything else in the directory.
@@ -23,6 +52,11 @@ pub fn contender_sequence(name: &str) -> Option<&str> {
     let (_, sequence) = name.rsplit_once(MARKER)?;
     let digits = sequence.strip_prefix('-').unwrap_or(sequence);
     (digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit())).then_some(sequence)
+}
+
+/// The token a contender name starts with.
+pub fn contender_token(name: &str) -> Option<&str> {
+    name.rsplit_once(MARKER).map(|(token, _)| token)
 }
 
 /// The contender names in a lock directory, lowest sequence (the holder) first.
@@ -37,55 +71,21 @@ pub async fn contenders(zk: &Client, dir: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
-async fn create_contender(zk: &Client, dir: &str) -> Result<String> {
+/// Takes the lock if nobody holds it, without waiting (kazoo `acquire(blocking=False)`), with a
+/// contender named after `token`.
+pub async fn try_acquire(zk: &Client, dir: &str, token: &str) -> Result<Option<Lock>> {
     ensure_path(zk, dir).await?;
-    let prefix = format!("{dir}/{}{MARKER}", uuid::Uuid::new_v4().simple());
+    let prefix = format!("{dir}/{token}{MARKER}");
     let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
     let (_, sequence) = zk.create(&prefix, b"", &options).await.with_context(|| format!("locking {dir}"))?;
-    Ok(format!("{prefix}{sequence}"))
-}
-
-/// Takes the lock if nobody holds it, without waiting (kazoo `acquire(blocking=False)`).
-pub async fn try_acquire(zk: &Client, dir: &str) -> Result<Option<Lock>> {
-    let contender = create_contender(zk, dir).await?;
+    let contender = format!("{prefix}{sequence}");
     let ours = contender.rsplit('/').next().unwrap_or_default().to_owned();
     let names = contenders(zk, dir).await?;
     if names.first() == Some(&ours) {
-        return Ok(Some(Lock { contender }));
+        return Ok(Some(Lock { contender, token: token.to_owned() }));
     }
     delete_quietly(zk, &contender).await;
     Ok(None)
-}
-
-/// Waits up to `timeout` for the lock, watching the contender just ahead of ours.
-pub async fn acquire(zk: &Client, dir: &str, timeout: Duration) -> Result<Lock> {
-    let contender = create_contender(zk, dir).await?;
-    let ours = contender.rsplit('/').next().unwrap_or_default().to_owned();
-    let wait = async {
-        loop {
-            let names = contenders(zk, dir).await?;
-            let position = names.iter().position(|name| *name == ours).context("our contender vanished")?;
-            if position == 0 {
-                return Ok::<_, anyhow::Error>(());
-            }
-            let predecessor = format!("{dir}/{}", names[position - 1]);
-            let (stat, watcher) = zk.check_and_watch_stat(&predecessor).await?;
-            if stat.is_some() {
-                watcher.changed().await;
-            }
-        }
-    };
-    match tokio::time::timeout(timeout, wait).await {
-        Ok(Ok(())) => Ok(Lock { contender }),
-        Ok(Err(error)) => {
-            delete_quietly(zk, &contender).await;
-            Err(error)
-        }
-        Err(_) => {
-            delete_quietly(zk, &contender).await;
-            bail!("timed out after {timeout:?} waiting for lock {dir}")
-        }
-    }
 }
 
 impl Lock {
@@ -117,5 +117,20 @@ mod tests {
         assert_eq!(contender_sequence("abc__rlock__0000000007"), None);
         assert_eq!(contender_sequence("abc__lock__7"), None);
         assert_eq!(contender_sequence("lock"), None);
+        assert_eq!(contender_token("0123abcd__lock__0000000007"), Some("0123abcd"));
+        assert_eq!(contender_token("lock"), None);
+    }
+
+    #[test]
+    fn a_contender_is_ours_from_before_it_exists_until_it_is_gone() {
+        let own = OwnLocks::default();
+        let token = own.begin();
+        // The name ZooKeeper will give it is not known yet; any sequence is recognised.
+        let name = format!("{token}{MARKER}0000000042");
+        assert!(own.is_ours(&name));
+        assert!(!own.is_ours(&format!("{}{MARKER}0000000041", uuid::Uuid::new_v4().simple())));
+        assert!(!own.is_ours("not-a-contender"));
+        own.end(&token);
+        assert!(!own.is_ours(&name));
     }
 }
