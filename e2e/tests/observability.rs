@@ -215,3 +215,87 @@ async fn a_bridge_without_zookeeper_is_live_but_not_ready() -> Result<()> {
     assert_eq!(sample(&metrics, "nodepool_zookeeper_connected"), Some(0.0), "{metrics}");
     Ok(())
 }
+
+/// Every value of the field `name` on a JSON log line: the event's own, and its spans'.
+fn field_values<'a>(line: &'a Value, name: &str) -> Vec<&'a str> {
+    let spans = line["spans"].as_array().into_iter().flatten();
+    [line].into_iter().chain(spans).filter_map(|object| object[name].as_str()).collect()
+}
+
+/// Whether a JSON log line has the field `name`, and only with `value`.
+fn names(line: &Value, name: &str, value: &str) -> bool {
+    let values = field_values(line, name);
+    !values.is_empty() && values.iter().all(|v| *v == value)
+}
+
+/// The JSON log lines of a process started by `stack` under `name`.
+fn json_lines(stack: &Stack, name: &str) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(stack.logs().join(format!("{name}.log")))?;
+    text.lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).with_context(|| format!("not JSON: {line}")))
+        .collect()
+}
+
+/// Lines logged about a request carry Zuul's request id, and lines logged while working on a
+/// node carry the PoolNode's name (and, once it has one, its znode id), whichever function
+/// logged them: the ids come from spans around each reconcile and scheduling decision.
+#[tokio::test]
+async fn log_lines_carry_the_request_and_node_ids() -> Result<()> {
+    let mut stack = Stack::prepare("observability-log-ids").await?;
+    let operator_http = stack.operator_http.to_string();
+    let bridge_http = stack.bridge_http.to_string();
+    let json = ("NODEPOOL_LOG_JSON", "true");
+    stack.operator =
+        Some(stack.spawn_operator("operator", &[json, ("NODEPOOL_HTTP_ADDRESS", &operator_http)])?);
+    stack.bridge = Some(stack.spawn_bridge("bridge", &[json, ("NODEPOOL_HTTP_ADDRESS", &bridge_http)])?);
+    let pools = json!([{"name": "main", "hostKeyChecking": false,
+                        "labels": [{"name": "sim-small", "instanceType": "small"}]}]);
+    stack.apply_provider(stack.simulated_provider("sim", json!({"pools": pools}))).await?;
+    stack.launchable("sim").await?;
+
+    let mut zuul = Zuul::connect(&stack).await?;
+    let request = zuul.request(&["sim-small"]).await?;
+    let outcome = zuul.wait(&request, 60).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    let node_id = outcome["nodes"][0].as_str().context("no node id")?.to_owned();
+    zuul.run_build(&request).await?;
+    // The used node is deleted: its last lines are logged by then.
+    wait::until("the used node deleted", WAIT, async || Ok(stack.nodes().await?.is_empty().then_some(())))
+        .await?;
+
+    let operator = json_lines(&stack, "operator")?;
+    let bridge = json_lines(&stack, "bridge")?;
+    let message = |line: &Value| line["message"].as_str().unwrap_or_default().to_owned();
+    // What each binary says about this request, and that each line names it.
+    for (lines, about_the_request) in [
+        (&operator, &["launching node", "request assigned"][..]),
+        (&bridge, &["mirrored request", "request fulfilled", "request withdrawn"]),
+    ] {
+        for expected in about_the_request {
+            let said: Vec<&Value> = lines.iter().filter(|l| message(l) == *expected).collect();
+            assert!(!said.is_empty(), "nobody logged {expected:?}");
+            for line in said {
+                assert!(names(line, "request", &request), "{line}");
+            }
+        }
+    }
+    // Every line of the node's reconciles names the node; those after its registration in
+    // ZooKeeper name the znode too.
+    let node_lines: Vec<&Value> = operator
+        .iter()
+        .chain(&bridge)
+        .filter(|line| {
+            line["spans"].as_array().is_some_and(|spans| spans.iter().any(|s| s["name"] == "node"))
+        })
+        .collect();
+    for expected in ["launch starting", "node ready", "deleting node", "removed node from ZooKeeper"] {
+        let line = node_lines.iter().find(|l| message(l) == expected);
+        let line = line.with_context(|| format!("no line {expected:?} inside a node span"))?;
+        assert!(!field_values(line, "node").is_empty(), "{line}");
+        if expected != "launch starting" && expected != "node ready" {
+            assert!(names(line, "node_id", &node_id), "{line}");
+        }
+    }
+    Ok(())
+}

@@ -13,6 +13,7 @@ use kube::{
 };
 use nodepool_crds::{BRIDGE_MANAGER, NodeState, PoolNode, ZNODE_FINALIZER, ZooKeeperView};
 use serde_json::{Value, json};
+use tracing::Instrument;
 use zookeeper_client::{Acls, CreateMode};
 
 use crate::{
@@ -41,6 +42,11 @@ pub enum SyncOutcome {
 }
 
 pub async fn reconcile(node: Arc<PoolNode>, shared: Arc<Shared>) -> Result<Action, Error> {
+    let span = nodepool_service::logging::node_span(&node);
+    reconcile_node(node, shared).instrument(span).await
+}
+
+async fn reconcile_node(node: Arc<PoolNode>, shared: Arc<Shared>) -> Result<Action, Error> {
     if node.metadata.deletion_timestamp.is_some() {
         return Ok(finalize(&shared, &node).await?);
     }
@@ -66,10 +72,11 @@ async fn set_finalizers(
 }
 
 pub fn error_policy(node: Arc<PoolNode>, error: &Error, _: Arc<Shared>) -> Action {
+    let _span = nodepool_service::logging::node_span(&node).entered();
     if crate::is_conflict(&error.0) {
         return Action::requeue(Duration::from_millis(50));
     }
-    tracing::warn!(node = %node.name_any(), %error, "mirroring a node failed; retrying");
+    tracing::warn!(%error, "mirroring a node failed; retrying");
     Action::requeue(Duration::from_secs(1))
 }
 
@@ -375,10 +382,10 @@ async fn finalize(shared: &Arc<Shared>, node: &PoolNode) -> Result<Action> {
     node_ids.dedup();
     for node_id in node_ids {
         if !remove_znode(shared, &node_id).await? {
-            tracing::info!(node = %node.name_any(), %node_id, "node is locked by someone else; deleting it later");
+            tracing::info!(%node_id, "node is locked by someone else; deleting it later");
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
-        tracing::info!(node = %node.name_any(), %node_id, "removed node from ZooKeeper");
+        tracing::info!(%node_id, "removed node from ZooKeeper");
     }
     shared.znodes_by_uid.lock().unwrap().remove(&uid);
     let finalizers: Vec<String> =
@@ -393,6 +400,7 @@ async fn finalize(shared: &Arc<Shared>, node: &PoolNode) -> Result<Action> {
 }
 
 /// A change of `/nodepool/nodes/<id>` or of its lock: carry Zuul's view back to the PoolNode.
+#[tracing::instrument(name = "znode", skip_all, fields(node_id = %node_id))]
 pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
     let data = match shared.zk.get_data(&paths::node(node_id)).await {
         Ok((data, _)) => data,
@@ -401,7 +409,7 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
     };
     let Some(fields) = ZuulFields::parse(&data) else {
         if !data.is_empty() {
-            tracing::warn!(node = %node_id, "unreadable node znode; left alone");
+            tracing::warn!("unreadable node znode; left alone");
             shared.metrics.malformed("node");
         }
         return Ok(());

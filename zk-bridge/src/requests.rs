@@ -15,6 +15,7 @@ use nodepool_crds::{
     node_request::{NodeRequestSpec, OtherLauncherPool},
 };
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::{
     components,
@@ -29,6 +30,7 @@ use crate::{
 pub struct Error(#[from] anyhow::Error);
 
 /// A change of `/nodepool/requests/<id>` (or the resync at session start).
+#[tracing::instrument(name = "request", skip_all, fields(request = %id))]
 pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
     let data = match shared.zk.get_data(&paths::request(id)).await {
         Ok((data, _)) => data,
@@ -80,7 +82,7 @@ pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
     if existing.is_none() {
         shared.metrics.request_mirrored(request.created_time);
     }
-    tracing::info!(request = %id, labels = ?request.node_types, "mirrored request");
+    tracing::info!(labels = ?request.node_types, "mirrored request");
     Ok(())
 }
 
@@ -112,9 +114,9 @@ async fn withdrawn(shared: &Arc<Shared>, id: &str) -> Result<()> {
         return Ok(());
     }
     match shared.node_request_api().delete(id, &DeleteParams::default()).await {
-        Ok(_) => tracing::info!(request = %id, "request withdrawn"),
+        Ok(_) => tracing::info!("request withdrawn"),
         Err(kube::Error::Api(status)) if status.code == 404 => {
-            tracing::debug!(request = %id, "request withdrawn; its NodeRequest was already gone")
+            tracing::debug!("request withdrawn; its NodeRequest was already gone")
         }
         Err(error) => return Err(error).context("deleting a withdrawn NodeRequest"),
     }
@@ -126,7 +128,7 @@ async fn withdrawn(shared: &Arc<Shared>, id: &str) -> Result<()> {
 
 /// A request we cannot read: log it, and fail it if it is a JSON object we can write back.
 async fn fail_malformed(shared: &Arc<Shared>, id: &str, problem: &str) -> Result<()> {
-    tracing::error!(request = %id, %problem, "malformed node request");
+    tracing::error!(%problem, "malformed node request");
     shared.metrics.malformed("request");
     let path = paths::request(id);
     let Some(lock) = shared.try_lock(&paths::request_lock(id)).await? else { return Ok(()) };
@@ -160,7 +162,7 @@ async fn fail_malformed(shared: &Arc<Shared>, id: &str, problem: &str) -> Result
         doc.insert("state".into(), json!("failed"));
         doc.insert("state_time".into(), json!(crate::zk::model::now()));
         shared.zk.set_data(&path, &serde_json::to_vec(&doc)?, None).await?;
-        tracing::warn!(request = %id, "failed a malformed request");
+        tracing::warn!("failed a malformed request");
         Ok::<_, anyhow::Error>(())
     }
     .await;
@@ -173,6 +175,11 @@ async fn fail_malformed(shared: &Arc<Shared>, id: &str, problem: &str) -> Result
 
 /// Writes the operator's outcome for a `NodeRequest` back to ZooKeeper.
 pub async fn reconcile(request: Arc<NodeRequest>, shared: Arc<Shared>) -> Result<Action, Error> {
+    let span = nodepool_service::logging::request_span(&request);
+    reconcile_request(request, shared).instrument(span).await
+}
+
+async fn reconcile_request(request: Arc<NodeRequest>, shared: Arc<Shared>) -> Result<Action, Error> {
     let id = request.spec.request_id.clone();
     let status = request.status.clone().unwrap_or_default();
     let written = status.zookeeper.as_ref().and_then(|z| z.state);
@@ -196,10 +203,11 @@ pub async fn reconcile(request: Arc<NodeRequest>, shared: Arc<Shared>) -> Result
 }
 
 pub fn error_policy(request: Arc<NodeRequest>, error: &Error, _: Arc<Shared>) -> Action {
+    let _span = nodepool_service::logging::request_span(&request).entered();
     if crate::is_conflict(&error.0) {
         return Action::requeue(Duration::from_millis(50));
     }
-    tracing::warn!(request = %request.name_any(), %error, "writing a request outcome failed; retrying");
+    tracing::warn!(%error, "writing a request outcome failed; retrying");
     Action::requeue(Duration::from_secs(1))
 }
 
@@ -259,11 +267,11 @@ async fn write_fulfilled(
         Some(Ok(())) => {
             // Not recorded in the NodeRequest: Zuul deletes the request within moments, and the
             // write would cost the apiserver one more update per request for nothing.
-            tracing::info!(request = %id, nodes = ?node_ids, "request fulfilled");
+            tracing::info!(nodes = ?node_ids, "request fulfilled");
             shared.fulfilled_requests.insert(id);
         }
         Some(Err(problem)) => {
-            tracing::warn!(request = %id, %problem, "cannot fulfil");
+            tracing::warn!(%problem, "cannot fulfil");
             let view = RequestZooKeeperView { error: Some(problem), ..Default::default() };
             patch_view(shared, request, view).await?;
         }
@@ -313,7 +321,7 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
     .await;
     shared.unlock(lock).await;
     if let Some((failed, declined_by)) = outcome? {
-        tracing::info!(request = %id, failed, "request declined by our pools");
+        tracing::info!(failed, "request declined by our pools");
         let state = if failed { NodeRequestState::Failed } else { NodeRequestState::Requested };
         let view = RequestZooKeeperView { state: Some(state), declined_by, ..Default::default() };
         patch_view(shared, request, view).await?;

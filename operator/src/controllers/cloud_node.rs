@@ -219,7 +219,7 @@ pub async fn unclaimed(node: &PoolNode, ctx: &Context) -> Result<Action, Error> 
     if age < UNCLAIMED_GRACE {
         return Ok(requeue(UNCLAIMED_GRACE - age));
     }
-    tracing::warn!(node = %node.name_any(), "node never got its status from the scheduler; deleting it");
+    tracing::warn!("node never got its status from the scheduler; deleting it");
     let api: Api<PoolNode> = ctx.api();
     // Only the node as seen here: if its status was written since, the delete is refused.
     let unchanged = DeleteParams {
@@ -239,22 +239,21 @@ pub async fn unclaimed(node: &PoolNode, ctx: &Context) -> Result<Action, Error> 
 
 /// `init` or `building`: takes the launch as far as it goes.
 pub async fn launch(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
-    let name = node.name_any();
     let placement = match placement(node, ctx).await {
         Ok(placement) => placement,
         Err(problem) if status.state == NodeState::Init => {
-            tracing::warn!(node = %name, %problem, "cannot launch");
+            tracing::warn!(%problem, "cannot launch");
             return fail(node, status, ctx, problem).await;
         }
         Err(problem) => {
-            tracing::warn!(node = %name, %problem, "launch waits for its provider");
+            tracing::warn!(%problem, "launch waits for its provider");
             return Ok(requeue(RETRY_UNAVAILABLE));
         }
     };
     let mut progress = match status.launch.as_ref().and_then(Progress::from_status) {
         Some(progress) if status.state == NodeState::Building => progress,
         _ => {
-            tracing::info!(node = %name, provider = %placement.provider.name_any(), label = %placement.label.name, request = ?status.allocated_to, "launch starting");
+            tracing::info!(provider = %placement.provider.name_any(), label = %placement.label.name, "launch starting");
             status.state = NodeState::Building;
             status.state_time = Some(now());
             Progress::start(SystemTime::now())
@@ -275,7 +274,7 @@ pub async fn launch(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) 
             Ok(requeue(after))
         }
         Next::Ready { instance, host_keys } => {
-            tracing::info!(node = %name, instance = %instance.id, address = ?instance.interface_ip, attempt = progress.attempt, "node ready");
+            tracing::info!(instance = %instance.id, address = ?instance.interface_ip, attempt = progress.attempt, "node ready");
             status.state = NodeState::Ready;
             status.state_time = Some(now());
             status.external_id = Some(instance.id.clone());
@@ -316,7 +315,7 @@ pub async fn launch(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) 
             Ok(action)
         }
         Next::Aborted(message) => {
-            tracing::warn!(node = %name, %message, "launch aborted: the cloud is out of quota or capacity");
+            tracing::warn!(%message, "launch aborted: the cloud is out of quota or capacity");
             ctx.clouds.pause(&placement.provider.name_any(), &placement.pool.name, message.clone());
             status.launch = Some(progress.to_status());
             status.state = NodeState::Aborted;
@@ -348,7 +347,7 @@ async fn fail(
     ctx: &Context,
     message: String,
 ) -> Result<Action, Error> {
-    tracing::warn!(node = %node.name_any(), %message, "launch failed");
+    tracing::warn!(%message, "launch failed");
     status.state = NodeState::Failed;
     status.state_time = Some(now());
     let launch = status.launch.get_or_insert_with(Default::default);
@@ -381,11 +380,11 @@ pub async fn tear_down(node: &PoolNode, ctx: &Context, why: &str) -> Result<Acti
             None => None,
         };
         let Some(cloud) = cloud else {
-            tracing::warn!(node = %name, provider = %node.spec.provider, "cannot reach the node's cloud to delete its instance; retrying");
+            tracing::warn!(provider = %node.spec.provider, "cannot reach the node's cloud to delete its instance; retrying");
             return Ok(requeue(RETRY_UNAVAILABLE));
         };
         if status.state != NodeState::Deleting {
-            tracing::info!(node = %name, instance = ?status.external_id, why, "deleting node");
+            tracing::info!(instance = ?status.external_id, why, "deleting node");
             status.state = NodeState::Deleting;
             status.state_time = Some(now());
             status::apply_node_status(&ctx.api(), node, &status).await?;
@@ -394,7 +393,7 @@ pub async fn tear_down(node: &PoolNode, ctx: &Context, why: &str) -> Result<Acti
         match delete::advance(cloud.as_ref(), &name, status.external_id.as_deref()).await {
             delete::Next::Wait(after) => return Ok(requeue(after)),
             delete::Next::Gone => {
-                tracing::info!(node = %name, instance = ?status.external_id, "instance deleted")
+                tracing::info!(instance = ?status.external_id, "instance deleted")
             }
         }
     }

@@ -12,6 +12,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, api::DeleteParams, runtime::controller::Action};
 use nodepool_crds::{NodeRequest, NodeState, PoolNode, PoolNodeStatus, conditions};
 use nodepool_driver_static as static_driver;
+use tracing::Instrument;
 
 use super::{Error, retry_after};
 use crate::{context::Context, status};
@@ -25,6 +26,11 @@ const RELEASE_GRACE: Duration = Duration::from_secs(5);
 const HELD: &str = "Held";
 
 pub async fn reconcile(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = nodepool_service::logging::node_span(&node);
+    reconcile_node(node, ctx).instrument(span).await
+}
+
+async fn reconcile_node(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.caches_ready().await; // providers are read from the cache
     if node.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -55,11 +61,12 @@ pub async fn reconcile(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action,
 }
 
 pub fn error_policy(node: Arc<PoolNode>, error: &Error, _: Arc<Context>) -> Action {
+    let _span = nodepool_service::logging::node_span(&node).entered();
     if crate::status::is_conflict(&error.0) {
         tracing::debug!(%error, "conflict; retrying with a fresh read");
         return retry_after(error);
     }
-    tracing::warn!(node = %node.name_any(), %error, "node reconcile failed");
+    tracing::warn!(%error, "node reconcile failed");
     retry_after(error)
 }
 
@@ -67,7 +74,7 @@ async fn delete(node: &PoolNode, ctx: &Context, why: &str) -> Result<Action, Err
     if node.spec.static_host.is_none() {
         return super::cloud_node::tear_down(node, ctx, why).await;
     }
-    tracing::info!(node = %node.name_any(), provider = %node.spec.provider, why, "deleting node");
+    tracing::info!(provider = %node.spec.provider, why, "deleting node");
     let api: Api<PoolNode> = ctx.api();
     match api.delete(&node.name_any(), &DeleteParams::default()).await {
         Ok(_) => Ok(Action::await_change()),
@@ -100,7 +107,7 @@ async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) ->
         match static_driver::scan_host_keys(&host.name, port, timeout).await {
             Ok(keys) => keys,
             Err(error) => {
-                tracing::warn!(node = %node.name_any(), host = %host.name, %error, "static host not reachable");
+                tracing::warn!(host = %host.name, %error, "static host not reachable");
                 conditions::set_condition(
                     &mut status.conditions,
                     conditions::condition(REACHABLE, false, "KeyScanFailed", error.to_string(), generation),
@@ -134,7 +141,7 @@ async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) ->
     status.attributes = pool.node_attributes.clone();
     status.observed_generation = generation;
     status::apply_node_status(&ctx.api(), node, &status).await?;
-    tracing::info!(node = %node.name_any(), host = %host.name, slot = slot.slot, "static node ready");
+    tracing::info!(host = %host.name, slot = slot.slot, "static node ready");
     Ok(Action::await_change())
 }
 
@@ -148,7 +155,7 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
     if let Some(zuul_state) = zookeeper.zuul_state
         && zuul_state != status.state
     {
-        tracing::info!(node = %node.name_any(), from = status.state.as_str(), to = zuul_state.as_str(), "Zuul changed node state");
+        tracing::info!(from = status.state.as_str(), to = zuul_state.as_str(), "Zuul changed node state");
         status.state = zuul_state;
         status.state_time = Some(now());
         status::apply_node_status(&ctx.api(), node, &status).await?;
@@ -175,7 +182,7 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
             if !zookeeper.locked && node.spec.hold.is_some() && status.allocated_to.is_none() =>
         {
             // An operator's hold (`nodepool hold`): keep the node out of circulation.
-            tracing::info!(node = %node.name_any(), "held by an operator");
+            tracing::info!("held by an operator");
             status.state = NodeState::Hold;
             status.state_time = Some(now());
             let comment = node.spec.hold.as_ref().and_then(|h| h.comment.clone()).unwrap_or_default();
@@ -214,7 +221,7 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
                 if zuul.locked || zuul.zuul_state.is_some() || status.state != NodeState::Ready {
                     return Ok(Action::await_change()); // Zuul has it
                 }
-                tracing::info!(node = %node.name_any(), %request, "request gone; releasing its node");
+                tracing::info!(%request, "request gone; releasing its node");
                 status.allocated_to = None;
                 status.tenant = None;
                 status.requestor = None;
@@ -243,7 +250,7 @@ async fn finish(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context, why: &s
     if node.spec.static_host.is_none() {
         return delete(node, ctx, why).await;
     }
-    tracing::info!(node = %node.name_any(), why, "static slot: registering it afresh");
+    tracing::info!(why, "static slot: registering it afresh");
     let mut conditions = status.conditions.clone();
     conditions.retain(|c| c.type_ != HELD);
     let fresh = PoolNodeStatus {

@@ -19,6 +19,7 @@ use nodepool_crds::{
     NodeRequest, NodeRequestState, NodeState, PoolNode, PoolNodeSpec, PoolNodeStatus, ZNODE_FINALIZER,
     conditions, labels as node_labels, pool_node::NodeResources,
 };
+use tracing::Instrument;
 
 use crate::{context::Context, status};
 use plan::Decision;
@@ -51,7 +52,10 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
         // together seconds later, and no new node could start launching in between: the
         // provider's rate limit sat idle while the apiserver worked through the pile.
         let outcomes: Vec<_> = futures::stream::iter(decisions)
-            .map(|d| apply(&ctx, d))
+            .map(|decision| {
+                let span = decision_span(&decision);
+                apply_logged(&ctx, decision).instrument(span)
+            })
             .buffer_unordered(CONCURRENT_WRITES)
             .collect()
             .await;
@@ -60,15 +64,9 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
         let mut next_pass = IDLE_PASS;
         for outcome in outcomes {
             match outcome {
-                Ok(Applied::Wrote(mut objects)) => written.append(&mut objects),
-                Ok(Applied::Later(after)) => next_pass = next_pass.min(after),
-                Err(error) if status::is_conflict(&error) => {
-                    tracing::debug!(error = format!("{error:#}"), "stale cache; deciding again next pass")
-                }
-                Err(error) => {
-                    failed += 1;
-                    tracing::warn!(error = format!("{error:#}"), "applying a scheduling decision failed")
-                }
+                Some(Applied::Wrote(mut objects)) => written.append(&mut objects),
+                Some(Applied::Later(after)) => next_pass = next_pass.min(after),
+                None => failed += 1,
             }
         }
         ctx.metrics.reconciles.record("scheduler", started.elapsed(), false);
@@ -101,6 +99,35 @@ fn first_launches(decisions: Vec<Decision>, limit: usize) -> Vec<Decision> {
             launches <= limit
         })
         .collect()
+}
+
+/// The span a decision is carried out in: the request it is about, or what a spare is for.
+fn decision_span(decision: &Decision) -> tracing::Span {
+    match decision {
+        Decision::Assign { request, .. }
+        | Decision::Launch { request, .. }
+        | Decision::Wait { request, .. }
+        | Decision::Decline { request, .. } => tracing::info_span!("request", %request),
+        Decision::LaunchSpare { provider, pool, label, .. } => {
+            tracing::info_span!("spare", %provider, %pool, %label)
+        }
+    }
+}
+
+/// Applies a decision and logs its failure; `None` if it failed. A conflict only means the
+/// cache was stale: the decision is made again next pass, and that is not a failure.
+async fn apply_logged(ctx: &Context, decision: Decision) -> Option<Applied> {
+    match apply(ctx, decision).await {
+        Ok(applied) => Some(applied),
+        Err(error) if status::is_conflict(&error) => {
+            tracing::debug!(error = format!("{error:#}"), "stale cache; deciding again next pass");
+            Some(Applied::Wrote(vec![]))
+        }
+        Err(error) => {
+            tracing::warn!(error = format!("{error:#}"), "applying a scheduling decision failed");
+            None
+        }
+    }
 }
 
 /// What applying a decision did.
@@ -145,7 +172,7 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Applied> {
             if waited < REPORT_WAIT_AFTER && current.is_none_or(|c| c.status != "True") {
                 return Ok(Applied::Later(REPORT_WAIT_AFTER - waited));
             }
-            tracing::info!(request = %request, %reason, %message, "request waits");
+            tracing::info!(%reason, %message, "request waits");
             let generation = object.metadata.generation;
             conditions::set_condition(
                 &mut status.conditions,
@@ -163,14 +190,14 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Applied> {
             let mut written = Vec::new();
             for _ in 0..count {
                 let node = new_node(ctx, &provider, &pool, &label, resources.clone(), None).await?;
-                tracing::info!(node = %node.name_any(), %provider, %pool, %label, "launching a spare node for min-ready");
+                tracing::info!(node = %node.name_any(), "launching a spare node for min-ready");
                 written.push(Written::NewNode(node.name_any(), node.resource_version().unwrap_or_default()));
             }
             written
         }
         Decision::Decline { request, pools, message, release } => {
             let Some(object) = cached(&ctx.requests, ctx, &request) else { return Ok(vec![].into()) };
-            tracing::info!(request = %request, %message, "declining request");
+            tracing::info!(%message, "declining request");
             let mut written = release_nodes(ctx, &release).await?;
             let mut status = object.status.clone().unwrap_or_default();
             status.state = NodeRequestState::Failed;
@@ -265,7 +292,7 @@ async fn assign(
         }
         return Err(error);
     }
-    tracing::info!(request = %request, nodes = ?names, %provider, %pool, "request assigned");
+    tracing::info!(nodes = ?names, %provider, %pool, "request assigned");
     Ok(written)
 }
 
@@ -348,7 +375,7 @@ async fn launch_for_request(
     }
     for (label, resources) in launch {
         let node = new_node(ctx, &provider, &pool, &label, resources, Some(&object)).await?;
-        tracing::info!(request = %object.spec.request_id, node = %node.name_any(), %provider, %pool, %label, "launching node");
+        tracing::info!(node = %node.name_any(), %provider, %pool, %label, "launching node");
         written.push(Written::NewNode(node.name_any(), node.resource_version().unwrap_or_default()));
     }
     Ok(written)
