@@ -9,7 +9,7 @@ use kube::{
         reflector::Store,
     },
 };
-use nodepool_crds::{Image, Label, NodeRequest, PoolNode, Provider, TenantLimit};
+use nodepool_crds::{Image, Label, NodeRequest, PoolNode, PoolNodeStatus, Provider, TenantLimit};
 
 use crate::{clouds::Clouds, metrics::Metrics};
 use tokio::sync::Notify;
@@ -51,8 +51,8 @@ pub struct Context {
     vanished_requests: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// When each Provider's node counts were last written (see the Provider reconciler).
     pub provider_counts: WriteTimes,
-    /// The launch progress last written for each cloud node (see the cloud node reconciler).
-    pub launches_written: crate::controllers::cloud_node::WrittenLaunches,
+    /// The version of our last status write to each PoolNode (see [`crate::written`]).
+    pub node_writes: crate::written::WrittenVersions,
     /// Wakes the scheduler for another pass.
     pub scheduler_wake: Arc<Notify>,
     /// True once the provider, node and request caches hold their initial lists.
@@ -96,10 +96,22 @@ impl Context {
             images,
             vanished_requests: Default::default(),
             provider_counts: Default::default(),
-            launches_written: Default::default(),
+            node_writes: Default::default(),
             scheduler_wake,
             caches_ready,
         }
+    }
+
+    /// Applies the operator's part of a PoolNode's status and remembers the version the write
+    /// produced, so reconciles on older cached copies wait (see [`crate::written`]).
+    pub async fn write_node_status(
+        &self,
+        node: &PoolNode,
+        status: &PoolNodeStatus,
+    ) -> anyhow::Result<PoolNode> {
+        let updated = crate::status::apply_node_status(&self.api(), node, status).await?;
+        self.node_writes.record(&updated);
+        Ok(updated)
     }
 
     /// Waits until the caches hold their initial lists (any number of callers may wait).

@@ -14,7 +14,6 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, api::DeleteParams, runtime::controller::Action};
 use nodepool_crds::{
     ConnectionSettings, NodeState, PoolNode, PoolNodeStatus, Provider, conditions,
-    pool_node::LaunchProgress,
     provider::{Pool, PoolLabel},
 };
 use nodepool_driver::{
@@ -122,52 +121,6 @@ fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, 
     }
 }
 
-/// The state and launch progress this operator last wrote for each cloud node, by uid.
-///
-/// A node's reconcile can run again before the cache shows the status it just wrote: the bridge
-/// mirroring it to ZooKeeper, or the scheduler's allocation, queue another run meanwhile. Acting on
-/// that stale copy repeated the last cloud call (a fifth of all `create` calls in a burst of
-/// 1,000 launches, each a token of the provider's rate limit). Only this reconciler writes
-/// `status.launch`, so a cached node whose launch differs from the one written here is behind;
-/// its reconcile waits for the cache instead. The status stays the only record: after a restart
-/// this is empty and the freshly listed cache is trusted.
-#[derive(Default)]
-pub struct WrittenLaunches(std::sync::Mutex<std::collections::HashMap<String, WrittenLaunch>>);
-
-/// When, and which state and launch progress, was written.
-type WrittenLaunch = (std::time::Instant, NodeState, LaunchProgress);
-
-/// How long an entry is kept at most (a node deleted before the cache caught up leaves one).
-const WRITTEN_LAUNCH_TTL: Duration = Duration::from_secs(300);
-/// When to look again at a node whose cached copy is behind, should no watch event come first.
-const CACHE_LAG_RETRY: Duration = Duration::from_secs(1);
-
-impl WrittenLaunches {
-    /// Whether the cached `node` does not show the state and launch progress last written for
-    /// it yet. Once it does, the entry is dropped.
-    pub fn cache_is_behind(&self, node: &PoolNode) -> bool {
-        let Some(uid) = node.metadata.uid.as_deref() else { return false };
-        let mut written = self.0.lock().expect("written launches lock");
-        let Some((_, state, launch)) = written.get(uid) else { return false };
-        // The state too: the step to `ready` keeps the launch progress of the step before.
-        if node.status.as_ref().is_some_and(|s| s.state == *state && s.launch.as_ref() == Some(launch)) {
-            written.remove(uid);
-            return false;
-        }
-        true
-    }
-
-    /// Remembers what `node`, as the apiserver stored it, says of its launch.
-    fn record(&self, node: &PoolNode) {
-        let Some(uid) = node.metadata.uid.clone() else { return };
-        let Some(status) = node.status.as_ref() else { return };
-        let Some(launch) = status.launch.clone() else { return };
-        let mut written = self.0.lock().expect("written launches lock");
-        written.retain(|_, (at, _, _)| at.elapsed() < WRITTEN_LAUNCH_TTL);
-        written.insert(uid, (std::time::Instant::now(), status.state, launch));
-    }
-}
-
 /// Writes the status a launch step produced and remembers the launch progress it carries.
 ///
 /// The step's cloud call is made by now. If the write conflicts because the scheduler or the
@@ -177,8 +130,8 @@ impl WrittenLaunches {
 /// of launches a good part of all cloud calls went that way.
 async fn write_status(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context) -> Result<PoolNode, Error> {
     let api: Api<PoolNode> = ctx.api();
-    let updated = match status::apply_node_status(&api, node, status).await {
-        Ok(updated) => updated,
+    match ctx.write_node_status(node, status).await {
+        Ok(updated) => Ok(updated),
         Err(error) if status::is_conflict(&error) => {
             let Some(fresh) = api.get_opt(&node.name_any()).await? else { return Err(error.into()) };
             let launch_of = |n: &PoolNode| n.status.as_ref().map(|s| (s.state, s.launch.clone()));
@@ -193,19 +146,10 @@ async fn write_status(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context) -
                 resources: others.resources,
                 ..status.clone()
             };
-            status::apply_node_status(&api, &fresh, &merged).await?
+            Ok(ctx.write_node_status(&fresh, &merged).await?)
         }
-        Err(error) => return Err(error.into()),
-    };
-    // As the apiserver stored it, which is what the cache will show.
-    ctx.launches_written.record(&updated);
-    Ok(updated)
-}
-
-/// A cloud node whose cached copy is behind what was last written for it: look again once the
-/// cache has caught up (its watch event wakes the node's reconcile) or after a second.
-pub fn wait_for_cache() -> Action {
-    Action::requeue(CACHE_LAG_RETRY)
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// How long a new node may stay without the status its creator writes next.
@@ -387,7 +331,7 @@ pub async fn tear_down(node: &PoolNode, ctx: &Context, why: &str) -> Result<Acti
             tracing::info!(instance = ?status.external_id, why, "deleting node");
             status.state = NodeState::Deleting;
             status.state_time = Some(now());
-            status::apply_node_status(&ctx.api(), node, &status).await?;
+            ctx.write_node_status(node, &status).await?;
             return Ok(Action::await_change()); // Zuul sees `deleting` before the instance goes
         }
         match delete::advance(cloud.as_ref(), &name, status.external_id.as_deref()).await {

@@ -15,13 +15,16 @@ use nodepool_driver_static as static_driver;
 use tracing::Instrument;
 
 use super::{Error, retry_after};
-use crate::{context::Context, status};
+use crate::context::Context;
 
 /// Condition saying whether a static host answered its last check.
 const REACHABLE: &str = "Reachable";
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(10);
 /// How long a request must have been gone before its ready nodes are released.
 const RELEASE_GRACE: Duration = Duration::from_secs(5);
+/// When to look again at a node whose cached copy is older than our last write to it, should
+/// no watch event come first.
+const CACHE_LAG_RETRY: Duration = Duration::from_secs(1);
 /// Condition set while a node is held because of its `spec.hold` (an operator's hold).
 const HELD: &str = "Held";
 
@@ -35,10 +38,11 @@ async fn reconcile_node(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action
     if node.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let cloud_node = node.spec.static_host.is_none();
-    if cloud_node && ctx.launches_written.cache_is_behind(&node) {
-        return Ok(super::cloud_node::wait_for_cache());
+    if ctx.node_writes.cache_is_behind(&node) {
+        // Look again once the cache shows our write (its watch event wakes this reconcile).
+        return Ok(Action::requeue(CACHE_LAG_RETRY));
     }
+    let cloud_node = node.spec.static_host.is_none();
     let status = node.status.clone().unwrap_or_default();
     if cloud_node && node.status.is_none() {
         // The scheduler writes a new node's allocation right after creating it; launching
@@ -113,7 +117,7 @@ async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) ->
                     conditions::condition(REACHABLE, false, "KeyScanFailed", error.to_string(), generation),
                 );
                 if node.status.as_ref() != Some(&status) {
-                    status::apply_node_status(&ctx.api(), node, &status).await?;
+                    ctx.write_node_status(node, &status).await?;
                 }
                 return Ok(Action::requeue(RETRY_UNREACHABLE));
             }
@@ -140,7 +144,7 @@ async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) ->
     status.host_keys = host_keys;
     status.attributes = pool.node_attributes.clone();
     status.observed_generation = generation;
-    status::apply_node_status(&ctx.api(), node, &status).await?;
+    ctx.write_node_status(node, &status).await?;
     tracing::info!(host = %host.name, slot = slot.slot, "static node ready");
     Ok(Action::await_change())
 }
@@ -158,7 +162,7 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
         tracing::info!(from = status.state.as_str(), to = zuul_state.as_str(), "Zuul changed node state");
         status.state = zuul_state;
         status.state_time = Some(now());
-        status::apply_node_status(&ctx.api(), node, &status).await?;
+        ctx.write_node_status(node, &status).await?;
         return Ok(Action::await_change());
     }
     match status.state {
@@ -190,7 +194,7 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
                 &mut status.conditions,
                 conditions::condition(HELD, true, "OperatorHold", comment, node.metadata.generation),
             );
-            status::apply_node_status(&ctx.api(), node, &status).await?;
+            ctx.write_node_status(node, &status).await?;
             Ok(Action::await_change())
         }
         NodeState::Ready if !zookeeper.locked => {
@@ -225,7 +229,7 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
                 status.allocated_to = None;
                 status.tenant = None;
                 status.requestor = None;
-                status::apply_node_status(&api, &fresh, &status).await?;
+                ctx.write_node_status(&fresh, &status).await?;
                 return Ok(Action::await_change());
             }
             if status.allocated_to.is_none()

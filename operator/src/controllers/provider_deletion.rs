@@ -13,12 +13,12 @@
 use std::{collections::HashSet, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{Api, ResourceExt, runtime::controller::Action};
-use nodepool_crds::{NodeState, PoolNode, Provider};
+use kube::{ResourceExt, runtime::controller::Action};
+use nodepool_crds::{NodeState, Provider};
 use nodepool_driver::leaks;
 
 use super::Error;
-use crate::{context::Context, status};
+use crate::context::Context;
 
 /// Keeps a cloud Provider until its instances are gone.
 pub const CLEANUP_FINALIZER: &str = "nodepool.dev/cloud-instances";
@@ -44,7 +44,6 @@ pub async fn step(provider: &Provider, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let nodes: Vec<_> = ctx.nodes.state().into_iter().filter(|n| n.spec.provider == name).collect();
-    let api: Api<PoolNode> = ctx.api();
     for node in &nodes {
         let status = node.status.clone().unwrap_or_default();
         let zuul_has_it = matches!(status.state, NodeState::InUse | NodeState::Hold)
@@ -58,7 +57,7 @@ pub async fn step(provider: &Provider, ctx: &Context) -> Result<Action, Error> {
             state_time: Some(Time(Timestamp::now())),
             ..status
         };
-        if let Err(error) = status::apply_node_status(&api, node, &status).await {
+        if let Err(error) = ctx.write_node_status(node, &status).await {
             tracing::debug!(node = %node.name_any(), error = format!("{error:#}"), "marking a node deleting; retrying");
         }
     }

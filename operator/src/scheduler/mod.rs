@@ -21,7 +21,7 @@ use nodepool_crds::{
 };
 use tracing::Instrument;
 
-use crate::{context::Context, status};
+use crate::{context::Context, status, written::at_least};
 use plan::Decision;
 
 /// Safety net only: passes are driven by changes, this bounds how long a missed wake could stall.
@@ -256,7 +256,7 @@ async fn assign(
             status.allocated_to = Some(object.spec.request_id.clone());
             status.tenant = object.spec.tenant.clone();
             status.requestor = object.spec.requestor.clone();
-            let updated = status::apply_node_status(&ctx.api(), &node, &status).await?;
+            let updated = ctx.write_node_status(&node, &status).await?;
             written.push(Written::Node(name.clone(), updated.resource_version().unwrap_or_default()));
             allocated.push(updated);
         }
@@ -286,7 +286,7 @@ async fn assign(
         for node in allocated {
             let mut status = node.status.clone().unwrap_or_default();
             status.allocated_to = None;
-            if let Err(undo) = status::apply_node_status(&ctx.api(), &node, &status).await {
+            if let Err(undo) = ctx.write_node_status(&node, &status).await {
                 tracing::error!(node = %node.name_any(), error = format!("{undo:#}"), "could not undo an allocation");
             }
         }
@@ -370,7 +370,7 @@ async fn launch_for_request(
         node_status.allocated_to = Some(object.spec.request_id.clone());
         node_status.tenant = object.spec.tenant.clone();
         node_status.requestor = object.spec.requestor.clone();
-        let updated = status::apply_node_status(&ctx.api(), &node, &node_status).await?;
+        let updated = ctx.write_node_status(&node, &node_status).await?;
         written.push(Written::Node(name.clone(), updated.resource_version().unwrap_or_default()));
     }
     for (label, resources) in launch {
@@ -425,7 +425,10 @@ async fn new_node(
         ..Default::default()
     };
     match status::apply_new_node_status(&api, &created.name_any(), &status).await {
-        Ok(updated) => Ok(updated),
+        Ok(updated) => {
+            ctx.node_writes.record(&updated);
+            Ok(updated)
+        }
         Err(error) => {
             // Without its allocation the node would launch unasked for; take it back.
             let _ = api.delete(&created.name_any(), &Default::default()).await;
@@ -443,7 +446,7 @@ async fn release_nodes(ctx: &Context, names: &[String]) -> Result<Vec<Written>> 
         status.allocated_to = None;
         status.tenant = None;
         status.requestor = None;
-        let updated = status::apply_node_status(&ctx.api(), &node, &status).await?;
+        let updated = ctx.write_node_status(&node, &status).await?;
         written.push(Written::Node(name.clone(), updated.resource_version().unwrap_or_default()));
     }
     Ok(written)
@@ -452,28 +455,16 @@ async fn release_nodes(ctx: &Context, names: &[String]) -> Result<Vec<Written>> 
 /// How long a host may take to accept a connection at hand-out.
 const HAND_OUT_CHECK: Duration = Duration::from_secs(2);
 
-/// Whether a cached resourceVersion is the written one or newer. resourceVersions are opaque,
-/// but etcd's are increasing integers; anything else is compared for equality only.
-fn at_least(cached: Option<String>, written: &str) -> bool {
-    match (cached.as_deref().map(str::parse::<u64>), written.parse::<u64>()) {
-        (Some(Ok(cached)), Ok(written)) => cached >= written,
-        _ => cached.as_deref() == Some(written),
-    }
-}
-
 /// Waits until the caches show every write of the last pass.
 async fn wait_for_caches(ctx: &Context, written: &[Written]) {
     let caught_up = || {
         written.iter().all(|object| match object {
-            Written::Node(name, version) => {
-                cached(&ctx.nodes, ctx, name).is_none_or(|n| at_least(n.resource_version(), version))
-            }
-            Written::NewNode(name, version) => {
-                cached(&ctx.nodes, ctx, name).is_some_and(|n| at_least(n.resource_version(), version))
-            }
-            Written::Request(name, version) => {
-                cached(&ctx.requests, ctx, name).is_none_or(|r| at_least(r.resource_version(), version))
-            }
+            Written::Node(name, version) => cached(&ctx.nodes, ctx, name)
+                .is_none_or(|n| at_least(n.resource_version().as_deref(), version)),
+            Written::NewNode(name, version) => cached(&ctx.nodes, ctx, name)
+                .is_some_and(|n| at_least(n.resource_version().as_deref(), version)),
+            Written::Request(name, version) => cached(&ctx.requests, ctx, name)
+                .is_none_or(|r| at_least(r.resource_version().as_deref(), version)),
         })
     };
     if !ctx.until_cached(caught_up).await {
