@@ -51,14 +51,15 @@ impl WrittenVersions {
         let Some(uid) = node.metadata.uid.as_deref() else { return false };
         let mut written = self.0.lock().expect("written versions lock");
         let Some((_, version)) = written.get(uid) else { return false };
-        let cached = node.metadata.resource_version.as_deref();
-        let comparable =
-            cached.and_then(|c| c.parse::<u64>().ok()).is_some() && version.parse::<u64>().is_ok();
-        if !comparable || at_least(cached, version) {
+        let cached = node.metadata.resource_version.as_deref().and_then(|c| c.parse::<u64>().ok());
+        let behind = match (cached, version.parse::<u64>().ok()) {
+            (Some(cached), Some(written)) => cached < written,
+            _ => false,
+        };
+        if !behind {
             written.remove(uid);
-            return false;
         }
-        true
+        behind
     }
 }
 
