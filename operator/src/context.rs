@@ -165,8 +165,16 @@ impl Context {
         }
     }
 
+    /// The object called `name` in this namespace, as the cache `store` shows it.
+    pub fn cached<K>(&self, store: &Store<K>, name: &str) -> Option<Arc<K>>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        store.get(&kube::runtime::reflector::ObjectRef::new(name).within(&self.namespace))
+    }
+
     pub fn provider(&self, name: &str) -> Option<Arc<Provider>> {
-        self.providers.get(&kube::runtime::reflector::ObjectRef::new(name).within(&self.namespace))
+        self.cached(&self.providers, name)
     }
 }
 
@@ -188,7 +196,7 @@ impl Context {
     }
 
     pub fn image(&self, name: &str) -> Option<Arc<Image>> {
-        self.images.get(&kube::runtime::reflector::ObjectRef::new(name).within(&self.namespace))
+        self.cached(&self.images, name)
     }
 }
 

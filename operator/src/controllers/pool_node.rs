@@ -272,7 +272,7 @@ async fn finish(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context, why: &s
 
 /// Whether the request is in the cache (its deletion wakes the nodes allocated to it).
 fn request_cached(ctx: &Context, request_id: &str) -> bool {
-    ctx.requests.get(&kube::runtime::reflector::ObjectRef::new(request_id).within(&ctx.namespace)).is_some()
+    ctx.cached(&ctx.requests, request_id).is_some()
 }
 
 fn held_for(status: &PoolNodeStatus) -> Duration {
@@ -301,9 +301,7 @@ fn ready_age_left(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context) -> Op
         .spec
         .labels
         .iter()
-        .filter_map(|label| {
-            ctx.labels.get(&kube::runtime::reflector::ObjectRef::new(label).within(&ctx.namespace))
-        })
+        .filter_map(|label| ctx.cached(&ctx.labels, label))
         .filter_map(|label| label.spec.max_ready_age.map(|age| age.0))
         .min()?;
     Some(max_age.saturating_sub(held_for(status)))

@@ -153,11 +153,7 @@ fn label_value(text: &str) -> String {
 /// cache, and the provider reconciles again on its nodes' events, which come through another
 /// watch than the cache's: a run before the cache caught up registered the same slot twice.
 async fn wait_until_cached(names: &[String], ctx: &Context) {
-    let cached = || {
-        names.iter().all(|name| {
-            ctx.nodes.get(&kube::runtime::reflector::ObjectRef::new(name).within(&ctx.namespace)).is_some()
-        })
-    };
+    let cached = || names.iter().all(|name| ctx.cached(&ctx.nodes, name).is_some());
     if !ctx.until_cached(cached).await {
         tracing::warn!(nodes = ?names, "the node cache does not show the new slot nodes yet");
     }

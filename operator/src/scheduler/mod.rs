@@ -11,10 +11,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{
-    Resource, ResourceExt,
-    runtime::reflector::{ObjectRef, Store},
-};
+use kube::{Resource, ResourceExt};
 use nodepool_crds::{
     NodeRequest, NodeRequestState, NodeState, PoolNode, PoolNodeSpec, PoolNodeStatus, ZNODE_FINALIZER,
     conditions, labels as node_labels, pool_node::NodeResources,
@@ -157,7 +154,7 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Applied> {
             assign(ctx, &request, provider, pool, nodes).await?
         }
         Decision::Wait { request, reason, message } => {
-            let Some(object) = cached(&ctx.requests, ctx, &request) else { return Ok(vec![].into()) };
+            let Some(object) = ctx.cached(&ctx.requests, &request) else { return Ok(vec![].into()) };
             let mut status = object.status.clone().unwrap_or_default();
             let current = conditions::find(&status.conditions, conditions::types::WAITING);
             if current.is_some_and(|c| c.status == "True" && c.reason == reason && c.message == message) {
@@ -196,7 +193,7 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Applied> {
             written
         }
         Decision::Decline { request, pools, message, release } => {
-            let Some(object) = cached(&ctx.requests, ctx, &request) else { return Ok(vec![].into()) };
+            let Some(object) = ctx.cached(&ctx.requests, &request) else { return Ok(vec![].into()) };
             tracing::info!(%message, "declining request");
             let mut written = release_nodes(ctx, &release).await?;
             let mut status = object.status.clone().unwrap_or_default();
@@ -223,13 +220,6 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Applied> {
     Ok(written.into())
 }
 
-fn cached<K>(store: &Store<K>, ctx: &Context, name: &str) -> Option<Arc<K>>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
-{
-    store.get(&ObjectRef::new(name).within(&ctx.namespace))
-}
-
 /// Allocates the nodes, then marks the request fulfilled. If any write fails the allocations
 /// made so far are undone, so a node is never left reserved for a request that did not get it.
 async fn assign(
@@ -239,7 +229,7 @@ async fn assign(
     pool: String,
     names: Vec<String>,
 ) -> Result<Vec<Written>> {
-    let Some(object) = cached(&ctx.requests, ctx, request) else { return Ok(vec![]) };
+    let Some(object) = ctx.cached(&ctx.requests, request) else { return Ok(vec![]) };
     if !static_hosts_answer(ctx, &names).await? {
         return Ok(vec![]); // decided again next pass, without the unreachable nodes
     }
@@ -247,8 +237,7 @@ async fn assign(
     let mut allocated: Vec<PoolNode> = Vec::new();
     let result = async {
         for name in &names {
-            let node =
-                cached(&ctx.nodes, ctx, name).ok_or_else(|| anyhow::anyhow!("node {name} vanished"))?;
+            let node = ctx.cached(&ctx.nodes, name).ok_or_else(|| anyhow::anyhow!("node {name} vanished"))?;
             let mut status = node.status.clone().unwrap_or_default();
             if status.allocated_to.as_deref() == Some(object.spec.request_id.as_str()) {
                 continue; // launched for this request
@@ -302,7 +291,7 @@ async fn assign(
 /// host answers a key scan again.
 async fn static_hosts_answer(ctx: &Context, names: &[String]) -> Result<bool> {
     let checks = names.iter().filter_map(|name| {
-        let node = cached(&ctx.nodes, ctx, name)?;
+        let node = ctx.cached(&ctx.nodes, name)?;
         let slot = node.spec.static_host.clone()?;
         let provider = ctx.provider(&node.spec.provider)?;
         let (pool, host) = nodepool_driver_static::find_host(&provider, &node.spec.pool, &slot.host)?;
@@ -341,7 +330,7 @@ async fn launch_for_request(
     reuse: Vec<String>,
     launch: Vec<(String, NodeResources)>,
 ) -> Result<Vec<Written>> {
-    let Some(object) = cached(&ctx.requests, ctx, request) else { return Ok(vec![]) };
+    let Some(object) = ctx.cached(&ctx.requests, request) else { return Ok(vec![]) };
     let mut written = Vec::new();
     let mut status = object.status.clone().unwrap_or_default();
     if status.state != NodeRequestState::Pending {
@@ -365,7 +354,7 @@ async fn launch_for_request(
         written.push(Written::Request(request.to_owned(), updated.resource_version().unwrap_or_default()));
     }
     for name in &reuse {
-        let Some(node) = cached(&ctx.nodes, ctx, name) else { continue };
+        let Some(node) = ctx.cached(&ctx.nodes, name) else { continue };
         let mut node_status = node.status.clone().unwrap_or_default();
         node_status.allocated_to = Some(object.spec.request_id.clone());
         node_status.tenant = object.spec.tenant.clone();
@@ -441,7 +430,7 @@ async fn new_node(
 async fn release_nodes(ctx: &Context, names: &[String]) -> Result<Vec<Written>> {
     let mut written = Vec::new();
     for name in names {
-        let Some(node) = cached(&ctx.nodes, ctx, name) else { continue };
+        let Some(node) = ctx.cached(&ctx.nodes, name) else { continue };
         let mut status = node.status.clone().unwrap_or_default();
         status.allocated_to = None;
         status.tenant = None;
@@ -459,11 +448,14 @@ const HAND_OUT_CHECK: Duration = Duration::from_secs(2);
 async fn wait_for_caches(ctx: &Context, written: &[Written]) {
     let caught_up = || {
         written.iter().all(|object| match object {
-            Written::Node(name, version) => cached(&ctx.nodes, ctx, name)
+            Written::Node(name, version) => ctx
+                .cached(&ctx.nodes, name)
                 .is_none_or(|n| at_least(n.resource_version().as_deref(), version)),
-            Written::NewNode(name, version) => cached(&ctx.nodes, ctx, name)
+            Written::NewNode(name, version) => ctx
+                .cached(&ctx.nodes, name)
                 .is_some_and(|n| at_least(n.resource_version().as_deref(), version)),
-            Written::Request(name, version) => cached(&ctx.requests, ctx, name)
+            Written::Request(name, version) => ctx
+                .cached(&ctx.requests, name)
                 .is_none_or(|r| at_least(r.resource_version().as_deref(), version)),
         })
     };

@@ -16,7 +16,7 @@ const MARKER: &str = "__lock__";
 pub struct Lock {
     /// Full path of our contender node.
     pub contender: String,
-    /// The token our contender's name starts with (see [`new_token`]).
+    /// The token our contender's name starts with (see [`OwnLocks`]).
     pub token: String,
 }
 
