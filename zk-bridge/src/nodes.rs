@@ -3,7 +3,10 @@
 //! Zuul holds the lock are carried back into `status.zookeeper` (zk-protocol.md §2.2, §3.2, §4.3,
 //! §4.4).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use kube::{
@@ -56,9 +59,40 @@ async fn reconcile_node(node: Arc<PoolNode>, shared: Arc<Shared>) -> Result<Acti
         set_finalizers(&shared, &node, finalizers).await.context("adding the znode finalizer")?;
         return Ok(Action::await_change()); // the update brings us back here
     }
-    match sync(&shared, &node).await? {
+    match sync(&shared, &node, RecordId::Now).await? {
         SyncOutcome::LockedByOthers => Ok(Action::requeue(Duration::from_secs(2))),
-        _ => Ok(Action::await_change()),
+        // Come back to record the new znode's id, unless Zuul's lock records it first.
+        _ => match node.uid().and_then(|uid| unrecorded_for(&shared, &uid)) {
+            Some(waited) => Ok(Action::requeue(RECORD_NEW_ID_AFTER.saturating_sub(waited))),
+            None => Ok(Action::await_change()),
+        },
+    }
+}
+
+/// How long the id of a znode the bridge has just created goes unrecorded in its PoolNode. A
+/// node handed out at once (a static slot back from use, under load) gets it recorded with
+/// Zuul's lock, in one write; recording it on its own first cost the apiserver one more write
+/// per use, and the scheduler's allocation of the node, based on the copy before it, failed as
+/// a conflict whenever that write came first. The scheduler does not need the id to hand a node
+/// out (nor does anything else of ours: the bridge knows its znodes).
+const RECORD_NEW_ID_AFTER: Duration = Duration::from_millis(1000);
+
+/// How long ago the bridge created the znode of the node with `uid`, if it has written nothing
+/// about it into the PoolNode since.
+fn unrecorded_for(shared: &Shared, uid: &str) -> Option<Duration> {
+    let known = shared.znodes_by_uid.lock().unwrap();
+    known.get(uid)?.unrecorded_since.map(|since| since.elapsed())
+}
+
+/// Whether the id of the node's znode is still to be left unrecorded (see [`RECORD_NEW_ID_AFTER`]).
+fn leave_unrecorded(shared: &Shared, uid: &str) -> bool {
+    unrecorded_for(shared, uid).is_some_and(|waited| waited < RECORD_NEW_ID_AFTER)
+}
+
+/// The bridge wrote its view of the node's current znode into the PoolNode.
+fn recorded(shared: &Shared, uid: &str) {
+    if let Some(known) = shared.znodes_by_uid.lock().unwrap().get_mut(uid) {
+        known.unrecorded_since = None;
     }
 }
 
@@ -85,6 +119,15 @@ pub fn error_policy(node: Arc<PoolNode>, error: &Error, _: Arc<Shared>) -> Actio
 pub struct KnownZnode {
     pub registration: u32,
     pub node_id: String,
+    /// When the bridge created it, while nothing about it is written into the PoolNode yet.
+    pub unrecorded_since: Option<Instant>,
+}
+
+impl KnownZnode {
+    /// A znode found in ZooKeeper (not one this session has just created).
+    fn found(registration: u32, node_id: &str) -> Self {
+        KnownZnode { registration, node_id: node_id.to_owned(), unrecorded_since: None }
+    }
 }
 
 fn registration(node: &PoolNode) -> u32 {
@@ -107,24 +150,40 @@ fn current_node_id(shared: &Shared, node: &PoolNode, uid: &str) -> Option<String
     (known.registration == registration(node)).then_some(known.node_id)
 }
 
-/// A znode of an earlier registration recorded in the PoolNode, unless this session has
-/// already moved past it.
+/// A znode of an earlier registration (or of the current one while the node is back in `init`):
+/// the one this session created, whose id may never have been recorded, else the one recorded
+/// in the PoolNode, unless this session has already moved past it.
 fn earlier_node_id(shared: &Shared, node: &PoolNode, uid: &str) -> Option<String> {
-    let view = node.status.as_ref()?.zookeeper.as_ref()?;
+    let status = node.status.as_ref()?;
+    let earlier = |of: u32| of != status.registration || status.state == NodeState::Init;
+    let known = shared.znodes_by_uid.lock().unwrap().get(uid).cloned();
+    if let Some(known) = &known
+        && earlier(known.registration)
+    {
+        return Some(known.node_id.clone());
+    }
+    let view = status.zookeeper.as_ref()?;
     let old = view.node_id.clone()?;
-    let current_registration = registration(node);
-    if view.registration == current_registration && node.status.as_ref()?.state != NodeState::Init {
+    if !earlier(view.registration) {
         return None;
     }
-    let known = shared.znodes_by_uid.lock().unwrap().get(uid).cloned();
     match known {
         Some(known) if known.node_id != old => None, // retired already; the cache lags
         _ => Some(old),
     }
 }
 
+/// Whether a sync records the znode id in the PoolNode (`status.zookeeper`) before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordId {
+    Now,
+    /// Left to the node's own reconcile, which the write that got us here queues anyway: a
+    /// request is fulfilled without waiting for an apiserver write.
+    Later,
+}
+
 /// Makes the znode of `node` match it, creating the znode if needed.
-pub async fn sync(shared: &Arc<Shared>, node: &PoolNode) -> Result<SyncOutcome> {
+pub async fn sync(shared: &Arc<Shared>, node: &PoolNode, record: RecordId) -> Result<SyncOutcome> {
     let uid = node.uid().context("PoolNode without uid")?;
     let mutex = shared.node_mutex(&uid);
     let _serialised = mutex.lock().await;
@@ -146,7 +205,9 @@ pub async fn sync(shared: &Arc<Shared>, node: &PoolNode) -> Result<SyncOutcome> 
     if state == NodeState::Init {
         return Ok(SyncOutcome::NotMirrored);
     }
-    let Some(node_id) = current_node_id(shared, node, &uid) else { return create(shared, node, &uid).await };
+    let Some(node_id) = current_node_id(shared, node, &uid) else {
+        return create(shared, node, &uid).await;
+    };
 
     let path = paths::node(&node_id);
     let current = match read_doc(shared, &path).await? {
@@ -155,7 +216,7 @@ pub async fn sync(shared: &Arc<Shared>, node: &PoolNode) -> Result<SyncOutcome> 
     };
     let desired = desired_doc(shared, node, Some(&current)).await;
     if same_document(&desired, &current) {
-        record_node_id(shared, node, &node_id).await?;
+        record_node_id(shared, node, &uid, &node_id, record).await?;
         return Ok(SyncOutcome::Mirrored(node_id));
     }
     let Some(lock) = shared.try_lock(&paths::node_lock(&node_id)).await? else {
@@ -173,7 +234,7 @@ pub async fn sync(shared: &Arc<Shared>, node: &PoolNode) -> Result<SyncOutcome> 
     if !written? {
         return create(shared, node, &uid).await;
     }
-    record_node_id(shared, node, &node_id).await?;
+    record_node_id(shared, node, &uid, &node_id, record).await?;
     Ok(SyncOutcome::Mirrored(node_id))
 }
 
@@ -225,11 +286,14 @@ async fn create(shared: &Arc<Shared>, node: &PoolNode, uid: &str) -> Result<Sync
         .await
         .context("creating the node znode")?;
     let node_id = sequence.to_string();
-    let known = KnownZnode { registration: registration(node), node_id: node_id.clone() };
+    let known = KnownZnode {
+        registration: registration(node),
+        node_id: node_id.clone(),
+        unrecorded_since: Some(Instant::now()),
+    };
     shared.znodes_by_uid.lock().unwrap().insert(uid.to_owned(), known);
     tracing::info!(node = %node.name_any(), %node_id, "registered node in ZooKeeper");
-    record_node_id(shared, node, &node_id).await?;
-    Ok(SyncOutcome::Mirrored(node_id))
+    Ok(SyncOutcome::Mirrored(node_id)) // its id is recorded later (RECORD_NEW_ID_AFTER)
 }
 
 async fn read_doc(shared: &Shared, path: &str) -> Result<Option<Value>> {
@@ -348,7 +412,16 @@ async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) 
 
 /// Records the znode id of the node's current registration in `status.zookeeper` if it is not
 /// there yet; a view of an earlier registration is replaced whole.
-async fn record_node_id(shared: &Shared, node: &PoolNode, node_id: &str) -> Result<()> {
+async fn record_node_id(
+    shared: &Shared,
+    node: &PoolNode,
+    uid: &str,
+    node_id: &str,
+    record: RecordId,
+) -> Result<()> {
+    if record == RecordId::Later || leave_unrecorded(shared, uid) {
+        return Ok(());
+    }
     let status = node.status.clone().unwrap_or_default();
     let mut view = status.zuul_view().cloned().unwrap_or_default();
     if view.node_id.as_deref() == Some(node_id) && status.zookeeper.as_ref() == Some(&view) {
@@ -356,7 +429,9 @@ async fn record_node_id(shared: &Shared, node: &PoolNode, node_id: &str) -> Resu
     }
     view.registration = status.registration;
     view.node_id = Some(node_id.to_owned());
-    patch_view(shared, &node.name_any(), &view).await
+    patch_view(shared, &node.name_any(), &view).await?;
+    recorded(shared, uid);
+    Ok(())
 }
 
 async fn patch_view(shared: &Shared, name: &str, view: &ZooKeeperView) -> Result<()> {
@@ -416,16 +491,21 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
     };
     let Some(uid) = fields.pool_node_uid.clone() else { return Ok(()) }; // not one of ours
     let Some(node) = shared.pool_node_by_uid(&uid) else {
-        let known = KnownZnode { registration: fields.registration, node_id: node_id.to_owned() };
-        shared.znodes_by_uid.lock().unwrap().insert(uid, known);
+        shared.znodes_by_uid.lock().unwrap().insert(uid, KnownZnode::found(fields.registration, node_id));
         return Ok(());
     };
     if fields.registration < registration(&node) || node.metadata.deletion_timestamp.is_some() {
         return Ok(()); // the znode of an earlier use, or of a node being deleted: on its way out
     }
     {
-        let known = KnownZnode { registration: fields.registration, node_id: node_id.to_owned() };
-        shared.znodes_by_uid.lock().unwrap().insert(uid, known);
+        let mut known = shared.znodes_by_uid.lock().unwrap();
+        let ours_still_unrecorded = known
+            .get(&uid)
+            .filter(|k| k.node_id == node_id && k.registration == fields.registration)
+            .and_then(|k| k.unrecorded_since);
+        let mut entry = KnownZnode::found(fields.registration, node_id);
+        entry.unrecorded_since = ours_still_unrecorded;
+        known.insert(uid.clone(), entry);
     }
     if fields.registration > registration(&node) {
         return Ok(()); // the cache has not caught up with the operator's write yet
@@ -445,10 +525,28 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
         hold_expiration: fields.hold_expiration,
         user_data: Some(fields.user_data).filter(|v| !v.is_null()),
     };
+    let recorded_view = node.status.as_ref().and_then(|s| s.zuul_view());
+    if !zuul_touched(&view)
+        && recorded_view.is_none_or(|v| !zuul_touched(v))
+        && leave_unrecorded(shared, &uid)
+    {
+        return Ok(()); // only the id would be new: see RECORD_NEW_ID_AFTER
+    }
     if node.status.as_ref().and_then(|s| s.zookeeper.as_ref()) != Some(&view) {
         patch_view(shared, &node.name_any(), &view).await?;
+        recorded(shared, &uid);
     }
     Ok(())
+}
+
+/// Whether Zuul has done anything with a node: locked it, set its state, held it, left data.
+fn zuul_touched(view: &ZooKeeperView) -> bool {
+    view.locked
+        || view.zuul_state.is_some()
+        || view.hold_job.is_some()
+        || view.comment.is_some()
+        || view.hold_expiration.is_some()
+        || view.user_data.is_some()
 }
 
 /// A znode of ours disappeared without us deleting it: register the node again.

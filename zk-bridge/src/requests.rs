@@ -240,7 +240,7 @@ async fn write_fulfilled(
     let mut node_ids = Vec::with_capacity(names.len());
     for name in names {
         let node = allocated_node(shared, name, id).await?;
-        match nodes::sync(shared, &node).await? {
+        match nodes::sync(shared, &node, nodes::RecordId::Later).await? {
             SyncOutcome::Mirrored(node_id) => node_ids.push(node_id),
             SyncOutcome::NotMirrored | SyncOutcome::LockedByOthers => return Ok(Action::requeue(RETRY_SOON)),
         }

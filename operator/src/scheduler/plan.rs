@@ -249,11 +249,19 @@ pub fn request_order(a: &NodeRequest, b: &NodeRequest) -> Ordering {
 /// Whether a node can be handed to a request right now.
 pub fn is_free(node: &PoolNode) -> bool {
     let Some(status) = &node.status else { return false };
-    let zookeeper = status.zuul_view();
     node.metadata.deletion_timestamp.is_none()
         && status.state == NodeState::Ready
         && status.allocated_to.is_none()
-        && zookeeper.is_some_and(|z| z.node_id.is_some() && !z.locked && z.zuul_state.is_none())
+        && unclaimed_by_zuul(status)
+}
+
+/// Zuul has no hold on the node's current registration. One the bridge has not put in ZooKeeper
+/// yet (a slot just back from use, a node just launched) is unclaimed: Zuul can neither lock nor
+/// use a znode that does not exist, and the bridge registers it, allocated, before it fulfils
+/// the request. Waiting for the bridge to record the new znode first would put one more
+/// apiserver write and watch hop between a node becoming ready and its hand-out.
+fn unclaimed_by_zuul(status: &nodepool_crds::PoolNodeStatus) -> bool {
+    status.zuul_view().is_none_or(|z| !z.locked && z.zuul_state.is_none())
 }
 
 /// Everything a pass decides on.
@@ -539,8 +547,7 @@ impl<'a> Pass<'a> {
         if missing.is_empty() {
             let ready = matched.iter().all(|n| {
                 let status = n.status.as_ref();
-                status.is_some_and(|s| s.state == NodeState::Ready)
-                    && status.and_then(|s| s.zuul_view()).is_some_and(|z| z.node_id.is_some() && !z.locked)
+                status.is_some_and(|s| s.state == NodeState::Ready && unclaimed_by_zuul(s))
             });
             if ready {
                 self.decisions.push(Decision::Assign {
@@ -598,7 +605,7 @@ impl<'a> Pass<'a> {
                     let status = n.status.as_ref();
                     status.is_none_or(|s| {
                         s.allocated_to.is_none()
-                            && s.zuul_view().is_none_or(|z| !z.locked && z.zuul_state.is_none())
+                            && unclaimed_by_zuul(s)
                             && matches!(s.state, NodeState::Init | NodeState::Building | NodeState::Ready)
                     })
                 })
@@ -800,17 +807,31 @@ mod tests {
     }
 
     #[test]
-    fn locked_allocated_or_unregistered_nodes_are_not_free() {
+    fn locked_or_allocated_nodes_are_not_free() {
         let mut locked = (*node("n", "p", &["l"])).clone();
         locked.status.as_mut().unwrap().zookeeper.as_mut().unwrap().locked = true;
         assert!(!is_free(&locked));
         let mut allocated = (*node("n", "p", &["l"])).clone();
         allocated.status.as_mut().unwrap().allocated_to = Some("100-0000000009".into());
         assert!(!is_free(&allocated));
+        let mut used = (*node("n", "p", &["l"])).clone();
+        used.status.as_mut().unwrap().zookeeper.as_mut().unwrap().zuul_state = Some(NodeState::Used);
+        assert!(!is_free(&used));
+        assert!(is_free(&node("n", "p", &["l"])));
+    }
+
+    #[test]
+    fn a_node_not_yet_in_zookeeper_is_free() {
         let mut unregistered = (*node("n", "p", &["l"])).clone();
         unregistered.status.as_mut().unwrap().zookeeper = None;
-        assert!(!is_free(&unregistered));
-        assert!(is_free(&node("n", "p", &["l"])));
+        assert!(is_free(&unregistered), "a node just launched");
+        // A static slot back from use: the view is of its last registration (Zuul used it).
+        let mut reregistered = (*node("n", "p", &["l"])).clone();
+        let status = reregistered.status.as_mut().unwrap();
+        status.registration = 1;
+        let view = status.zookeeper.as_mut().unwrap();
+        (view.registration, view.zuul_state, view.locked) = (0, Some(NodeState::Used), true);
+        assert!(is_free(&reregistered), "the view of the last use says nothing of this one");
     }
 
     fn cloud_pool(max_servers: Option<u32>, labels: &[&str]) -> PoolView {
