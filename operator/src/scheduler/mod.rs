@@ -1,12 +1,13 @@
 //! The scheduler: whenever requests, nodes or providers change, one pass decides on every open
-//! request ([`plan`]) and writes the decisions. Each write carries the resourceVersion it was
-//! based on, and the next pass waits until the caches show the writes, so a node is never handed
-//! out twice.
+//! request ([`plan`]) and starts writing the decisions. Each write carries the resourceVersion it
+//! was based on, so a node is never handed out twice. The next pass need not wait for the writes:
+//! it plans on the caches with the decisions still being written laid over them ([`overlay`]).
+//! Only a pass that creates nodes waits until the caches show everything it wrote.
 
 pub mod capacity;
+mod overlay;
 pub mod plan;
 
-use futures::StreamExt;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
@@ -19,7 +20,9 @@ use nodepool_crds::{
 use tracing::Instrument;
 
 use crate::{context::Context, status, written::at_least};
+use overlay::Overlay;
 use plan::Decision;
+use tokio::task::JoinSet;
 
 /// Safety net only: passes are driven by changes, this bounds how long a missed wake could stall.
 const IDLE_PASS: Duration = Duration::from_secs(30);
@@ -35,48 +38,138 @@ const LAUNCHES_PER_PASS: usize = 64;
 pub async fn run(ctx: Arc<Context>) -> Result<()> {
     ctx.caches_ready().await;
     tracing::info!("scheduler running");
+    let mut overlay = Overlay::default();
+    let mut in_flight: JoinSet<Finished> = JoinSet::new();
     loop {
         let started = std::time::Instant::now();
-        let nodes = ctx.nodes.state();
+        overlay.settle(|name| ctx.cached(&ctx.nodes, name), |name| ctx.cached(&ctx.requests, name));
+        let nodes = overlay.nodes(ctx.nodes.state());
+        let requests = overlay.requests(ctx.requests.state());
         let mut tenants = plan::tenant_budgets(&ctx.tenant_limits.state(), &nodes);
         let paused = |provider: &str, pool: &str| ctx.clouds.paused(provider, pool).map(|p| p.reason);
         let pools = plan::pools(&ctx.providers.state(), &paused);
-        let (requests, labels) = (ctx.requests.state(), ctx.labels.state());
+        let labels = ctx.labels.state();
         let world = plan::World { requests: &requests, nodes: &nodes, pools: &pools, labels: &labels };
         let decisions = first_launches(plan::plan(&world, &mut tenants), LAUNCHES_PER_PASS);
-        // Decisions of one pass touch disjoint requests and nodes: write them concurrently, but
-        // a few at a time. With hundreds at once (a burst of requests) they all finished
-        // together seconds later, and no new node could start launching in between: the
-        // provider's rate limit sat idle while the apiserver worked through the pile.
-        let outcomes: Vec<_> = futures::stream::iter(decisions)
-            .map(|decision| {
-                let span = decision_span(&decision);
-                apply_logged(&ctx, decision).instrument(span)
-            })
-            .buffer_unordered(CONCURRENT_WRITES)
-            .collect()
-            .await;
-        let mut written = Vec::new();
-        let mut failed = 0;
-        let mut next_pass = IDLE_PASS;
-        for outcome in outcomes {
-            match outcome {
-                Some(Applied::Wrote(mut objects)) => written.append(&mut objects),
-                Some(Applied::Later(after)) => next_pass = next_pass.min(after),
-                None => failed += 1,
+        let creates_nodes =
+            decisions.iter().any(|d| matches!(d, Decision::Launch { .. } | Decision::LaunchSpare { .. }));
+        // At most CONCURRENT_WRITES decisions are written at once. With hundreds at once (a burst
+        // of requests) they all finished together seconds later, and no new node could start
+        // launching in between: the provider's rate limit sat idle while the apiserver worked
+        // through the pile. Decisions left over are made again by a later pass.
+        for decision in decisions {
+            if in_flight.len() >= CONCURRENT_WRITES {
+                break;
             }
+            let held = hold(&mut overlay, &decision, &world);
+            let span = decision_span(&decision);
+            let ctx = ctx.clone();
+            in_flight.spawn(
+                async move { Finished { outcome: apply_logged(&ctx, decision).await, held } }
+                    .instrument(span),
+            );
         }
         ctx.metrics.reconciles.record("scheduler", started.elapsed(), false);
-        ctx.metrics.reconciles.errors("scheduler", failed);
-        if !written.is_empty() {
+        let mut next_pass = tokio::time::Instant::now() + IDLE_PASS;
+        if creates_nodes {
+            // New nodes are not in the overlay: the next pass must see them in the cache, or it
+            // would launch them again. So this pass ends only once all its writes are cached.
+            let mut written = Vec::new();
+            while let Some(finished) = in_flight.join_next().await {
+                let finished = finished.context("a scheduling task failed")?;
+                written.extend(finish(&ctx, &mut overlay, finished, &mut next_pass));
+            }
             wait_for_caches(&ctx, &written).await;
-            continue; // what we wrote may let more requests through
+            continue;
         }
-        tokio::select! {
-            () = ctx.scheduler_wake.notified() => {}
-            () = tokio::time::sleep(next_pass) => {}
+        // Next pass: when the caches change, when a write lands (what was written may let more
+        // requests through), or when a waiting request is due to report why it waits.
+        loop {
+            tokio::select! {
+                Some(finished) = in_flight.join_next() => {
+                    let finished = finished.context("a scheduling task failed")?;
+                    if !finish(&ctx, &mut overlay, finished, &mut next_pass).is_empty() {
+                        break;
+                    }
+                }
+                () = ctx.scheduler_wake.notified() => break,
+                () = tokio::time::sleep_until(next_pass) => break,
+            }
         }
     }
+}
+
+/// A decision's writes, done.
+struct Finished {
+    /// `None` if it failed (logged).
+    outcome: Option<Applied>,
+    held: Held,
+}
+
+/// What a decision holds in the overlay while it is written.
+struct Held {
+    request: Option<String>,
+    nodes: Vec<String>,
+}
+
+/// Lays what `decision` is about to write over the caches: its request is left out of the next
+/// passes, and the nodes it hands out are shown allocated.
+fn hold(overlay: &mut Overlay, decision: &Decision, world: &plan::World) -> Held {
+    let request = match decision {
+        Decision::Assign { request, .. }
+        | Decision::Launch { request, .. }
+        | Decision::Wait { request, .. }
+        | Decision::Decline { request, .. } => Some(request.clone()),
+        Decision::LaunchSpare { .. } => None,
+    };
+    let handed_out: &[String] = match decision {
+        Decision::Assign { nodes, .. } => nodes,
+        Decision::Launch { reuse, .. } => reuse,
+        _ => &[],
+    };
+    let object = request.as_deref().and_then(|r| world.requests.iter().find(|o| o.name_any() == r));
+    let mut nodes = Vec::new();
+    if let Some(object) = object {
+        for name in handed_out {
+            let Some(node) = world.nodes.iter().find(|n| n.name_any() == *name) else { continue };
+            let mut intended = (**node).clone();
+            let status = intended.status.get_or_insert_with(Default::default);
+            status.allocated_to = Some(object.spec.request_id.clone());
+            status.tenant = object.spec.tenant.clone();
+            status.requestor = object.spec.requestor.clone();
+            overlay.hold_node(intended);
+            nodes.push(name.clone());
+        }
+    }
+    if let Some(request) = &request {
+        overlay.hold_request(request);
+    }
+    Held { request, nodes }
+}
+
+/// Records a finished decision's writes in the overlay and drops what it held but did not write.
+/// Returns what it wrote.
+fn finish(
+    ctx: &Context,
+    overlay: &mut Overlay,
+    finished: Finished,
+    next_pass: &mut tokio::time::Instant,
+) -> Vec<Written> {
+    let mut written = Vec::new();
+    match finished.outcome {
+        Some(Applied::Wrote(objects)) => written = objects,
+        Some(Applied::Later(after)) => *next_pass = (*next_pass).min(tokio::time::Instant::now() + after),
+        None => ctx.metrics.reconciles.errors("scheduler", 1),
+    }
+    for object in &written {
+        match object {
+            Written::Node(node) => overlay.node_written((**node).clone()),
+            Written::Request(name, version) => overlay.request_written(name, version.clone()),
+            Written::NewNode(..) => {}
+        }
+    }
+    overlay.abandon(finished.held.request.as_deref(), &finished.held.nodes);
+    written
 }
 
 /// The decisions with at most `limit` launches: the first ones, in the plan's order. The rest
@@ -142,7 +235,7 @@ impl From<Vec<Written>> for Applied {
 
 /// An object the scheduler wrote, and the resourceVersion the write produced.
 enum Written {
-    Node(String, String),
+    Node(Box<PoolNode>),
     /// A node created in this pass: the cache must show it before the next pass.
     NewNode(String, String),
     Request(String, String),
@@ -246,7 +339,7 @@ async fn assign(
             status.tenant = object.spec.tenant.clone();
             status.requestor = object.spec.requestor.clone();
             let updated = ctx.write_node_status(&node, &status).await?;
-            written.push(Written::Node(name.clone(), updated.resource_version().unwrap_or_default()));
+            written.push(Written::Node(Box::new(updated.clone())));
             allocated.push(updated);
         }
         let mut status = object.status.clone().unwrap_or_default();
@@ -360,7 +453,7 @@ async fn launch_for_request(
         node_status.tenant = object.spec.tenant.clone();
         node_status.requestor = object.spec.requestor.clone();
         let updated = ctx.write_node_status(&node, &node_status).await?;
-        written.push(Written::Node(name.clone(), updated.resource_version().unwrap_or_default()));
+        written.push(Written::Node(Box::new(updated)));
     }
     for (label, resources) in launch {
         let node = new_node(ctx, &provider, &pool, &label, resources, Some(&object)).await?;
@@ -436,7 +529,7 @@ async fn release_nodes(ctx: &Context, names: &[String]) -> Result<Vec<Written>> 
         status.tenant = None;
         status.requestor = None;
         let updated = ctx.write_node_status(&node, &status).await?;
-        written.push(Written::Node(name.clone(), updated.resource_version().unwrap_or_default()));
+        written.push(Written::Node(Box::new(updated)));
     }
     Ok(written)
 }
@@ -448,9 +541,9 @@ const HAND_OUT_CHECK: Duration = Duration::from_secs(2);
 async fn wait_for_caches(ctx: &Context, written: &[Written]) {
     let caught_up = || {
         written.iter().all(|object| match object {
-            Written::Node(name, version) => ctx
-                .cached(&ctx.nodes, name)
-                .is_none_or(|n| at_least(n.resource_version().as_deref(), version)),
+            Written::Node(node) => ctx.cached(&ctx.nodes, &node.name_any()).is_none_or(|n| {
+                at_least(n.resource_version().as_deref(), &node.resource_version().unwrap_or_default())
+            }),
             Written::NewNode(name, version) => ctx
                 .cached(&ctx.nodes, name)
                 .is_some_and(|n| at_least(n.resource_version().as_deref(), version)),
