@@ -189,6 +189,16 @@ async fn main() -> Result<()> {
             r["errors"]
         );
     }
+    for row in &results {
+        for sample in row["result"]["error_samples"].as_array().into_iter().flatten() {
+            println!(
+                "error ({}, {} workers): {}",
+                row["system"].as_str().unwrap_or_default(),
+                row["workers"],
+                sample
+            );
+        }
+    }
     for &workers in &cli.workers {
         let find = |system: &str| {
             results
