@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::{context::Context, status, written::at_least};
 use overlay::Overlay;
 use plan::Decision;
-use tokio::task::JoinSet;
+use tokio::{sync::Semaphore, task::JoinSet};
 
 /// Safety net only: passes are driven by changes, this bounds how long a missed wake could stall.
 const IDLE_PASS: Duration = Duration::from_secs(30);
@@ -40,6 +40,7 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
     tracing::info!("scheduler running");
     let mut overlay = Overlay::default();
     let mut in_flight: JoinSet<Finished> = JoinSet::new();
+    let writers = Arc::new(Semaphore::new(CONCURRENT_WRITES));
     loop {
         let started = std::time::Instant::now();
         overlay.settle(|name| ctx.cached(&ctx.nodes, name), |name| ctx.cached(&ctx.requests, name));
@@ -56,21 +57,32 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
         // At most CONCURRENT_WRITES decisions are written at once. With hundreds at once (a burst
         // of requests) they all finished together seconds later, and no new node could start
         // launching in between: the provider's rate limit sat idle while the apiserver worked
-        // through the pile. Decisions left over are made again by a later pass.
+        // through the pile. A decision waiting for its turn holds its request and nodes already.
+        let mut next_pass = tokio::time::Instant::now() + IDLE_PASS;
         for decision in decisions {
-            if in_flight.len() >= CONCURRENT_WRITES {
-                break;
+            // Most waits need no write: decided here, they hold nothing and take no turn.
+            if let Decision::Wait { request, reason, message } = &decision {
+                match wait_report(&ctx, request, reason, message) {
+                    WaitReport::Nothing => continue,
+                    WaitReport::NotYet(after) => {
+                        next_pass = next_pass.min(tokio::time::Instant::now() + after);
+                        continue;
+                    }
+                    WaitReport::Due(_) => {}
+                }
             }
             let held = hold(&mut overlay, &decision, &world);
             let span = decision_span(&decision);
-            let ctx = ctx.clone();
+            let (ctx, writers) = (ctx.clone(), writers.clone());
             in_flight.spawn(
-                async move { Finished { outcome: apply_logged(&ctx, decision).await, held } }
-                    .instrument(span),
+                async move {
+                    let _turn = writers.acquire().await.expect("the semaphore is never closed");
+                    Finished { outcome: apply_logged(&ctx, decision).await, held }
+                }
+                .instrument(span),
             );
         }
         ctx.metrics.reconciles.record("scheduler", started.elapsed(), false);
-        let mut next_pass = tokio::time::Instant::now() + IDLE_PASS;
         if creates_nodes {
             // New nodes are not in the overlay: the next pass must see them in the cache, or it
             // would launch them again. So this pass ends only once all its writes are cached.
@@ -247,22 +259,13 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Applied> {
             assign(ctx, &request, provider, pool, nodes).await?
         }
         Decision::Wait { request, reason, message } => {
-            let Some(object) = ctx.cached(&ctx.requests, &request) else { return Ok(vec![].into()) };
-            let mut status = object.status.clone().unwrap_or_default();
-            let current = conditions::find(&status.conditions, conditions::types::WAITING);
-            if current.is_some_and(|c| c.status == "True" && c.reason == reason && c.message == message) {
-                return Ok(vec![].into());
-            }
-            let waited = object
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .and_then(|created| Timestamp::now().duration_since(created.0).try_into().ok())
-                .unwrap_or(REPORT_WAIT_AFTER);
-            if waited < REPORT_WAIT_AFTER && current.is_none_or(|c| c.status != "True") {
-                return Ok(Applied::Later(REPORT_WAIT_AFTER - waited));
-            }
+            let object = match wait_report(ctx, &request, reason, &message) {
+                WaitReport::Nothing => return Ok(vec![].into()),
+                WaitReport::NotYet(after) => return Ok(Applied::Later(after)),
+                WaitReport::Due(object) => object,
+            };
             tracing::info!(%reason, %message, "request waits");
+            let mut status = object.status.clone().unwrap_or_default();
             let generation = object.metadata.generation;
             conditions::set_condition(
                 &mut status.conditions,
@@ -311,6 +314,34 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Applied> {
         }
     };
     Ok(written.into())
+}
+
+/// Whether a waiting request is to say why it waits.
+enum WaitReport {
+    /// It says so already (or is gone).
+    Nothing,
+    /// Not before this long: most waits are over sooner.
+    NotYet(Duration),
+    Due(Arc<NodeRequest>),
+}
+
+fn wait_report(ctx: &Context, request: &str, reason: &str, message: &str) -> WaitReport {
+    let Some(object) = ctx.cached(&ctx.requests, request) else { return WaitReport::Nothing };
+    let status = object.status.clone().unwrap_or_default();
+    let current = conditions::find(&status.conditions, conditions::types::WAITING);
+    if current.is_some_and(|c| c.status == "True" && c.reason == reason && c.message == message) {
+        return WaitReport::Nothing;
+    }
+    let waited = object
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|created| Timestamp::now().duration_since(created.0).try_into().ok())
+        .unwrap_or(REPORT_WAIT_AFTER);
+    if waited < REPORT_WAIT_AFTER && current.is_none_or(|c| c.status != "True") {
+        return WaitReport::NotYet(REPORT_WAIT_AFTER - waited);
+    }
+    WaitReport::Due(object)
 }
 
 /// Allocates the nodes, then marks the request fulfilled. If any write fails the allocations
@@ -496,7 +527,7 @@ async fn new_node(
         node.metadata.owner_references = Some(vec![owner]);
     }
     node.metadata.finalizers = Some(vec![ZNODE_FINALIZER.to_owned()]);
-    let created = api.create(&Default::default(), &node).await.context("creating a PoolNode")?;
+    let created = api.create(&status::create_params(), &node).await.context("creating a PoolNode")?;
     let status = PoolNodeStatus {
         state: NodeState::Init,
         state_time: Some(Time(Timestamp::now())),
