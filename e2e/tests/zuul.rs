@@ -88,6 +88,95 @@ async fn node_data_zuul_reads_is_complete() -> Result<()> {
     Ok(())
 }
 
+/// The leaf field paths one `managedFields` entry claims (`fieldsV1`, made of `f:`/`k:`/`v:` keys).
+fn owned_paths(fields: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    let Some(map) = fields.as_object() else { return };
+    let children: Vec<_> = map.iter().filter(|(key, _)| key.as_str() != ".").collect();
+    if children.is_empty() {
+        out.push(prefix.to_owned());
+    }
+    for (key, value) in children {
+        owned_paths(value, &format!("{prefix}/{key}"), out);
+    }
+}
+
+/// Each manager's leaf paths in an object, by manager name.
+fn owners(object: &impl kube::Resource) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut owners = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for entry in object.meta().managed_fields.iter().flatten() {
+        let manager = entry.manager.clone().unwrap_or_default();
+        let fields = serde_json::to_value(&entry.fields_v1).unwrap_or_default();
+        owned_paths(&fields, "", owners.entry(manager).or_default());
+    }
+    owners
+}
+
+/// The ownership rule, read from the apiserver's own bookkeeping: every field of a
+/// NodeRequest and of a PoolNode is written by exactly one of the two components, Zuul's side
+/// (`status.zookeeper`, the request's spec) by the bridge, the rest by the operator.
+#[tokio::test]
+async fn every_field_has_one_owner_the_operator_or_the_bridge() -> Result<()> {
+    use kube::Api;
+    use nodepool_crds::{BRIDGE_MANAGER, NodeRequest, OPERATOR_MANAGER, PoolNode};
+
+    let stack = Stack::start("zuul-ownership").await?;
+    stack.apply_provider(stack.static_provider("lab", 1)).await?;
+    stack.wait_for_ready_nodes(2, Duration::from_secs(60)).await?;
+    let mut zuul = nodepool_e2e::zuul::Zuul::connect(&stack).await?;
+    let request_id = zuul.request(&["static-single"]).await?;
+    assert_eq!(zuul.wait(&request_id, 60).await?["state"], "fulfilled");
+    let requests: Api<NodeRequest> = Api::namespaced(stack.client.clone(), &stack.namespace);
+    let request = requests.get(&request_id).await?; // Zuul deletes it when it accepts the nodes
+    let build = zuul.call("accept", serde_json::json!({"request_id": request_id})).await?["build"].clone();
+    zuul.call("use", serde_json::json!({"build": build})).await?;
+
+    let nodes: Api<PoolNode> = Api::namespaced(stack.client.clone(), &stack.namespace);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let node = loop {
+        let listed = nodes.list(&Default::default()).await?.items;
+        let in_use = listed.into_iter().find(|n| {
+            n.status.as_ref().and_then(|s| s.zuul_view()).and_then(|z| z.zuul_state)
+                == Some(nodepool_crds::NodeState::InUse)
+        });
+        match in_use {
+            Some(node) => break node,
+            None if tokio::time::Instant::now() > deadline => anyhow::bail!("no node in use after 30 s"),
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+
+    for (kind, owners) in [("NodeRequest", owners(&request)), ("PoolNode", owners(&node))] {
+        let managers: Vec<&str> = owners.keys().map(String::as_str).collect();
+        assert!(
+            managers.iter().all(|m| [OPERATOR_MANAGER, BRIDGE_MANAGER].contains(m)),
+            "{kind}: unexpected field managers {managers:?}"
+        );
+        let (operator, bridge) = (&owners[OPERATOR_MANAGER], &owners[BRIDGE_MANAGER]);
+        let shared: Vec<&String> = operator.iter().filter(|path| bridge.contains(path)).collect();
+        assert!(shared.is_empty(), "{kind}: fields owned by both: {shared:?}");
+        let zuul_side = |p: &String| {
+            p.starts_with("/f:status/f:zookeeper") || (kind == "NodeRequest" && p.starts_with("/f:spec/"))
+        };
+        assert!(bridge.iter().all(zuul_side), "{kind}: the bridge owns more than Zuul's side: {bridge:?}");
+        assert!(
+            operator.iter().all(|p| !p.starts_with("/f:status/f:zookeeper")),
+            "{kind}: the operator owns part of Zuul's side: {operator:?}"
+        );
+    }
+    let request_owners = owners(&request);
+    assert!(request_owners[BRIDGE_MANAGER].iter().any(|p| p.starts_with("/f:spec/")), "{request_owners:?}");
+    assert!(request_owners[BRIDGE_MANAGER].iter().all(|p| !p.starts_with("/f:status/f:state")));
+    assert!(request_owners[OPERATOR_MANAGER].contains(&"/f:status/f:state".to_owned()), "{request_owners:?}");
+    let node_owners = owners(&node);
+    assert!(node_owners[OPERATOR_MANAGER].contains(&"/f:status/f:allocatedTo".to_owned()), "{node_owners:?}");
+    assert!(
+        node_owners[BRIDGE_MANAGER].contains(&"/f:status/f:zookeeper/f:zuulState".to_owned()),
+        "{node_owners:?}"
+    );
+    zuul.call("return", serde_json::json!({"build": build})).await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_waiting_request_says_why_in_its_status_and_events() -> Result<()> {
     use k8s_openapi::api::core::v1::Event;

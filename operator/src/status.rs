@@ -16,6 +16,12 @@ pub fn is_conflict(error: &anyhow::Error) -> bool {
     matches!(error.downcast_ref::<kube::Error>(), Some(kube::Error::Api(status)) if status.code == 409)
 }
 
+/// Creating an object as the operator: its fields are then the operator's in `managedFields`,
+/// not an `unknown` manager's.
+pub fn create_params() -> kube::api::PostParams {
+    kube::api::PostParams { field_manager: Some(OPERATOR_MANAGER.to_owned()), ..Default::default() }
+}
+
 /// Applies `status` as the operator's status of `object`.
 pub async fn apply_status<K, S>(api: &Api<K>, object: &K, status: &S) -> Result<K>
 where

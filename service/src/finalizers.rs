@@ -8,8 +8,9 @@ use serde::de::DeserializeOwned;
 
 /// Replaces `object`'s finalizer list with `finalizers` if it is still the one we read (a
 /// JSON-patch `test`, so unrelated writes such as status updates do not make this fail, while
-/// a finalizer another controller added meanwhile does).
-pub async fn replace<K>(api: &Api<K>, object: &K, finalizers: Vec<String>) -> kube::Result<()>
+/// a finalizer another controller added meanwhile does). `manager` is the field manager the
+/// apiserver records for the list.
+pub async fn replace<K>(api: &Api<K>, object: &K, finalizers: Vec<String>, manager: &str) -> kube::Result<()>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -23,6 +24,7 @@ where
         ])
     };
     let patch: json_patch::Patch = serde_json::from_value(operations).expect("a valid JSON patch");
-    api.patch(&object.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
+    let params = PatchParams { field_manager: Some(manager.to_owned()), ..Default::default() };
+    api.patch(&object.name_any(), &params, &Patch::Json::<()>(patch)).await?;
     Ok(())
 }

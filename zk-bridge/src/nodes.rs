@@ -102,7 +102,7 @@ async fn set_finalizers(
     node: &PoolNode,
     finalizers: Vec<String>,
 ) -> Result<(), kube::Error> {
-    nodepool_service::finalizers::replace(&shared.pool_node_api(), node, finalizers).await
+    nodepool_service::finalizers::replace(&shared.pool_node_api(), node, finalizers, BRIDGE_MANAGER).await
 }
 
 pub fn error_policy(node: Arc<PoolNode>, error: &Error, _: Arc<Shared>) -> Action {

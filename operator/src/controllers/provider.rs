@@ -6,11 +6,12 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams},
     runtime::controller::Action,
 };
 use nodepool_crds::{
-    Driver, NodeState, PoolNode, PoolNodeSpec, Provider, ZNODE_FINALIZER, conditions, labels as node_labels,
+    Driver, NodeState, OPERATOR_MANAGER, PoolNode, PoolNodeSpec, Provider, ZNODE_FINALIZER, conditions,
+    labels as node_labels,
     pool_node::StaticSlot,
     provider::{NodeCounts, ProviderStatus, QuotaStatus},
 };
@@ -177,7 +178,9 @@ async fn sync_static_slots(provider: &Provider, nodes: &[Arc<PoolNode>], ctx: &C
         match live.iter().find(|n| slot_of(n).as_ref() == Some(&key)) {
             Some(node) if node.spec.labels != slot.labels => {
                 let patch = serde_json::json!({"spec": {"labels": slot.labels}});
-                api.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                let params =
+                    PatchParams { field_manager: Some(OPERATOR_MANAGER.to_owned()), ..Default::default() };
+                api.patch(&node.name_any(), &params, &Patch::Merge(&patch)).await?;
             }
             Some(_) => {}
             None => {
@@ -201,7 +204,7 @@ async fn sync_static_slots(provider: &Provider, nodes: &[Arc<PoolNode>], ctx: &C
                 ]));
                 node.metadata.owner_references = provider.controller_owner_ref(&()).map(|owner| vec![owner]);
                 node.metadata.finalizers = Some(vec![ZNODE_FINALIZER.to_owned()]);
-                let created = api.create(&PostParams::default(), &node).await?;
+                let created = api.create(&crate::status::create_params(), &node).await?;
                 tracing::info!(provider = %name, host = %slot.host, slot = slot.slot, node = %created.name_any(), "registering static slot");
                 created_names.push(created.name_any());
             }

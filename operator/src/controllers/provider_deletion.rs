@@ -14,7 +14,7 @@ use std::{collections::HashSet, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{ResourceExt, runtime::controller::Action};
-use nodepool_crds::{NodeState, Provider};
+use nodepool_crds::{NodeState, OPERATOR_MANAGER, Provider};
 use nodepool_driver::leaks;
 
 use super::Error;
@@ -108,7 +108,7 @@ async fn remove_finalizer(provider: &Provider, ctx: &Context) -> Result<Action, 
 
 /// Replaces the Provider's finalizer list (see [`nodepool_service::finalizers::replace`]).
 async fn set_finalizers(provider: &Provider, ctx: &Context, finalizers: Vec<String>) -> Result<(), Error> {
-    nodepool_service::finalizers::replace(&ctx.api::<Provider>(), provider, finalizers)
+    nodepool_service::finalizers::replace(&ctx.api::<Provider>(), provider, finalizers, OPERATOR_MANAGER)
         .await
         .map_err(|error| Error(anyhow::Error::new(error).context("updating the Provider's finalizers")))
 }
