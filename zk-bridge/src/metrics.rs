@@ -118,7 +118,7 @@ impl Metrics {
 }
 
 /// Seconds since a Zuul timestamp (clamped at 0: Zuul's clock may be ahead of ours).
-fn age(created_time: Option<f64>) -> Option<f64> {
+pub fn age(created_time: Option<f64>) -> Option<f64> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
     created_time.map(|created| (now - created).max(0.0))
 }

@@ -82,7 +82,8 @@ pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
     if existing.is_none() {
         shared.metrics.request_mirrored(request.created_time);
     }
-    tracing::info!(labels = ?request.node_types, "mirrored request");
+    let age_ms = crate::metrics::age(request.created_time).map(|age| (age * 1000.0).round() as u64);
+    tracing::info!(labels = ?request.node_types, age_ms, "mirrored request");
     Ok(())
 }
 
@@ -249,7 +250,7 @@ async fn write_fulfilled(
     let outcome = async {
         let Some(mut doc) = read_locked(shared, id).await? else { return Ok(None) };
         if doc.state == "fulfilled" && doc.nodes == node_ids {
-            return Ok(Some(Ok(()))); // written before (by this bridge before a restart)
+            return Ok(Some(Ok(doc.created_time))); // written before (by this bridge before a restart)
         }
         if doc.state != "requested" && doc.state != "pending" {
             return Ok(Some(Err(format!("the request is already {} in ZooKeeper", doc.state))));
@@ -258,16 +259,17 @@ async fn write_fulfilled(
         doc.set_state("fulfilled");
         shared.zk.set_data(&paths::request(id), &doc.to_bytes(), None).await.context("writing fulfilled")?;
         shared.metrics.outcome("fulfilled", doc.created_time);
-        Ok::<_, anyhow::Error>(Some(Ok(())))
+        Ok::<_, anyhow::Error>(Some(Ok(doc.created_time)))
     }
     .await;
     shared.unlock(lock).await;
     match outcome? {
         None => {} // withdrawn; the mirror deletes the NodeRequest
-        Some(Ok(())) => {
+        Some(Ok(created_time)) => {
             // Not recorded in the NodeRequest: Zuul deletes the request within moments, and the
             // write would cost the apiserver one more update per request for nothing.
-            tracing::info!(nodes = ?node_ids, "request fulfilled");
+            let age_ms = crate::metrics::age(created_time).map(|age| (age * 1000.0).round() as u64);
+            tracing::info!(nodes = ?node_ids, age_ms, "request fulfilled");
             shared.fulfilled_requests.insert(id);
         }
         Some(Err(problem)) => {
