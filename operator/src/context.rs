@@ -52,7 +52,7 @@ pub struct Context {
     /// When each Provider's node counts were last written (see the Provider reconciler).
     pub provider_counts: WriteTimes,
     /// The version of our last status write to each PoolNode (see [`crate::written`]).
-    pub node_writes: crate::written::WrittenVersions,
+    pub node_writes: nodepool_service::written::WrittenVersions,
     /// Wakes the scheduler for another pass.
     pub scheduler_wake: Arc<Notify>,
     /// True once the provider, node and request caches hold their initial lists.

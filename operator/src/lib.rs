@@ -12,7 +12,6 @@ pub mod controllers;
 pub mod metrics;
 pub mod scheduler;
 pub mod status;
-pub mod written;
 
 use std::sync::Arc;
 

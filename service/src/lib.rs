@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod shutdown;
 pub mod watch;
+pub mod written;
 
 pub use cli::ServiceArgs;
 pub use health::Health;

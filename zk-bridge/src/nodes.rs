@@ -59,6 +59,11 @@ async fn reconcile_node(node: Arc<PoolNode>, shared: Arc<Shared>) -> Result<Acti
         set_finalizers(&shared, &node, finalizers).await.context("adding the znode finalizer")?;
         return Ok(Action::await_change()); // the update brings us back here
     }
+    if shared.node_versions.cache_is_behind(node.as_ref()) {
+        // We wrote or read a newer copy (a request fulfilled from a fresh read registers the
+        // node's next use): its watch event brings us back; the requeue is a safety net.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     match sync(&shared, &node, RecordId::Now).await? {
         SyncOutcome::LockedByOthers => Ok(Action::requeue(Duration::from_secs(2))),
         // Come back to record the new znode's id, unless Zuul's lock records it first.
@@ -150,21 +155,23 @@ fn current_node_id(shared: &Shared, node: &PoolNode, uid: &str) -> Option<String
     (known.registration == registration(node)).then_some(known.node_id)
 }
 
-/// A znode of an earlier registration (or of the current one while the node is back in `init`):
-/// the one this session created, whose id may never have been recorded, else the one recorded
-/// in the PoolNode, unless this session has already moved past it.
+/// A znode of an earlier registration: the one this session created, whose id may never have
+/// been recorded, else the one recorded in the PoolNode (also the current registration's while
+/// the node is back in `init`), unless this session has already moved past it.
 fn earlier_node_id(shared: &Shared, node: &PoolNode, uid: &str) -> Option<String> {
     let status = node.status.as_ref()?;
-    let earlier = |of: u32| of != status.registration || status.state == NodeState::Init;
     let known = shared.znodes_by_uid.lock().unwrap().get(uid).cloned();
+    // Strictly older only: the request handler registers a node from a fresh read, so the
+    // cached copy a reconcile gets may be a registration behind the znode we know. That znode
+    // is the current one, and Zuul may be about to lock it.
     if let Some(known) = &known
-        && earlier(known.registration)
+        && known.registration < status.registration
     {
         return Some(known.node_id.clone());
     }
     let view = status.zookeeper.as_ref()?;
     let old = view.node_id.clone()?;
-    if !earlier(view.registration) {
+    if view.registration == status.registration && status.state != NodeState::Init {
         return None;
     }
     match known {
@@ -442,7 +449,10 @@ async fn patch_view(shared: &Shared, name: &str, view: &ZooKeeperView) -> Result
         .patch_status(name, &PatchParams::apply(BRIDGE_MANAGER).force(), &Patch::Apply(&body))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(updated) => {
+            shared.node_versions.record(&updated);
+            Ok(())
+        }
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(error) => Err(error).with_context(|| format!("recording ZooKeeper state of PoolNode {name}")),
     }

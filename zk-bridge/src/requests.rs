@@ -292,6 +292,7 @@ async fn allocated_node(shared: &Shared, name: &str, id: &str) -> Result<Arc<Poo
         return Ok(node);
     }
     let node = shared.pool_node_api().get(name).await.with_context(|| format!("PoolNode {name}"))?;
+    shared.node_versions.record(&node);
     Ok(Arc::new(node))
 }
 

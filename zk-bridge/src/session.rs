@@ -62,6 +62,9 @@ pub struct Shared {
     /// every znode created this session, so a PoolNode whose id was never recorded (a crash
     /// after creating its znode, or a cache that has not caught up) is not registered twice.
     pub znodes_by_uid: Mutex<HashMap<String, crate::nodes::KnownZnode>>,
+    /// The newest copy of each PoolNode this session wrote or read fresh: a reconcile on an
+    /// older cached copy waits for the cache.
+    pub node_versions: nodepool_service::written::WrittenVersions,
     pub metrics: Metrics,
     /// Requests whose fulfilment this session wrote to ZooKeeper. ZooKeeper itself is the record
     /// (a restarted bridge finds the request already fulfilled there); this saves re-checking it
@@ -209,6 +212,7 @@ impl Session {
             pool_nodes: node_store,
             node_requests: request_store,
             znodes_by_uid: Default::default(),
+            node_versions: Default::default(),
             metrics: settings.metrics.clone(),
             components: Default::default(),
             fulfilled_requests: Default::default(),

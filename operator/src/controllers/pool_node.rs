@@ -38,7 +38,7 @@ async fn reconcile_node(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action
     if node.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    if ctx.node_writes.cache_is_behind(&node) {
+    if ctx.node_writes.cache_is_behind(node.as_ref()) {
         // Look again once the cache shows our write (its watch event wakes this reconcile).
         return Ok(Action::requeue(CACHE_LAG_RETRY));
     }

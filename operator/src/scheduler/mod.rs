@@ -19,7 +19,8 @@ use nodepool_crds::{
 };
 use tracing::Instrument;
 
-use crate::{context::Context, status, written::at_least};
+use crate::{context::Context, status};
+use nodepool_service::written::at_least;
 use overlay::Overlay;
 use plan::Decision;
 use tokio::{sync::Semaphore, task::JoinSet};

@@ -18,7 +18,7 @@ use std::{
 use kube::ResourceExt;
 use nodepool_crds::{NodeRequest, PoolNode};
 
-use crate::written::at_least;
+use nodepool_service::written::at_least;
 
 /// How far a write has got.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,12 +1,14 @@
-//! Reading our own writes. A PoolNode's reconcile can run again before the cache shows the
-//! status this operator just wrote: the bridge's or the scheduler's writes in between queue
-//! another run, which gets the cached copy. Acting on that stale copy repeated the last step:
-//! a cloud call again (a fifth of all `create` calls in a burst of 1,000 launches), or a used
+//! Reading our own writes. A reconcile can run again before the cache shows what this process
+//! just wrote (or read fresh): other writes in between queue another run, which gets the cached
+//! copy. In the operator, acting on that stale copy of a PoolNode repeated the last step: a
+//! cloud call again (a fifth of all `create` calls in a burst of 1,000 launches), or a used
 //! static slot registered a second time, its write then refused as a conflict (about one
-//! refused write per request→use→return cycle with 16 Zuul workers). So every status the
-//! operator writes to a PoolNode is remembered by the resourceVersion it produced, and a
-//! reconcile on an older copy waits for the cache. The objects stay the only record: after a
-//! restart nothing is remembered and the freshly listed cache is trusted.
+//! refused write per request→use→return cycle with 16 Zuul workers). In the bridge, a node
+//! registered from a fresh read when its request was fulfilled looked, on the cached copy a
+//! registration behind, like a znode of an earlier use. So the newest version of an object a
+//! process has seen is remembered by its resourceVersion, and a reconcile on an older copy waits
+//! for the cache. The objects stay the only record: after a restart nothing is remembered and
+//! the freshly listed cache is trusted.
 
 use std::{
     collections::HashMap,
@@ -14,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nodepool_crds::PoolNode;
+use kube::Resource;
 
 /// How long an entry is kept at most (a node deleted before the cache caught up leaves one).
 const TTL: Duration = Duration::from_secs(300);
@@ -28,14 +30,14 @@ pub fn at_least(cached: Option<&str>, written: &str) -> bool {
     }
 }
 
-/// The resourceVersion of the operator's last status write to each PoolNode, by uid.
+/// The resourceVersion of the newest copy of each object seen (written, or read fresh), by uid.
 #[derive(Default)]
 pub struct WrittenVersions(Mutex<HashMap<String, (Instant, String)>>);
 
 impl WrittenVersions {
-    /// Remembers `node` as the apiserver stored it after one of our writes.
-    pub fn record(&self, node: &PoolNode) {
-        let (Some(uid), Some(version)) = (node.metadata.uid.clone(), node.metadata.resource_version.clone())
+    /// Remembers `object` as the apiserver returned it after one of our writes or reads.
+    pub fn record<K: Resource>(&self, object: &K) {
+        let (Some(uid), Some(version)) = (object.meta().uid.clone(), object.meta().resource_version.clone())
         else {
             return;
         };
@@ -44,14 +46,14 @@ impl WrittenVersions {
         written.insert(uid, (Instant::now(), version));
     }
 
-    /// Whether the cached `node` is older than our last write to it. Once it is not, the entry
-    /// is dropped. Versions that are not comparable never count as behind: a write based on
-    /// a stale copy then still fails on its resourceVersion.
-    pub fn cache_is_behind(&self, node: &PoolNode) -> bool {
-        let Some(uid) = node.metadata.uid.as_deref() else { return false };
+    /// Whether the cached `object` is older than the newest copy we saw. Once it is not, the
+    /// entry is dropped. Versions that are not comparable never count as behind: a write based
+    /// on a stale copy then still fails on its resourceVersion.
+    pub fn cache_is_behind<K: Resource>(&self, object: &K) -> bool {
+        let Some(uid) = object.meta().uid.as_deref() else { return false };
         let mut written = self.0.lock().expect("written versions lock");
         let Some((_, version)) = written.get(uid) else { return false };
-        let cached = node.metadata.resource_version.as_deref().and_then(|c| c.parse::<u64>().ok());
+        let cached = object.meta().resource_version.as_deref().and_then(|c| c.parse::<u64>().ok());
         let behind = match (cached, version.parse::<u64>().ok()) {
             (Some(cached), Some(written)) => cached < written,
             _ => false,
@@ -66,6 +68,7 @@ impl WrittenVersions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nodepool_crds::PoolNode;
 
     fn node(uid: &str, version: &str) -> PoolNode {
         let mut node = PoolNode::new("n", Default::default());
