@@ -61,7 +61,14 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     let node_store = node_cache.store.clone();
     let mut nodes_listed = node_cache.listed.clone();
-    let (request_store, request_writer) = reflector::store();
+    // NodeRequests: one watch for the cache and for the PoolNode controller, which looks at the
+    // nodes reserved for a request when it changes or goes away.
+    let request_cache = {
+        let wake = scheduler_wake.clone();
+        nodepool_service::watch::shared_cache_with_deletions(requests.clone(), move || wake.notify_one())
+    };
+    let request_store = request_cache.store.clone();
+    let mut requests_listed = request_cache.listed.clone();
     let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
     let context = Arc::new(Context::new(
         settings,
@@ -84,25 +91,18 @@ pub async fn run(settings: Settings) -> Result<()> {
     // Every change to requests, nodes or providers is a reason for another scheduling pass.
     let node_controller = Controller::for_stream(node_cache.objects, node_store.clone())
         .with_config(nodepool_service::watch::controller_config());
-    let cache_tasks = futures::future::join(
-        reflector::reflector(
-            provider_writer,
-            watcher(providers.clone(), crate::watch_config()).default_backoff(),
-        )
-        .for_each(wake_scheduler(context.scheduler_wake.clone())),
-        watcher(requests.clone(), crate::watch_config())
-            .default_backoff()
-            .modify(nodepool_service::watch::without_managed_fields)
-            .reflect(request_writer)
-            .for_each(wake_scheduler(context.scheduler_wake.clone())),
-    );
+    let cache_tasks = reflector::reflector(
+        provider_writer,
+        watcher(providers.clone(), crate::watch_config()).default_backoff(),
+    )
+    .for_each(wake_scheduler(context.scheduler_wake.clone()));
     // The one waiter on those stores; everyone else waits on `caches_ready`.
     let gate = async move {
         let ready = async {
             provider_store.wait_until_ready().await?;
-            request_store.wait_until_ready().await?;
-            // The node store's own waiter is the PoolNode controller.
+            // The node and request stores' own waiter is the PoolNode controller.
             let _ = nodes_listed.wait_for(|listed| *listed).await;
+            let _ = requests_listed.wait_for(|listed| *listed).await;
             Ok::<_, kube::runtime::reflector::store::WriterDropped>(())
         };
         if ready.await.is_ok() {
@@ -183,7 +183,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
     };
     let node_task = node_controller
-        .watches(requests.clone(), crate::watch_config(), reserved_for)
+        .watches_stream(request_cache.objects, reserved_for)
         .run(
             context.metrics.reconciles.instrument("pool_node", controllers::pool_node::reconcile),
             controllers::pool_node::error_policy,
@@ -207,7 +207,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let scheduler_task = scheduler::run(context.clone());
 
     tokio::select! {
-        _ = cache_tasks => tracing::warn!("a watch ended"),
+        () = cache_tasks => tracing::warn!("the Provider watch ended"),
         () = gate => {}
         () = provider_task => tracing::warn!("Provider controller ended"),
         () = node_task => tracing::warn!("PoolNode controller ended"),

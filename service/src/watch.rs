@@ -55,20 +55,59 @@ where
         + Sync
         + 'static,
 {
+    let (store, listed, events) = cached_events(api, on_event);
+    SharedCache { store, objects: events.applied_objects(), listed }
+}
+
+/// Like [`shared_cache`], but `objects` also yields the objects the watch deletes: for a
+/// controller that `watches_stream` this kind to act when one goes away.
+pub fn shared_cache_with_deletions<K>(
+    api: kube::Api<K>,
+    on_event: impl Fn() + Send + 'static,
+) -> SharedCache<K, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, listed, events) = cached_events(api, on_event);
+    SharedCache { store, objects: events.touched_objects(), listed }
+}
+
+/// The watch behind a [`SharedCache`]: its store, its "listed" signal and its events.
+fn cached_events<K>(
+    api: kube::Api<K>,
+    on_event: impl Fn() + Send + 'static,
+) -> (
+    reflector::Store<K>,
+    tokio::sync::watch::Receiver<bool>,
+    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     let (store, writer) = reflector::store();
     let (listed_tx, listed) = tokio::sync::watch::channel(false);
-    let objects = watcher(api, config())
-        .default_backoff()
-        .modify(without_managed_fields)
-        .reflect(writer)
-        .inspect(move |event| {
-            on_event();
-            if matches!(event, Ok(watcher::Event::InitDone)) {
-                let _ = listed_tx.send(true);
-            }
-        })
-        .applied_objects();
-    SharedCache { store, objects, listed }
+    let events =
+        watcher(api, config()).default_backoff().modify(without_managed_fields).reflect(writer).inspect(
+            move |event| {
+                on_event();
+                if matches!(event, Ok(watcher::Event::InitDone)) {
+                    let _ = listed_tx.send(true);
+                }
+            },
+        );
+    (store, listed, events)
 }
 
 /// Drops an object's server-side-apply bookkeeping before it is cached.
