@@ -65,7 +65,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     // nodes reserved for a request when it changes or goes away.
     let request_cache = {
         let wake = scheduler_wake.clone();
-        nodepool_service::watch::shared_cache_with_deletions(requests.clone(), move || wake.notify_one())
+        nodepool_service::watch::shared_cache(requests.clone(), move || wake.notify_one())
     };
     let request_store = request_cache.store.clone();
     let mut requests_listed = request_cache.listed.clone();
@@ -89,7 +89,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     });
 
     // Every change to requests, nodes or providers is a reason for another scheduling pass.
-    let node_controller = Controller::for_stream(node_cache.objects, node_store.clone())
+    let node_controller = Controller::for_stream(node_cache.events.applied_objects(), node_store.clone())
         .with_config(nodepool_service::watch::controller_config());
     let cache_tasks = reflector::reflector(
         provider_writer,
@@ -183,7 +183,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
     };
     let node_task = node_controller
-        .watches_stream(request_cache.objects, reserved_for)
+        .watches_stream(request_cache.events.touched_objects(), reserved_for)
         .run(
             context.metrics.reconciles.instrument("pool_node", controllers::pool_node::reconcile),
             controllers::pool_node::error_policy,

@@ -28,15 +28,16 @@ pub fn config() -> watcher::Config {
     if STREAMING_LISTS.load(Ordering::Relaxed) { config.streaming_lists() } else { config }
 }
 
-/// One watch of a kind that feeds both a cache and a controller
-/// (`Controller::for_stream(cache.objects, cache.store.clone())`): each object is held once,
-/// without its managedFields (server-side-apply bookkeeping that neither binary reads and that
-/// made up half of a cached node). `on_event` runs for every watch event, e.g. to wake a loop
-/// that reads the cache.
+/// One watch of a kind that feeds both a cache and controllers
+/// (`Controller::for_stream(cache.events.applied_objects(), cache.store.clone())`, or
+/// `watches_stream(cache.events.touched_objects(), ...)` to hear of deletions too): each object
+/// is held once, without its managedFields (server-side-apply bookkeeping that neither binary
+/// reads and that made up half of a cached node). `on_event` runs for every watch event, e.g. to
+/// wake a loop that reads the cache.
 pub struct SharedCache<K: Resource<DynamicType = ()> + Clone + 'static, S> {
     pub store: reflector::Store<K>,
-    /// The controller's input: every object the watch applies.
-    pub objects: S,
+    /// The watch's events, once they are in the cache.
+    pub events: S,
     /// Turns `true` once the initial list is in the cache. (The store's own `wait_until_ready`
     /// wakes only one waiter, and the controller is that waiter.)
     pub listed: tokio::sync::watch::Receiver<bool>,
@@ -45,48 +46,7 @@ pub struct SharedCache<K: Resource<DynamicType = ()> + Clone + 'static, S> {
 pub fn shared_cache<K>(
     api: kube::Api<K>,
     on_event: impl Fn() + Send + 'static,
-) -> SharedCache<K, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, listed, events) = cached_events(api, on_event);
-    SharedCache { store, objects: events.applied_objects(), listed }
-}
-
-/// Like [`shared_cache`], but `objects` also yields the objects the watch deletes: for a
-/// controller that `watches_stream` this kind to act when one goes away.
-pub fn shared_cache_with_deletions<K>(
-    api: kube::Api<K>,
-    on_event: impl Fn() + Send + 'static,
-) -> SharedCache<K, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, listed, events) = cached_events(api, on_event);
-    SharedCache { store, objects: events.touched_objects(), listed }
-}
-
-/// The watch behind a [`SharedCache`]: its store, its "listed" signal and its events.
-fn cached_events<K>(
-    api: kube::Api<K>,
-    on_event: impl Fn() + Send + 'static,
-) -> (
-    reflector::Store<K>,
-    tokio::sync::watch::Receiver<bool>,
-    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-)
+) -> SharedCache<K, impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -107,7 +67,7 @@ where
                 }
             },
         );
-    (store, listed, events)
+    SharedCache { store, events, listed }
 }
 
 /// Drops an object's server-side-apply bookkeeping before it is cached.

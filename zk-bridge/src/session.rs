@@ -195,10 +195,12 @@ impl Session {
             || {},
         );
         let (mut nodes_listed, mut requests_listed) = (node_cache.listed, request_cache.listed);
-        let node_controller = Controller::for_stream(node_cache.objects, node_cache.store.clone())
-            .with_config(nodepool_service::watch::controller_config());
-        let request_controller = Controller::for_stream(request_cache.objects, request_cache.store.clone())
-            .with_config(nodepool_service::watch::controller_config());
+        let node_controller =
+            Controller::for_stream(node_cache.events.applied_objects(), node_cache.store.clone())
+                .with_config(nodepool_service::watch::controller_config());
+        let request_controller =
+            Controller::for_stream(request_cache.events.applied_objects(), request_cache.store.clone())
+                .with_config(nodepool_service::watch::controller_config());
         let (node_store, request_store) = (node_cache.store, request_cache.store);
         let shared = Arc::new(Shared {
             zk,
