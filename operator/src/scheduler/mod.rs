@@ -72,7 +72,7 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
                     WaitReport::Due(_) => {}
                 }
             }
-            let held = hold(&mut overlay, &decision, &world);
+            let held = hold(&ctx, &mut overlay, &decision);
             let span = decision_span(&decision);
             let (ctx, writers) = (ctx.clone(), writers.clone());
             in_flight.spawn(
@@ -127,7 +127,7 @@ struct Held {
 
 /// Lays what `decision` is about to write over the caches: its request is left out of the next
 /// passes, and the nodes it hands out are shown allocated.
-fn hold(overlay: &mut Overlay, decision: &Decision, world: &plan::World) -> Held {
+fn hold(ctx: &Context, overlay: &mut Overlay, decision: &Decision) -> Held {
     let request = match decision {
         Decision::Assign { request, .. }
         | Decision::Launch { request, .. }
@@ -140,12 +140,12 @@ fn hold(overlay: &mut Overlay, decision: &Decision, world: &plan::World) -> Held
         Decision::Launch { reuse, .. } => reuse,
         _ => &[],
     };
-    let object = request.as_deref().and_then(|r| world.requests.iter().find(|o| o.name_any() == r));
+    let object = request.as_deref().and_then(|r| ctx.cached(&ctx.requests, r));
     let mut nodes = Vec::new();
     if let Some(object) = object {
         for name in handed_out {
-            let Some(node) = world.nodes.iter().find(|n| n.name_any() == *name) else { continue };
-            let mut intended = (**node).clone();
+            let Some(node) = ctx.cached(&ctx.nodes, name) else { continue };
+            let mut intended = (*node).clone();
             let status = intended.status.get_or_insert_with(Default::default);
             status.allocated_to = Some(object.spec.request_id.clone());
             status.tenant = object.spec.tenant.clone();
