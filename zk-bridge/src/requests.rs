@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::{Context, Result};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::controller::Action,
 };
 use nodepool_crds::{
@@ -70,20 +70,35 @@ pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
         event_id: request.event_id.clone(),
         other_launchers,
     };
-    let body = json!({
-        "apiVersion": "nodepool.dev/v1alpha1", "kind": "NodeRequest",
-        "metadata": {"name": id}, "spec": spec,
-    });
-    shared
-        .node_request_api()
-        .patch(id, &PatchParams::apply(BRIDGE_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .with_context(|| format!("mirroring request {id}"))?;
+    mirror(shared, id, spec, existing.is_none()).await.with_context(|| format!("mirroring request {id}"))?;
     if existing.is_none() {
         shared.metrics.request_mirrored(request.created_time);
     }
     let age_ms = crate::metrics::age(request.created_time).map(|age| (age * 1000.0).round() as u64);
     tracing::info!(labels = ?request.node_types, age_ms, "mirrored request");
+    Ok(())
+}
+
+/// Writes the NodeRequest's spec as the bridge. A new request is created outright: an apply
+/// that creates reads the object from etcd first, which cost ~12 ms of the ~30 ms a mirror took
+/// under load, on the path of every request. The bridge still owns every field it sets (the
+/// create names it as field manager); later changes are applied.
+async fn mirror(shared: &Shared, id: &str, spec: NodeRequestSpec, new: bool) -> kube::Result<()> {
+    let api = shared.node_request_api();
+    if new {
+        let request = NodeRequest::new(id, spec.clone());
+        let params = PostParams { field_manager: Some(BRIDGE_MANAGER.to_owned()), ..Default::default() };
+        match api.create(&params, &request).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => {} // there already; our cache lags
+            Err(error) => return Err(error),
+        }
+    }
+    let body = json!({
+        "apiVersion": "nodepool.dev/v1alpha1", "kind": "NodeRequest",
+        "metadata": {"name": id}, "spec": spec,
+    });
+    api.patch(id, &PatchParams::apply(BRIDGE_MANAGER).force(), &Patch::Apply(&body)).await?;
     Ok(())
 }
 
