@@ -119,6 +119,7 @@ pub async fn burst(stack: &Stack, requests: u32, rate: f64) -> Result<()> {
     }
     let took = start.elapsed().as_secs_f64();
     let allowed = 2.0 * f64::from(requests) / rate;
+    let calls = cloud_calls(stack).await?;
     println!(
         "| requests | rate limit | submitted in | all fulfilled after | rate limit allows | ratio | not fulfilled |"
     );
@@ -127,5 +128,23 @@ pub async fn burst(stack: &Stack, requests: u32, rate: f64) -> Result<()> {
         "| {requests} | {rate}/s | {submitted_s:.1} s | {took:.1} s | {allowed:.1} s | {:.2} | {failed} |",
         took / allowed
     );
+    println!("cloud API calls during the burst (all draw on the limit): {calls}");
     Ok(())
+}
+
+/// The operator's count of cloud API calls by operation, from its `/metrics`.
+async fn cloud_calls(stack: &Stack) -> Result<String> {
+    let url = format!("http://{}/metrics", stack.operator_http);
+    let text = reqwest::get(&url).await?.text().await.with_context(|| format!("reading {url}"))?;
+    let mut calls: Vec<String> = text
+        .lines()
+        .filter(|line| line.starts_with("nodepool_cloud_api_calls_total{"))
+        .filter_map(|line| {
+            let operation = line.split("operation=\"").nth(1)?.split('"').next()?;
+            let count = line.rsplit(' ').next()?;
+            Some(format!("{operation} {count}"))
+        })
+        .collect();
+    calls.sort();
+    Ok(calls.join(", "))
 }
