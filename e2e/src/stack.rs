@@ -72,7 +72,11 @@ impl Stack {
     /// A namespace, a ZooKeeper chroot and an sshd for a test called `name`, without operator
     /// or bridge (for tests that start their own).
     pub async fn prepare(name: &str) -> Result<Stack> {
-        let env = TestEnv::shared().await?;
+        Self::prepare_in(TestEnv::shared().await?, name).await
+    }
+
+    /// As [`Stack::prepare`], on the environment `env` instead of the shared one.
+    pub async fn prepare_in(env: TestEnv, name: &str) -> Result<Stack> {
         let client = env.kube_client().await?;
         cluster::install_crds(&client).await?;
         let namespace = cluster::fresh_namespace(&client, name).await?;

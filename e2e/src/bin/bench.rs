@@ -12,12 +12,15 @@
 //! memory and how long a restarted operator takes to resync; `--burst N --rate R` submits N
 //! single-node requests at once against a provider limited to R cloud calls per second and
 //! compares the time they take with the time the rate limit allows.
+//!
+//! Every run starts a control plane and ZooKeeper of its own (in `~/.cache/nodepool-operator/
+//! bench-env`) and stops them at the end.
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use nodepool_e2e::{stack::Stack, tools};
+use nodepool_e2e::{stack::Stack, testenv::TestEnv, tools};
 
 #[path = "bench/scale.rs"]
 mod scale;
@@ -83,11 +86,27 @@ fn parse_bench(output: &std::process::Output) -> Result<Value> {
         .with_context(|| format!("no bench result; stderr:\n{}", String::from_utf8_lossy(&output.stderr)))
 }
 
+/// Stops the bench's environment however the run ends.
+struct EnvGuard(PathBuf);
+
+impl Drop for EnvGuard {
+    fn drop(&mut self) {
+        if let Err(error) = TestEnv::down(&self.0) {
+            eprintln!("stopping the bench environment in {}: {error:#}", self.0.display());
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     // Cleanup passes at their production intervals, as Nodepool runs at its defaults.
-    let mut stack = Stack::prepare("bench").await?;
+    // A control plane and ZooKeeper of the bench's own, started fresh and stopped at the end:
+    // objects left by tests or earlier runs in the shared environment (10,000 PoolNodes after
+    // `--scale`) would weigh on the figures.
+    let env_dir = tools::cache_dir().join("bench-env");
+    let _env = EnvGuard(env_dir.clone());
+    let mut stack = Stack::prepare_in(TestEnv::up(&env_dir, true).await?, "bench").await?;
     stack.production_intervals = true;
     stack.start_operator()?;
     stack.start_bridge()?;
