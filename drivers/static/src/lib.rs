@@ -5,7 +5,7 @@
 //! with the host (as Nodepool's paramiko-based scan does), run as a child process so a slow host
 //! never blocks anything else.
 
-use std::{net::ToSocketAddrs, time::Duration};
+use std::time::Duration;
 
 use nodepool_crds::{
     ConnectionSettings, Provider,
@@ -83,14 +83,18 @@ pub enum ProbeError {
 /// Opens (and closes) a TCP connection to the host's port.
 pub async fn check_reachable(host: &str, port: u16, timeout: Duration) -> Result<(), ProbeError> {
     let unreachable = |reason: String| ProbeError::Unreachable { host: host.to_owned(), port, reason };
-    let address = (host, port)
-        .to_socket_addrs()
-        .map_err(|_| ProbeError::Resolve(host.to_owned()))?
-        .next()
-        .ok_or_else(|| ProbeError::Resolve(host.to_owned()))?;
-    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(unreachable(error.to_string())),
+    // Resolved off the runtime's threads (`lookup_host`) and within the timeout: this runs on the
+    // scheduler's path before every hand-out, and a slow DNS server must not stall it.
+    let connect = async {
+        let address = tokio::net::lookup_host((host, port))
+            .await
+            .ok()
+            .and_then(|mut addresses| addresses.next())
+            .ok_or_else(|| ProbeError::Resolve(host.to_owned()))?;
+        TcpStream::connect(address).await.map_err(|error| unreachable(error.to_string()))
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(result) => result.map(drop),
         Err(_) => Err(unreachable(format!("no answer within {timeout:?}"))),
     }
 }
@@ -137,6 +141,21 @@ mod tests {
 
     fn provider(yaml: serde_json::Value) -> Provider {
         Provider::new("lab", serde_json::from_value(yaml).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_probe_tells_a_name_that_does_not_resolve_from_a_port_that_does_not_answer() {
+        // `.invalid` never resolves (RFC 2606); generous, for a resolver that is slow to say so.
+        let error = check_reachable("no-such-host.invalid", 22, Duration::from_secs(60)).await.unwrap_err();
+        assert!(matches!(error, ProbeError::Resolve(ref host) if host == "no-such-host.invalid"), "{error}");
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let timeout = Duration::from_secs(5);
+        check_reachable("127.0.0.1", port, timeout).await.unwrap();
+        drop(listener); // nothing listens there now
+        let error = check_reachable("127.0.0.1", port, timeout).await.unwrap_err();
+        assert!(matches!(error, ProbeError::Unreachable { port: p, .. } if p == port), "{error}");
     }
 
     #[test]
