@@ -14,7 +14,7 @@ use std::{collections::HashSet, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{ResourceExt, runtime::controller::Action};
-use nodepool_crds::{NodeState, OPERATOR_MANAGER, Provider};
+use nodepool_crds::{NodeRequest, NodeRequestState, NodeState, OPERATOR_MANAGER, PoolNodeStatus, Provider};
 use nodepool_driver::leaks;
 
 use super::Error;
@@ -24,6 +24,10 @@ use crate::context::Context;
 pub const CLEANUP_FINALIZER: &str = "nodepool.dev/cloud-instances";
 
 const POLL: Duration = Duration::from_secs(5);
+
+/// How long after the operator fulfilled a request with a node the node is taken to be on its
+/// way to Zuul (the bridge writes `fulfilled` within moments; it does not record having done so).
+const HAND_OVER: Duration = Duration::from_secs(30);
 
 /// Adds the finalizer to a cloud Provider that lacks it.
 pub async fn ensure_finalizer(provider: &Provider, ctx: &Context) -> Result<(), Error> {
@@ -50,6 +54,10 @@ pub async fn step(provider: &Provider, ctx: &Context) -> Result<Action, Error> {
             || status.zookeeper.as_ref().is_some_and(|z| z.locked);
         if zuul_has_it || status.state == NodeState::Deleting || node.metadata.deletion_timestamp.is_some() {
             continue;
+        }
+        let request = status.allocated_to.as_deref().and_then(|id| ctx.cached(&ctx.requests, id));
+        if being_handed_over(&status, request.as_deref(), Timestamp::now()) {
+            continue; // deleted now, the request would wait on it; Zuul will lock it or give it back
         }
         tracing::info!(provider = %name, node = %node.name_any(), state = status.state.as_str(), "provider deleted: deleting node");
         let status = nodepool_crds::PoolNodeStatus {
@@ -98,6 +106,20 @@ pub async fn step(provider: &Provider, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
+/// Whether the node was just given to a request that Zuul may not have seen fulfilled yet. A
+/// node deleted then would leave the request waiting in ZooKeeper on a node that is gone; once
+/// Zuul has seen `fulfilled`, it copes with a missing node itself (it cannot lock it and asks
+/// again).
+fn being_handed_over(status: &PoolNodeStatus, request: Option<&NodeRequest>, now: Timestamp) -> bool {
+    let Some(request) = request else { return false };
+    let Some(outcome) = request.status.as_ref() else { return false };
+    let since = outcome.state_time.as_ref().map_or(now, |t| t.0);
+    let age: Duration = now.duration_since(since).try_into().unwrap_or_default();
+    status.allocated_to.as_deref() == Some(request.spec.request_id.as_str())
+        && outcome.state == NodeRequestState::Fulfilled
+        && age < HAND_OVER
+}
+
 async fn remove_finalizer(provider: &Provider, ctx: &Context) -> Result<Action, Error> {
     let finalizers = provider.finalizers().iter().filter(|f| *f != CLEANUP_FINALIZER).cloned().collect();
     set_finalizers(provider, ctx, finalizers).await?;
@@ -111,4 +133,41 @@ async fn set_finalizers(provider: &Provider, ctx: &Context, finalizers: Vec<Stri
     nodepool_service::finalizers::replace(&ctx.api::<Provider>(), provider, finalizers, OPERATOR_MANAGER)
         .await
         .map_err(|error| Error(anyhow::Error::new(error).context("updating the Provider's finalizers")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodepool_crds::node_request::{NodeRequestSpec, NodeRequestStatus};
+
+    fn request(state: NodeRequestState, fulfilled_at: Timestamp) -> NodeRequest {
+        let spec = NodeRequestSpec { request_id: "200-0000000001".into(), ..Default::default() };
+        let mut request = NodeRequest::new("200-0000000001", spec);
+        request.status =
+            Some(NodeRequestStatus { state, state_time: Some(Time(fulfilled_at)), ..Default::default() });
+        request
+    }
+
+    fn allocated_to(id: Option<&str>) -> PoolNodeStatus {
+        PoolNodeStatus { state: NodeState::Ready, allocated_to: id.map(str::to_owned), ..Default::default() }
+    }
+
+    #[test]
+    fn a_node_just_given_to_a_request_is_left_for_zuul() {
+        let now = Timestamp::now();
+        let fulfilled =
+            request(NodeRequestState::Fulfilled, now - k8s_openapi::jiff::SignedDuration::from_secs(2));
+        let node = allocated_to(Some("200-0000000001"));
+        assert!(being_handed_over(&node, Some(&fulfilled), now));
+
+        let long_ago =
+            request(NodeRequestState::Fulfilled, now - k8s_openapi::jiff::SignedDuration::from_secs(31));
+        assert!(!being_handed_over(&node, Some(&long_ago), now), "Zuul has had its chance");
+        let pending = request(NodeRequestState::Pending, now);
+        assert!(!being_handed_over(&node, Some(&pending), now), "building for it: deleted, re-planned");
+        assert!(!being_handed_over(&node, None, now), "the request is gone");
+        assert!(!being_handed_over(&allocated_to(None), Some(&fulfilled), now), "a spare");
+        let other = allocated_to(Some("200-0000000002"));
+        assert!(!being_handed_over(&other, Some(&fulfilled), now));
+    }
 }
