@@ -442,6 +442,7 @@ async fn record_node_id(
 }
 
 async fn patch_view(shared: &Shared, name: &str, view: &ZooKeeperView) -> Result<()> {
+    tracing::debug!(node = %name, ?view, "recording what ZooKeeper shows of the node");
     let body =
         json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "PoolNode", "status": {"zookeeper": view}});
     match shared

@@ -280,11 +280,11 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Applied> {
         Decision::Launch { request, provider, pool, reuse, launch } => {
             launch_for_request(ctx, &request, provider, pool, reuse, launch).await?
         }
-        Decision::LaunchSpare { provider, pool, label, resources, count } => {
+        Decision::LaunchSpare { provider, pool, label, resources, count, spares } => {
             let mut written = Vec::new();
             for _ in 0..count {
                 let node = new_node(ctx, &provider, &pool, &label, resources.clone(), None).await?;
-                tracing::info!(node = %node.name_any(), "launching a spare node for min-ready");
+                tracing::info!(node = %node.name_any(), ?spares, "launching a spare node for min-ready");
                 written.push(Written::NewNode(node.name_any(), node.resource_version().unwrap_or_default()));
             }
             written

@@ -40,7 +40,15 @@ pub enum Decision {
         launch: Vec<(String, NodeResources)>,
     },
     /// Launch unallocated nodes of `label` to keep its `minReady`.
-    LaunchSpare { provider: String, pool: String, label: String, resources: NodeResources, count: u32 },
+    LaunchSpare {
+        provider: String,
+        pool: String,
+        label: String,
+        resources: NodeResources,
+        count: u32,
+        /// The label's spares counted by the pass (logged with the launch).
+        spares: Vec<String>,
+    },
     /// Leave it waiting, saying why.
     Wait { request: String, reason: &'static str, message: String },
     /// None of our pools can serve it (or its launch failed). `release` are nodes allocated to
@@ -597,7 +605,7 @@ impl<'a> Pass<'a> {
             if want == 0 {
                 continue;
             }
-            let have = world
+            let spares: Vec<String> = world
                 .nodes
                 .iter()
                 .filter(|n| n.metadata.deletion_timestamp.is_none() && n.spec.labels.contains(&name))
@@ -609,7 +617,9 @@ impl<'a> Pass<'a> {
                             && matches!(s.state, NodeState::Init | NodeState::Building | NodeState::Ready)
                     })
                 })
-                .count() as u32;
+                .map(|n| n.name_any())
+                .collect();
+            let have = spares.len() as u32;
             if have >= want {
                 continue;
             }
@@ -638,6 +648,7 @@ impl<'a> Pass<'a> {
                         label: name.clone(),
                         resources: resources.clone(),
                         count,
+                        spares: spares.clone(),
                     });
                     short -= count;
                 }
@@ -1022,6 +1033,9 @@ mod tests {
         let world =
             World { requests: &[], nodes: &nodes, pools: &pools, labels: std::slice::from_ref(&label) };
         let decisions = super::plan(&world, &mut []);
-        assert!(matches!(&decisions[..], [Decision::LaunchSpare { count: 1, .. }]), "{decisions:?}");
+        assert!(
+            matches!(&decisions[..], [Decision::LaunchSpare { count: 1, spares, .. }] if spares == &["s"]),
+            "{decisions:?}"
+        );
     }
 }
