@@ -131,19 +131,14 @@ async fn every_field_has_one_owner_the_operator_or_the_bridge() -> Result<()> {
     zuul.call("use", serde_json::json!({"build": build})).await?;
 
     let nodes: Api<PoolNode> = Api::namespaced(stack.client.clone(), &stack.namespace);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let node = loop {
+    let node = nodepool_e2e::wait::until("a node in use", Duration::from_secs(30), async || {
         let listed = nodes.list(&Default::default()).await?.items;
-        let in_use = listed.into_iter().find(|n| {
+        Ok(listed.into_iter().find(|n| {
             n.status.as_ref().and_then(|s| s.zuul_view()).and_then(|z| z.zuul_state)
                 == Some(nodepool_crds::NodeState::InUse)
-        });
-        match in_use {
-            Some(node) => break node,
-            None if tokio::time::Instant::now() > deadline => anyhow::bail!("no node in use after 30 s"),
-            None => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
+        }))
+    })
+    .await?;
 
     for (kind, owners) in [("NodeRequest", owners(&request)), ("PoolNode", owners(&node))] {
         let managers: Vec<&str> = owners.keys().map(String::as_str).collect();

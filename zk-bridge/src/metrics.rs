@@ -122,3 +122,8 @@ pub fn age(created_time: Option<f64>) -> Option<f64> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
     created_time.map(|created| (now - created).max(0.0))
 }
+
+/// [`age`] in whole milliseconds, as the bridge's log lines carry it (`age_ms`).
+pub fn age_ms(created_time: Option<f64>) -> Option<u64> {
+    age(created_time).map(|age| (age * 1000.0).round() as u64)
+}

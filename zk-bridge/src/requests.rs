@@ -74,7 +74,7 @@ pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
     if existing.is_none() {
         shared.metrics.request_mirrored(request.created_time);
     }
-    let age_ms = crate::metrics::age(request.created_time).map(|age| (age * 1000.0).round() as u64);
+    let age_ms = crate::metrics::age_ms(request.created_time);
     tracing::info!(labels = ?request.node_types, age_ms, "mirrored request");
     Ok(())
 }
@@ -283,7 +283,7 @@ async fn write_fulfilled(
         Some(Ok(created_time)) => {
             // Not recorded in the NodeRequest: Zuul deletes the request within moments, and the
             // write would cost the apiserver one more update per request for nothing.
-            let age_ms = crate::metrics::age(created_time).map(|age| (age * 1000.0).round() as u64);
+            let age_ms = crate::metrics::age_ms(created_time);
             tracing::info!(nodes = ?node_ids, age_ms, "request fulfilled");
             shared.fulfilled_requests.insert(id);
         }

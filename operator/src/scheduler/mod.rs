@@ -147,9 +147,7 @@ fn hold(ctx: &Context, overlay: &mut Overlay, decision: &Decision) -> Held {
             let Some(node) = ctx.cached(&ctx.nodes, name) else { continue };
             let mut intended = (*node).clone();
             let status = intended.status.get_or_insert_with(Default::default);
-            status.allocated_to = Some(object.spec.request_id.clone());
-            status.tenant = object.spec.tenant.clone();
-            status.requestor = object.spec.requestor.clone();
+            allocate(status, &object);
             overlay.hold_node(intended);
             nodes.push(name.clone());
         }
@@ -367,9 +365,7 @@ async fn assign(
             if status.allocated_to.as_deref() == Some(object.spec.request_id.as_str()) {
                 continue; // launched for this request
             }
-            status.allocated_to = Some(object.spec.request_id.clone());
-            status.tenant = object.spec.tenant.clone();
-            status.requestor = object.spec.requestor.clone();
+            allocate(&mut status, &object);
             let updated = ctx.write_node_status(&node, &status).await?;
             written.push(Written::Node(Box::new(updated.clone())));
             allocated.push(updated);
@@ -408,6 +404,13 @@ async fn assign(
     }
     tracing::info!(nodes = ?names, %provider, %pool, "request assigned");
     Ok(written)
+}
+
+/// Reserves a node for `request` (and charges it to the request's tenant).
+fn allocate(status: &mut PoolNodeStatus, request: &NodeRequest) {
+    status.allocated_to = Some(request.spec.request_id.clone());
+    status.tenant = request.spec.tenant.clone();
+    status.requestor = request.spec.requestor.clone();
 }
 
 /// Checks, just before hand-out, that the static hosts among `names` still answer (when their
@@ -481,9 +484,7 @@ async fn launch_for_request(
     for name in &reuse {
         let Some(node) = ctx.cached(&ctx.nodes, name) else { continue };
         let mut node_status = node.status.clone().unwrap_or_default();
-        node_status.allocated_to = Some(object.spec.request_id.clone());
-        node_status.tenant = object.spec.tenant.clone();
-        node_status.requestor = object.spec.requestor.clone();
+        allocate(&mut node_status, &object);
         let updated = ctx.write_node_status(&node, &node_status).await?;
         written.push(Written::Node(Box::new(updated)));
     }
@@ -529,15 +530,15 @@ async fn new_node(
     }
     node.metadata.finalizers = Some(vec![ZNODE_FINALIZER.to_owned()]);
     let created = api.create(&status::create_params(), &node).await.context("creating a PoolNode")?;
-    let status = PoolNodeStatus {
+    let mut status = PoolNodeStatus {
         state: NodeState::Init,
         state_time: Some(Time(Timestamp::now())),
-        allocated_to: request.map(|r| r.spec.request_id.clone()),
-        tenant: request.and_then(|r| r.spec.tenant.clone()),
-        requestor: request.and_then(|r| r.spec.requestor.clone()),
         resources: Some(resources),
         ..Default::default()
     };
+    if let Some(request) = request {
+        allocate(&mut status, request);
+    }
     match status::apply_new_node_status(&api, &created.name_any(), &status).await {
         Ok(updated) => {
             ctx.node_writes.record(&updated);
