@@ -187,6 +187,13 @@ async fn pool_limits_make_requests_wait_and_capacity_errors_pause_the_pool() -> 
     let first = zuul.request(&["sim-small"]).await?;
     assert_eq!(zuul.wait(&first, WAIT).await?["state"], "fulfilled");
     let second = zuul.request(&["sim-small"]).await?;
+    // The third only once the second is accepted: submitted together, either may be mirrored
+    // (and so accepted) first.
+    nodepool_e2e::wait::until("the second request accepted", Duration::from_secs(WAIT), async || {
+        let request = zuul.call("get_request", json!({"request_id": second})).await?;
+        Ok((request["data"]["state"] != "requested").then_some(()))
+    })
+    .await?;
     let third = zuul.request(&["sim-small"]).await?;
     // The second is accepted and its launch aborted; the third waits for the pool's limit.
     let api: kube::Api<Provider> = kube::Api::namespaced(stack.client.clone(), &stack.namespace);
