@@ -29,6 +29,7 @@ use crate::common::{ConnectionSettings, GoDuration, free_form_object};
     printcolumn(name = "Label", type_ = "string", json_path = ".spec.labels[0]"),
     printcolumn(name = "Address", type_ = "string", json_path = ".status.interfaceIp"),
     printcolumn(name = "Allocated-To", type_ = "string", json_path = ".status.allocatedTo"),
+    printcolumn(name = "Zuul", type_ = "string", json_path = ".status.zookeeper.zuulState"),
     printcolumn(name = "ZK-ID", type_ = "string", json_path = ".status.zookeeper.nodeId", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -85,9 +86,9 @@ pub enum NodeState {
     Testing,
     /// Up and reachable; may be allocated to a request.
     Ready,
-    /// A job runs on it (set by Zuul).
+    /// A job runs on it (set by Zuul, in `status.zookeeper.zuulState`).
     InUse,
-    /// A job ran on it; to be deleted or recycled (set by Zuul).
+    /// A job ran on it; to be deleted or recycled (set by Zuul, in `status.zookeeper.zuulState`).
     Used,
     /// Kept for a person to inspect.
     Hold,
@@ -140,7 +141,8 @@ impl NodeState {
 pub struct PoolNodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Lifecycle state (operator).
+    /// Lifecycle state (operator). A node Zuul uses stays `ready` here: Zuul's `in-use` and
+    /// `used` are in `zookeeper.zuulState` (the `Zuul` column), `hold` in both.
     #[serde(default)]
     pub state: NodeState,
     /// When `state` last changed.
@@ -213,6 +215,17 @@ impl PoolNodeStatus {
     pub fn zuul_view(&self) -> Option<&ZooKeeperView> {
         self.zookeeper.as_ref().filter(|view| view.registration == self.registration)
     }
+
+    /// The node's state as Nodepool and Zuul name it: what Zuul set on the current registration
+    /// (`in-use`, `used`, `hold`) over the operator's `ready`, else the operator's state.
+    pub fn current_state(&self) -> NodeState {
+        let lent =
+            matches!(self.state, NodeState::Ready | NodeState::InUse | NodeState::Used | NodeState::Hold);
+        match self.zuul_view().and_then(|view| view.zuul_state) {
+            Some(zuul_state) if lent => zuul_state,
+            _ => self.state,
+        }
+    }
 }
 
 /// Quota footprint of a node.
@@ -272,4 +285,37 @@ pub struct ZooKeeperView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::common::free_form_value")]
     pub user_data: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: NodeState, registration: u32, zuul: Option<(u32, NodeState)>) -> PoolNodeStatus {
+        PoolNodeStatus {
+            state,
+            registration,
+            zookeeper: zuul.map(|(registration, zuul_state)| ZooKeeperView {
+                registration,
+                zuul_state: Some(zuul_state),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn current_state_is_zuuls_word_on_the_current_registration() {
+        assert_eq!(status(NodeState::Ready, 0, None).current_state(), NodeState::Ready);
+        let in_use = status(NodeState::Ready, 3, Some((3, NodeState::InUse)));
+        assert_eq!(in_use.current_state(), NodeState::InUse);
+        let used = status(NodeState::Ready, 3, Some((3, NodeState::Used)));
+        assert_eq!(used.current_state(), NodeState::Used);
+        // A static slot back from use: Zuul's `used` belongs to the last registration.
+        let recycled = status(NodeState::Ready, 4, Some((3, NodeState::Used)));
+        assert_eq!(recycled.current_state(), NodeState::Ready);
+        // The operator's own lifecycle wins once the node is on its way out.
+        let deleting = status(NodeState::Deleting, 3, Some((3, NodeState::InUse)));
+        assert_eq!(deleting.current_state(), NodeState::Deleting);
+    }
 }

@@ -335,11 +335,9 @@ async fn deleting_a_provider_deletes_its_instances_first() -> Result<()> {
     })
     .await?;
     let in_use = until("the in-use node", WAIT, async || {
-        Ok(stack
-            .nodes()
-            .await?
-            .into_iter()
-            .find(|n| n.status.as_ref().is_some_and(|s| s.state == nodepool_crds::NodeState::InUse)))
+        Ok(stack.nodes().await?.into_iter().find(|n| {
+            n.status.as_ref().is_some_and(|s| s.current_state() == nodepool_crds::NodeState::InUse)
+        }))
     })
     .await?;
 

@@ -210,7 +210,7 @@ impl Collector for StateCollector {
             }
         }
         for node in caches.nodes.state() {
-            let state = node.status.as_ref().map(|s| s.state).unwrap_or_default().as_str();
+            let state = node.status.as_ref().map(|s| s.current_state()).unwrap_or_default().as_str();
             let pool =
                 PoolStateLabels { provider: node.spec.provider.clone(), pool: node.spec.pool.clone(), state };
             *by_pool.entry(pool).or_default() += 1;

@@ -14,7 +14,7 @@ pub async fn reconcile(label: Arc<Label>, ctx: Arc<Context>) -> Result<Action, E
     let nodes = ctx.nodes.state();
     let of_label = nodes.iter().filter(|n| n.spec.labels.contains(&name));
     let count = |state: NodeState| {
-        of_label.clone().filter(|n| n.status.as_ref().is_some_and(|s| s.state == state)).count()
+        of_label.clone().filter(|n| n.status.as_ref().is_some_and(|s| s.current_state() == state)).count()
     };
     let mut providers: Vec<String> = plan::pools(&ctx.providers.state(), &|_, _| None)
         .into_iter()

@@ -1,7 +1,8 @@
 //! PoolNode reconciler: the node lifecycle (zk-protocol.md §3.2).
 //!
 //! - `init`: a static slot is registered once its host answers (host keys scanned) → `ready`.
-//! - Zuul's `in-use`, `used` and `hold` (carried in by the bridge) are adopted.
+//! - Zuul's `hold` (carried in by the bridge) is adopted; its `in-use` and `used` stay in
+//!   `status.zookeeper` (see `PoolNodeStatus::current_state`).
 //! - `used`, `failed` and expired `hold` nodes are deleted once Zuul has unlocked them; a used
 //!   static slot instead goes back to `init` and registers again under a new znode id.
 //! - A `ready` node reserved for a request that no longer exists is released.
@@ -151,19 +152,21 @@ async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) ->
 
 async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
     let zookeeper = status.zuul_view().cloned().unwrap_or_default();
-    // Zuul's word on in-use/used/hold is final; adopt it first. A node Zuul has already used and
-    // unlocked needs no intermediate `used` write: it is done with at once.
-    if zookeeper.zuul_state == Some(NodeState::Used) && !zookeeper.locked && status.state != NodeState::Used {
-        return finish(node, &status, ctx, "used").await;
-    }
-    if let Some(zuul_state) = zookeeper.zuul_state
-        && zuul_state != status.state
-    {
-        tracing::info!(from = status.state.as_str(), to = zuul_state.as_str(), "Zuul changed node state");
-        status.state = zuul_state;
-        status.state_time = Some(now());
-        ctx.write_node_status(node, &status).await?;
-        return Ok(Action::await_change());
+    // Zuul's word on in-use/used/hold is final. `in-use` and `used` are not copied into `state`
+    // (a write per use, for nothing the lifecycle needs; `current_state()` reads both): a node
+    // Zuul has used and unlocked is done with at once, one it uses is left alone.
+    match zookeeper.zuul_state {
+        Some(NodeState::Used) if !zookeeper.locked => return finish(node, &status, ctx, "used").await,
+        Some(NodeState::InUse | NodeState::Used) => return Ok(Action::await_change()),
+        // Held, the node is kept until the hold expires or is released: adopt it.
+        Some(NodeState::Hold) if status.state != NodeState::Hold => {
+            tracing::info!(from = status.state.as_str(), "Zuul holds the node");
+            status.state = NodeState::Hold;
+            status.state_time = Some(now());
+            ctx.write_node_status(node, &status).await?;
+            return Ok(Action::await_change());
+        }
+        _ => {}
     }
     match status.state {
         NodeState::Used if !zookeeper.locked => finish(node, &status, ctx, "used").await,

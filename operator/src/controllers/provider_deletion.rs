@@ -50,7 +50,7 @@ pub async fn step(provider: &Provider, ctx: &Context) -> Result<Action, Error> {
     let nodes: Vec<_> = ctx.nodes.state().into_iter().filter(|n| n.spec.provider == name).collect();
     for node in &nodes {
         let status = node.status.clone().unwrap_or_default();
-        let zuul_has_it = matches!(status.state, NodeState::InUse | NodeState::Hold)
+        let zuul_has_it = matches!(status.current_state(), NodeState::InUse | NodeState::Hold)
             || status.zookeeper.as_ref().is_some_and(|z| z.locked);
         if zuul_has_it || status.state == NodeState::Deleting || node.metadata.deletion_timestamp.is_some() {
             continue;
