@@ -93,16 +93,47 @@ fn now() -> Time {
 }
 
 /// `init` → `ready` for a static slot once its host answers.
-async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
-    let Some(slot) = &node.spec.static_host else { return Ok(Action::await_change()) };
+async fn register(node: &PoolNode, status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
+    match static_registration(node, status, ctx).await {
+        Registration::Ready(status) => {
+            ctx.write_node_status(node, &status).await?;
+            Ok(Action::await_change())
+        }
+        Registration::Unreachable(status) => {
+            if node.status.as_ref() != Some(&status) {
+                ctx.write_node_status(node, &status).await?;
+            }
+            Ok(Action::requeue(RETRY_UNREACHABLE))
+        }
+        Registration::HostGone => delete(node, ctx, "host no longer configured").await,
+        Registration::NotStatic => Ok(Action::await_change()),
+    }
+}
+
+/// What registering a static slot found.
+pub enum Registration {
+    /// Its host answered: the slot's status as `ready`.
+    Ready(PoolNodeStatus),
+    /// Its host did not answer a key scan: the status says so, the slot stays `init`.
+    Unreachable(PoolNodeStatus),
+    /// Its host is no longer in the Provider: the node is to be deleted.
+    HostGone,
+    /// Not a static slot, or its Provider is not known (yet).
+    NotStatic,
+}
+
+/// Registers a static slot from `status` (`init`): scans its host keys when they are checked,
+/// and fills in what Zuul needs to reach it. Nothing is written.
+pub async fn static_registration(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Registration {
+    let Some(slot) = &node.spec.static_host else { return Registration::NotStatic };
     if status.zuul_view().is_some_and(|view| view.node_id.is_some()) {
         // Sent back to `init` after use by an operator that did not count registrations yet:
         // this registration's znode belongs to the last use, so this is the next one.
         status.registration = status.registration.wrapping_add(1);
     }
-    let Some(provider) = ctx.provider(&node.spec.provider) else { return Ok(Action::await_change()) };
+    let Some(provider) = ctx.provider(&node.spec.provider) else { return Registration::NotStatic };
     let Some((pool, host)) = static_driver::find_host(&provider, &node.spec.pool, &slot.host) else {
-        return delete(node, ctx, "host no longer configured").await;
+        return Registration::HostGone;
     };
     let connection = static_driver::connection(host);
     let port = connection.connection_port.unwrap_or(22);
@@ -117,10 +148,7 @@ async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) ->
                     &mut status.conditions,
                     conditions::condition(REACHABLE, false, "KeyScanFailed", error.to_string(), generation),
                 );
-                if node.status.as_ref() != Some(&status) {
-                    ctx.write_node_status(node, &status).await?;
-                }
-                return Ok(Action::requeue(RETRY_UNREACHABLE));
+                return Registration::Unreachable(status);
             }
         }
     } else {
@@ -145,9 +173,8 @@ async fn register(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) ->
     status.host_keys = host_keys;
     status.attributes = pool.node_attributes.clone();
     status.observed_generation = generation;
-    ctx.write_node_status(node, &status).await?;
-    tracing::info!(host = %host.name, slot = slot.slot, "static node ready");
-    Ok(Action::await_change())
+    tracing::info!(host = %host.name, slot = slot.slot, registration = status.registration, "static node ready");
+    Registration::Ready(status)
 }
 
 async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
@@ -156,6 +183,11 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
     // (a write per use, for nothing the lifecycle needs; `current_state()` reads both): a node
     // Zuul has used and unlocked is done with at once, one it uses is left alone.
     match zookeeper.zuul_state {
+        // The scheduler registers such a slot afresh, and hands it to a waiting request in the
+        // same write when there is one.
+        Some(NodeState::Used) if crate::scheduler::plan::is_back_from_use(node) => {
+            return Ok(Action::await_change());
+        }
         Some(NodeState::Used) if !zookeeper.locked => return finish(node, &status, ctx, "used").await,
         Some(NodeState::InUse | NodeState::Used) => return Ok(Action::await_change()),
         // Held, the node is kept until the hold expires or is released: adopt it.
@@ -258,9 +290,14 @@ async fn finish(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context, why: &s
         return delete(node, ctx, why).await;
     }
     tracing::info!(why, "static slot: registering it afresh");
+    register(node, next_registration(node, status), ctx).await
+}
+
+/// The status a static slot starts its next registration with (`init`, not yet checked).
+pub fn next_registration(node: &PoolNode, status: &PoolNodeStatus) -> PoolNodeStatus {
     let mut conditions = status.conditions.clone();
     conditions.retain(|c| c.type_ != HELD);
-    let fresh = PoolNodeStatus {
+    PoolNodeStatus {
         state: NodeState::Init,
         state_time: Some(now()),
         registration: status.registration.wrapping_add(1),
@@ -269,8 +306,7 @@ async fn finish(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context, why: &s
         // The bridge's view of the last registration stays until the bridge replaces it.
         zookeeper: status.zookeeper.clone(),
         ..Default::default()
-    };
-    register(node, fresh, ctx).await
+    }
 }
 
 /// Whether the request is in the cache (its deletion wakes the nodes allocated to it).

@@ -19,7 +19,11 @@ use nodepool_crds::{
 };
 use tracing::Instrument;
 
-use crate::{context::Context, status};
+use crate::{
+    context::Context,
+    controllers::pool_node::{self, Registration},
+    status,
+};
 use nodepool_service::written::at_least;
 use overlay::Overlay;
 use plan::Decision;
@@ -31,6 +35,8 @@ const IDLE_PASS: Duration = Duration::from_secs(30);
 /// A request says why it waits (condition and Event) once it has waited this long: most waits
 /// for a static slot or a launch are over sooner, and reporting each would cost two writes.
 const REPORT_WAIT_AFTER: Duration = Duration::from_secs(2);
+/// When a pass follows a decision whose writes failed, at the latest.
+const RETRY_FAILED: Duration = Duration::from_secs(1);
 /// How many of a pass's decisions are written at once.
 const CONCURRENT_WRITES: usize = 16;
 /// How many launch decisions one pass carries out at most (the first ones, in Nodepool's order).
@@ -133,7 +139,7 @@ fn hold(ctx: &Context, overlay: &mut Overlay, decision: &Decision) -> Held {
         | Decision::Launch { request, .. }
         | Decision::Wait { request, .. }
         | Decision::Decline { request, .. } => Some(request.clone()),
-        Decision::LaunchSpare { .. } => None,
+        Decision::LaunchSpare { .. } | Decision::Recycle { .. } => None,
     };
     let handed_out: &[String] = match decision {
         Decision::Assign { nodes, .. } => nodes,
@@ -146,11 +152,24 @@ fn hold(ctx: &Context, overlay: &mut Overlay, decision: &Decision) -> Held {
         for name in handed_out {
             let Some(node) = ctx.cached(&ctx.nodes, name) else { continue };
             let mut intended = (*node).clone();
-            let status = intended.status.get_or_insert_with(Default::default);
-            allocate(status, &object);
+            let mut status = intended.status.clone().unwrap_or_default();
+            if plan::is_back_from_use(&node) {
+                status = pool_node::next_registration(&node, &status);
+            }
+            allocate(&mut status, &object);
+            intended.status = Some(status);
             overlay.hold_node(intended);
             nodes.push(name.clone());
         }
+    }
+    if let Decision::Recycle { node: name } = decision
+        && let Some(node) = ctx.cached(&ctx.nodes, name)
+    {
+        // Shown in `init` until the cache shows it registered: not offered on a stale copy.
+        let mut intended = (*node).clone();
+        intended.status = Some(pool_node::next_registration(&node, &node.status.clone().unwrap_or_default()));
+        overlay.hold_node(intended);
+        nodes.push(name.clone());
     }
     if let Some(request) = &request {
         overlay.hold_request(request);
@@ -170,12 +189,17 @@ fn finish(
     match finished.outcome {
         Some(Applied::Wrote(objects)) => written = objects,
         Some(Applied::Later(after)) => *next_pass = (*next_pass).min(tokio::time::Instant::now() + after),
-        None => ctx.metrics.reconciles.errors("scheduler", 1),
+        None => {
+            ctx.metrics.reconciles.errors("scheduler", 1);
+            // Decided again soon, though nothing may change in the caches.
+            *next_pass = (*next_pass).min(tokio::time::Instant::now() + RETRY_FAILED);
+        }
     }
     for object in &written {
         match object {
             Written::Node(node) => overlay.node_written((**node).clone()),
             Written::Request(name, version) => overlay.request_written(name, version.clone()),
+            Written::Recycled(name, version) => overlay.keep_until_cached(name, version.clone()),
             Written::NewNode(..) => {}
         }
     }
@@ -212,6 +236,7 @@ fn decision_span(decision: &Decision) -> tracing::Span {
         Decision::LaunchSpare { provider, pool, label, .. } => {
             tracing::info_span!("spare", %provider, %pool, %label)
         }
+        Decision::Recycle { node } => tracing::info_span!("node", %node),
     }
 }
 
@@ -249,6 +274,8 @@ enum Written {
     Node(Box<PoolNode>),
     /// A node created in this pass: the cache must show it before the next pass.
     NewNode(String, String),
+    /// A static slot registered afresh: offered once the cache shows this version.
+    Recycled(String, String),
     Request(String, String),
 }
 
@@ -287,6 +314,7 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Applied> {
             }
             written
         }
+        Decision::Recycle { node } => recycle(ctx, &node).await?,
         Decision::Decline { request, pools, message, release } => {
             let Some(object) = ctx.cached(&ctx.requests, &request) else { return Ok(vec![].into()) };
             tracing::info!(%message, "declining request");
@@ -353,15 +381,35 @@ async fn assign(
     names: Vec<String>,
 ) -> Result<Vec<Written>> {
     let Some(object) = ctx.cached(&ctx.requests, request) else { return Ok(vec![]) };
-    if !static_hosts_answer(ctx, &names).await? {
+    let mut written = Vec::new();
+    // Static slots back from use get their next registration with the allocation, in one write.
+    let mut registered: BTreeMap<&str, PoolNodeStatus> = BTreeMap::new();
+    for name in &names {
+        let Some(node) = ctx.cached(&ctx.nodes, name).filter(|n| plan::is_back_from_use(n)) else { continue };
+        match register_afresh(ctx, &node).await? {
+            Fresh::Ready(status) => {
+                registered.insert(name, *status);
+            }
+            Fresh::NotReady(mut not_ready) => {
+                written.append(&mut not_ready);
+                return Ok(written); // decided again next pass, without that node
+            }
+        }
+    }
+    // The others are checked as they are (the registration's key scan is the stronger check).
+    let unchecked: Vec<String> =
+        names.iter().filter(|n| !registered.contains_key(n.as_str())).cloned().collect();
+    if !static_hosts_answer(ctx, &unchecked).await? {
         return Ok(vec![]); // decided again next pass, without the unreachable nodes
     }
-    let mut written = Vec::new();
     let mut allocated: Vec<PoolNode> = Vec::new();
     let result = async {
         for name in &names {
             let node = ctx.cached(&ctx.nodes, name).ok_or_else(|| anyhow::anyhow!("node {name} vanished"))?;
-            let mut status = node.status.clone().unwrap_or_default();
+            let mut status = match registered.remove(name.as_str()) {
+                Some(fresh) => fresh,
+                None => node.status.clone().unwrap_or_default(),
+            };
             if status.allocated_to.as_deref() == Some(object.spec.request_id.as_str()) {
                 continue; // launched for this request
             }
@@ -406,6 +454,56 @@ async fn assign(
     Ok(written)
 }
 
+/// A static slot back from use, registered afresh (nothing written yet), or why not.
+enum Fresh {
+    Ready(Box<PoolNodeStatus>),
+    /// Its host does not answer (written: the slot waits in `init`) or is gone (the node is
+    /// deleted).
+    NotReady(Vec<Written>),
+}
+
+/// Starts a static slot's next registration: a new node to Zuul, as Nodepool does after use.
+async fn register_afresh(ctx: &Context, node: &PoolNode) -> Result<Fresh> {
+    let status = pool_node::next_registration(node, &node.status.clone().unwrap_or_default());
+    match pool_node::static_registration(node, status, ctx).await {
+        Registration::Ready(status) => Ok(Fresh::Ready(Box::new(status))),
+        Registration::Unreachable(status) => {
+            let updated = ctx.write_node_status(node, &status).await?;
+            let version = updated.resource_version().unwrap_or_default();
+            Ok(Fresh::NotReady(vec![Written::Recycled(node.name_any(), version)]))
+        }
+        Registration::HostGone => {
+            tracing::info!(node = %node.name_any(), "host no longer configured; deleting the node");
+            delete_node(ctx, node).await?;
+            Ok(Fresh::NotReady(vec![]))
+        }
+        Registration::NotStatic => Ok(Fresh::NotReady(vec![])),
+    }
+}
+
+/// Registers a static slot back from use afresh, for the requests to come.
+async fn recycle(ctx: &Context, name: &str) -> Result<Vec<Written>> {
+    let Some(node) = ctx.cached(&ctx.nodes, name).filter(|n| plan::is_back_from_use(n)) else {
+        return Ok(vec![]);
+    };
+    match register_afresh(ctx, &node).await? {
+        Fresh::Ready(status) => {
+            let updated = ctx.write_node_status(&node, &status).await?;
+            Ok(vec![Written::Recycled(name.to_owned(), updated.resource_version().unwrap_or_default())])
+        }
+        Fresh::NotReady(written) => Ok(written),
+    }
+}
+
+async fn delete_node(ctx: &Context, node: &PoolNode) -> Result<()> {
+    let api: kube::Api<PoolNode> = ctx.api();
+    match api.delete(&node.name_any(), &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Reserves a node for `request` (and charges it to the request's tenant).
 fn allocate(status: &mut PoolNodeStatus, request: &NodeRequest) {
     status.allocated_to = Some(request.spec.request_id.clone());
@@ -437,12 +535,7 @@ async fn static_hosts_answer(ctx: &Context, names: &[String]) -> Result<bool> {
         if let Err(error) = result {
             all_answer = false;
             tracing::warn!(node = %node.name_any(), %error, "static host does not answer; taking its node out");
-            let api: kube::Api<PoolNode> = ctx.api();
-            match api.delete(&node.name_any(), &Default::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(error) => return Err(error.into()),
-            }
+            delete_node(ctx, &node).await?;
         }
     }
     Ok(all_answer)
@@ -577,6 +670,9 @@ async fn wait_for_caches(ctx: &Context, written: &[Written]) {
             Written::Node(node) => ctx.cached(&ctx.nodes, &node.name_any()).is_none_or(|n| {
                 at_least(n.resource_version().as_deref(), &node.resource_version().unwrap_or_default())
             }),
+            Written::Recycled(name, version) => ctx
+                .cached(&ctx.nodes, name)
+                .is_none_or(|n| at_least(n.resource_version().as_deref(), version)),
             Written::NewNode(name, version) => ctx
                 .cached(&ctx.nodes, name)
                 .is_some_and(|n| at_least(n.resource_version().as_deref(), version)),

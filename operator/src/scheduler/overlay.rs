@@ -48,6 +48,14 @@ impl Overlay {
         self.nodes.insert(intended.name_any(), (Arc::new(intended), Version::InFlight));
     }
 
+    /// `node` was written, producing `version`, but stays as held until the cache shows that
+    /// version: a node handed back to the pool is not offered on a stale cached copy.
+    pub fn keep_until_cached(&mut self, node: &str, version: String) {
+        if let Some((_, held)) = self.nodes.get_mut(node) {
+            *held = Version::Written(version);
+        }
+    }
+
     /// `request`'s decision was written, producing `version`.
     pub fn request_written(&mut self, request: &str, version: String) {
         self.requests.insert(request.to_owned(), Version::Written(version));
@@ -174,6 +182,24 @@ mod tests {
 
         overlay.settle(|_| None, |r| (r == "r1").then(|| Arc::new(request("r1", "7"))));
         assert_eq!(names(overlay.requests(stale)), ["r1", "r2"]);
+    }
+
+    #[test]
+    fn a_node_handed_back_stays_as_held_until_the_cache_shows_the_write() {
+        let mut overlay = Overlay::default();
+        overlay.hold_node(node("a", "10", Some("held")));
+        overlay.keep_until_cached("a", "12".into());
+        overlay.abandon(None, &["a".into()]);
+        let stale = vec![Arc::new(node("a", "10", None))];
+        overlay.settle(|n| stale.iter().find(|s| s.name_any() == n).cloned(), |_| None);
+        assert_eq!(
+            allocated(&overlay.nodes(stale), "a").as_deref(),
+            Some("held"),
+            "not offered on a stale copy"
+        );
+        let fresh = [Arc::new(node("a", "12", None))];
+        overlay.settle(|n| fresh.iter().find(|s| s.name_any() == n).cloned(), |_| None);
+        assert!(overlay.is_empty(), "the cache caught up");
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub enum Decision {
         /// The label's spares counted by the pass (logged with the launch).
         spares: Vec<String>,
     },
+    /// Register a static slot back from use afresh (no request waits for it in this pass).
+    Recycle { node: String },
     /// Leave it waiting, saying why.
     Wait { request: String, reason: &'static str, message: String },
     /// None of our pools can serve it (or its launch failed). `release` are nodes allocated to
@@ -148,7 +150,8 @@ pub fn footprint<'a>(nodes: impl IntoIterator<Item = &'a PoolNode>) -> ResourceU
     usage
 }
 
-/// Every tenant's limits with what its nodes hold now (any provider, any state).
+/// Every tenant's limits with what its nodes hold now (any provider, any state but static slots
+/// Zuul has given back, which are on their way to the next request).
 pub fn tenant_budgets(
     limits: &[std::sync::Arc<TenantLimit>],
     nodes: &[std::sync::Arc<PoolNode>],
@@ -160,6 +163,7 @@ pub fn tenant_budgets(
             let held = nodes.iter().map(|n| n.as_ref()).filter(|n| {
                 n.status.as_ref().and_then(|s| s.tenant.as_deref()) == Some(tenant.as_str())
                     && n.status.as_ref().is_none_or(|s| s.state != NodeState::Deleted)
+                    && !is_back_from_use(n)
             });
             TenantBudget { used: footprint(held), limits: limit.spec.limits.clone(), tenant }
         })
@@ -254,13 +258,30 @@ pub fn request_order(a: &NodeRequest, b: &NodeRequest) -> Ordering {
     key(a).cmp(&key(b))
 }
 
-/// Whether a node can be handed to a request right now.
+/// Whether a node can be handed to a request right now: a free ready node, or a static slot
+/// back from use, whose next registration and allocation are then written at once.
+pub fn is_available(node: &PoolNode) -> bool {
+    is_free(node) || is_back_from_use(node)
+}
+
+/// Whether a node is ready and free.
 pub fn is_free(node: &PoolNode) -> bool {
     let Some(status) = &node.status else { return false };
     node.metadata.deletion_timestamp.is_none()
         && status.state == NodeState::Ready
         && status.allocated_to.is_none()
         && unclaimed_by_zuul(status)
+}
+
+/// Whether a node is a static slot Zuul has used and unlocked, to be registered afresh (under a
+/// new znode id, as Nodepool does). The scheduler does that, so that with requests waiting the
+/// slot's next registration and its allocation are one write, not two in turn.
+pub fn is_back_from_use(node: &PoolNode) -> bool {
+    let Some(status) = &node.status else { return false };
+    node.spec.static_host.is_some()
+        && node.metadata.deletion_timestamp.is_none()
+        && matches!(status.state, NodeState::Ready | NodeState::InUse | NodeState::Used)
+        && status.zuul_view().is_some_and(|z| z.zuul_state == Some(NodeState::Used) && !z.locked)
 }
 
 /// Zuul has no hold on the node's current registration. One the bridge has not put in ZooKeeper
@@ -285,7 +306,7 @@ pub struct World<'a> {
 pub fn plan(world: &World, tenants: &mut [TenantBudget]) -> Vec<Decision> {
     let mut pass = Pass {
         taken: HashSet::new(),
-        free: world.nodes.iter().map(|n| n.as_ref()).filter(|n| is_free(n)).collect(),
+        free: world.nodes.iter().map(|n| n.as_ref()).filter(|n| is_available(n)).collect(),
         capacity: Capacity::from_nodes(world.nodes),
         decisions: Vec::new(),
     };
@@ -304,6 +325,7 @@ pub fn plan(world: &World, tenants: &mut [TenantBudget]) -> Vec<Decision> {
         pass.open(world, request, tenants);
     }
     pass.spares(world);
+    pass.recycle(world);
     pass.decisions
 }
 
@@ -311,7 +333,7 @@ pub fn plan(world: &World, tenants: &mut [TenantBudget]) -> Vec<Decision> {
 struct Pass<'a> {
     /// Nodes handed out in this pass.
     taken: HashSet<String>,
-    /// Free ready nodes, oldest first.
+    /// Free ready nodes and static slots back from use, oldest first.
     free: Vec<&'a PoolNode>,
     capacity: Capacity,
     decisions: Vec<Decision>,
@@ -660,6 +682,18 @@ impl<'a> Pass<'a> {
     }
 }
 
+impl Pass<'_> {
+    /// Static slots back from use that no request took in this pass are registered afresh.
+    fn recycle(&mut self, world: &World) {
+        for node in world.nodes.iter().filter(|n| is_back_from_use(n)) {
+            let name = node.name_any();
+            if !self.taken.contains(&name) {
+                self.decisions.push(Decision::Recycle { node: name });
+            }
+        }
+    }
+}
+
 /// Whether `request` was accepted by us and is waiting for its launches.
 pub fn is_pending(request: &NodeRequest) -> bool {
     request.metadata.deletion_timestamp.is_none()
@@ -829,6 +863,56 @@ mod tests {
         used.status.as_mut().unwrap().zookeeper.as_mut().unwrap().zuul_state = Some(NodeState::Used);
         assert!(!is_free(&used));
         assert!(is_free(&node("n", "p", &["l"])));
+    }
+
+    /// A static slot Zuul has used; `locked` while Zuul still holds it.
+    fn back_from_use(name: &str, locked: bool) -> Arc<PoolNode> {
+        let mut slot = (*node(name, "p", &["l"])).clone();
+        slot.spec.static_host = Some(nodepool_crds::pool_node::StaticSlot { host: "h".into(), slot: 0 });
+        let status = slot.status.as_mut().unwrap();
+        status.allocated_to = Some("100-0000000001".into());
+        let view = status.zookeeper.as_mut().unwrap();
+        (view.zuul_state, view.locked) = (Some(NodeState::Used), locked);
+        Arc::new(slot)
+    }
+
+    #[test]
+    fn a_static_slot_back_from_use_goes_to_a_waiting_request_or_is_registered_afresh() {
+        let (done, still_locked) = (back_from_use("done", false), back_from_use("locked", true));
+        assert!(is_back_from_use(&done) && !is_free(&done));
+        assert!(!is_back_from_use(&still_locked), "Zuul has not given it back yet");
+        let nodes = [done.clone(), still_locked.clone()];
+        let pools = [pool("p", 100, &["l"])];
+
+        // A request waits: the slot's next registration and its allocation are one decision.
+        let waiting = [request("100-0000000002", &["l"], 0)];
+        let decisions = plan(&waiting, &nodes, &pools, &mut []);
+        assert_eq!(
+            decisions,
+            [Decision::Assign {
+                request: "100-0000000002".into(),
+                provider: "p".into(),
+                pool: "main".into(),
+                nodes: vec!["done".into()],
+            }]
+        );
+        // None waits: it is registered afresh on its own.
+        assert_eq!(plan(&[], &nodes, &pools, &mut []), [Decision::Recycle { node: "done".into() }]);
+        // Held by nobody, the old allocation does not count against the tenant any more.
+        let limit = TenantLimit::new(
+            "t",
+            nodepool_crds::TenantLimitSpec {
+                tenant: "t".into(),
+                limits: nodepool_crds::provider::ResourceLimits {
+                    max_servers: Some(1),
+                    ..Default::default()
+                },
+            },
+        );
+        let mut tenant_done = (*done).clone();
+        tenant_done.status.as_mut().unwrap().tenant = Some("t".into());
+        let budgets = tenant_budgets(&[Arc::new(limit)], &[Arc::new(tenant_done)]);
+        assert_eq!(budgets[0].used.servers, 0);
     }
 
     #[test]
