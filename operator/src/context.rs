@@ -12,6 +12,7 @@ use kube::{
 use nodepool_crds::{Image, Label, NodeRequest, PoolNode, PoolNodeStatus, Provider, TenantLimit};
 
 use crate::{clouds::Clouds, metrics::Metrics};
+use nodepool_service::watch::WatchProgress;
 use tokio::sync::Notify;
 
 /// Configuration of the operator.
@@ -43,6 +44,8 @@ pub struct Context {
     pub clouds: Clouds,
     pub providers: Store<Provider>,
     pub nodes: Store<PoolNode>,
+    /// How far the watch behind `nodes` has got.
+    pub nodes_watched: WatchProgress,
     pub requests: Store<NodeRequest>,
     pub labels: Store<Label>,
     pub tenant_limits: Store<TenantLimit>,
@@ -67,7 +70,7 @@ impl Context {
     pub fn new(
         settings: Settings,
         providers: Store<Provider>,
-        nodes: Store<PoolNode>,
+        (nodes, nodes_watched): (Store<PoolNode>, WatchProgress),
         requests: Store<NodeRequest>,
         labels: Store<Label>,
         tenant_limits: Store<TenantLimit>,
@@ -90,6 +93,7 @@ impl Context {
             metrics: settings.metrics,
             providers,
             nodes,
+            nodes_watched,
             requests,
             labels,
             tenant_limits,

@@ -73,7 +73,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let context = Arc::new(Context::new(
         settings,
         provider_store.clone(),
-        node_store.clone(),
+        (node_store.clone(), node_cache.progress.clone()),
         request_store.clone(),
         label_controller.store(),
         tenant_limit_controller.store(),

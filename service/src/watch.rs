@@ -7,7 +7,10 @@
 //! `WatchList` feature, so clusters without it switch to a list followed by a watch with
 //! `--streaming-lists=false`. The choice is made once, at start-up, for the whole process.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
 
 use futures::StreamExt;
 use kube::{
@@ -41,6 +44,28 @@ pub struct SharedCache<K: Resource<DynamicType = ()> + Clone + 'static, S> {
     /// Turns `true` once the initial list is in the cache. (The store's own `wait_until_ready`
     /// wakes only one waiter, and the controller is that waiter.)
     pub listed: tokio::sync::watch::Receiver<bool>,
+    /// How far the watch has got.
+    pub progress: WatchProgress,
+}
+
+/// The newest resourceVersion a watch has put in its cache, deletions included. An object
+/// missing from the cache once the watch has passed the version it was written at has been
+/// deleted since, rather than not been seen yet.
+#[derive(Clone, Debug, Default)]
+pub struct WatchProgress(Arc<AtomicU64>);
+
+impl WatchProgress {
+    fn saw<K: Resource>(&self, object: &K) {
+        if let Some(version) = object.meta().resource_version.as_deref().and_then(|v| v.parse().ok()) {
+            self.0.fetch_max(version, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the watch has delivered `version` or a newer one (etcd's resourceVersions are
+    /// increasing integers; anything else never counts as passed).
+    pub fn passed(&self, version: &str) -> bool {
+        version.parse::<u64>().is_ok_and(|version| self.0.load(Ordering::Relaxed) >= version)
+    }
 }
 
 pub fn shared_cache<K>(
@@ -58,16 +83,26 @@ where
 {
     let (store, writer) = reflector::store();
     let (listed_tx, listed) = tokio::sync::watch::channel(false);
+    let progress = WatchProgress::default();
+    let seen = progress.clone();
     let events =
         watcher(api, config()).default_backoff().modify(without_managed_fields).reflect(writer).inspect(
             move |event| {
-                on_event();
-                if matches!(event, Ok(watcher::Event::InitDone)) {
-                    let _ = listed_tx.send(true);
+                match event {
+                    Ok(
+                        watcher::Event::Apply(object)
+                        | watcher::Event::Delete(object)
+                        | watcher::Event::InitApply(object),
+                    ) => seen.saw(object),
+                    Ok(watcher::Event::InitDone) => {
+                        let _ = listed_tx.send(true);
+                    }
+                    _ => {}
                 }
+                on_event();
             },
         );
-    SharedCache { store, events, listed }
+    SharedCache { store, events, listed, progress }
 }
 
 /// Drops an object's server-side-apply bookkeeping before it is cached.
@@ -85,4 +120,28 @@ pub const CONCURRENT_RECONCILES: u16 = 128;
 /// The configuration every controller runs with.
 pub fn controller_config() -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(CONCURRENT_RECONCILES)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    use super::*;
+
+    fn at(version: &str) -> ConfigMap {
+        let mut object = ConfigMap::default();
+        object.metadata.resource_version = Some(version.into());
+        object
+    }
+
+    #[test]
+    fn progress_is_the_newest_version_delivered() {
+        let progress = WatchProgress::default();
+        assert!(!progress.passed("1"));
+        progress.saw(&at("12"));
+        progress.saw(&at("7")); // an older object in a list
+        assert!(progress.passed("12") && progress.passed("9"));
+        assert!(!progress.passed("13"));
+        assert!(!progress.passed("opaque"), "only comparable versions count");
+    }
 }

@@ -58,6 +58,9 @@ async fn reconcile_node(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action
         NodeState::Ready | NodeState::InUse | NodeState::Used | NodeState::Hold => {
             lifecycle(&node, status, &ctx).await
         }
+        // The failed node is how the scheduler learns that the request it was launched for
+        // failed; gone before a pass saw it, the scheduler would launch again.
+        NodeState::Failed if launched_for_pending_request(&status, &ctx) => Ok(Action::await_change()),
         NodeState::Failed | NodeState::Aborted | NodeState::Deleting | NodeState::Deleted => {
             delete(&node, &ctx, "finished").await
         }
@@ -307,6 +310,13 @@ pub fn next_registration(node: &PoolNode, status: &PoolNodeStatus) -> PoolNodeSt
         zookeeper: status.zookeeper.clone(),
         ..Default::default()
     }
+}
+
+/// Whether the node is allocated to a request still waiting for its launches (the request's
+/// change, once declined, wakes the node).
+fn launched_for_pending_request(status: &PoolNodeStatus, ctx: &Context) -> bool {
+    let request = status.allocated_to.as_deref().and_then(|id| ctx.cached(&ctx.requests, id));
+    request.is_some_and(|r| crate::scheduler::plan::is_pending(&r))
 }
 
 /// Whether the request is in the cache (its deletion wakes the nodes allocated to it).

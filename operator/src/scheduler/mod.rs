@@ -8,7 +8,11 @@ pub mod capacity;
 mod overlay;
 pub mod plan;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -59,8 +63,8 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
         let labels = ctx.labels.state();
         let world = plan::World { requests: &requests, nodes: &nodes, pools: &pools, labels: &labels };
         let decisions = first_launches(plan::plan(&world, &mut tenants), LAUNCHES_PER_PASS);
-        let creates_nodes =
-            decisions.iter().any(|d| matches!(d, Decision::Launch { .. } | Decision::LaunchSpare { .. }));
+        // This pass's decisions that create nodes, by task.
+        let mut creating = HashSet::new();
         // At most CONCURRENT_WRITES decisions are written at once. With hundreds at once (a burst
         // of requests) they all finished together seconds later, and no new node could start
         // launching in between: the provider's rate limit sat idle while the apiserver worked
@@ -80,23 +84,33 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
             }
             let held = hold(&ctx, &mut overlay, &decision);
             let span = decision_span(&decision);
+            let creates = matches!(decision, Decision::Launch { .. } | Decision::LaunchSpare { .. });
             let (ctx, writers) = (ctx.clone(), writers.clone());
-            in_flight.spawn(
+            let task = in_flight.spawn(
                 async move {
                     let _turn = writers.acquire().await.expect("the semaphore is never closed");
                     Finished { outcome: apply_logged(&ctx, decision).await, held }
                 }
                 .instrument(span),
             );
+            if creates {
+                creating.insert(task.id());
+            }
         }
         ctx.metrics.reconciles.record("scheduler", started.elapsed(), false);
-        if creates_nodes {
+        if !creating.is_empty() {
             // New nodes are not in the overlay: the next pass must see them in the cache, or it
-            // would launch them again. So this pass ends only once all its writes are cached.
+            // would launch them again. So this pass ends only once its launches are cached. Other
+            // decisions (a slot's key scan, say) are not waited for: a launch that fails at once
+            // must be seen failed before its node is gone.
             let mut written = Vec::new();
-            while let Some(finished) = in_flight.join_next().await {
-                let finished = finished.context("a scheduling task failed")?;
-                written.extend(finish(&ctx, &mut overlay, finished, &mut next_pass));
+            while !creating.is_empty() {
+                let Some(joined) = in_flight.join_next_with_id().await else { break };
+                let (task, finished) = joined.context("a scheduling task failed")?;
+                let objects = finish(&ctx, &mut overlay, finished, &mut next_pass);
+                if creating.remove(&task) {
+                    written.extend(objects);
+                }
             }
             wait_for_caches(&ctx, &written).await;
             continue;
@@ -673,9 +687,12 @@ async fn wait_for_caches(ctx: &Context, written: &[Written]) {
             Written::Recycled(name, version) => ctx
                 .cached(&ctx.nodes, name)
                 .is_none_or(|n| at_least(n.resource_version().as_deref(), version)),
-            Written::NewNode(name, version) => ctx
-                .cached(&ctx.nodes, name)
-                .is_some_and(|n| at_least(n.resource_version().as_deref(), version)),
+            Written::NewNode(name, version) => match ctx.cached(&ctx.nodes, name) {
+                Some(node) => at_least(node.resource_version().as_deref(), version),
+                // Deleted again already (a launch that failed at once): waiting for it to
+                // show would stall every request for the whole catch-up time.
+                None => ctx.nodes_watched.passed(version),
+            },
             Written::Request(name, version) => ctx
                 .cached(&ctx.requests, name)
                 .is_none_or(|r| at_least(r.resource_version().as_deref(), version)),
