@@ -267,6 +267,7 @@ async fn remove_znode(shared: &Arc<Shared>, node_id: &str) -> Result<bool> {
         return Ok(true); // gone already; taking its lock would only create it again, empty
     }
     let Some(lock) = shared.try_lock(&paths::node_lock(node_id)).await? else { return Ok(false) };
+    shared.removed_znodes.insert(node_id); // before its watch event can come
     let removed = async {
         if let Some(Value::Object(mut doc)) = read_doc(shared, &path).await? {
             doc.insert("state".into(), json!("deleted"));
@@ -501,7 +502,7 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
         return Ok(());
     };
     let Some(uid) = fields.pool_node_uid.clone() else { return Ok(()) }; // not one of ours
-    let Some(node) = shared.pool_node_by_uid(&uid) else {
+    let Some(node) = cached_registration(shared, &uid, fields.registration).await else {
         shared.znodes_by_uid.lock().unwrap().insert(uid, KnownZnode::found(fields.registration, node_id));
         return Ok(());
     };
@@ -519,7 +520,12 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
         known.insert(uid.clone(), entry);
     }
     if fields.registration > registration(&node) {
-        return Ok(()); // the cache has not caught up with the operator's write yet
+        tracing::warn!(
+            node = %node.name_any(),
+            registration = fields.registration,
+            "the PoolNode cache stayed behind the znode; Zuul's view of it not recorded"
+        );
+        return Ok(());
     }
     let zuul_state = fields
         .state
@@ -550,6 +556,25 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// How long a ZooKeeper event of a node waits for the PoolNode cache to show the node's
+/// registration the znode belongs to. A request fulfilled with a static slot's next registration
+/// reads the node fresh and registers its znode before the cache has the operator's write, and
+/// Zuul locks that znode within milliseconds: dropped, its lock and `in-use` would go unrecorded.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(2);
+
+/// The cached PoolNode with `uid`, once the cache shows at least `registration` of it (or after
+/// [`CACHE_CATCH_UP`], as it is then).
+async fn cached_registration(shared: &Shared, uid: &str, registration: u32) -> Option<Arc<PoolNode>> {
+    let deadline = Instant::now() + CACHE_CATCH_UP;
+    loop {
+        let node = shared.pool_node_by_uid(uid)?;
+        if self::registration(&node) >= registration || Instant::now() >= deadline {
+            return Some(node);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Whether Zuul has done anything with a node: locked it, set its state, held it, left data.
 fn zuul_touched(view: &ZooKeeperView) -> bool {
     view.locked
@@ -562,6 +587,9 @@ fn zuul_touched(view: &ZooKeeperView) -> bool {
 
 /// A znode of ours disappeared without us deleting it: register the node again.
 async fn node_vanished(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
+    if shared.removed_znodes.contains(node_id) {
+        return Ok(()); // we removed it ourselves
+    }
     let Some(node) = shared.pool_node_by_node_id(node_id) else { return Ok(()) };
     let state = node.status.as_ref().map(|s| s.state).unwrap_or_default();
     let current = node.status.as_ref().and_then(|s| s.zuul_view()).is_some();

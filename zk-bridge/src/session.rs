@@ -75,6 +75,9 @@ pub struct Shared {
     /// Requests withdrawn (their NodeRequest deleted) this session: request ids are never
     /// reused, so a second event for one needs no second delete.
     pub withdrawn_requests: crate::recent::Recent,
+    /// Node znodes this session removed itself (the last use of a static slot, a deleted node):
+    /// their disappearance is no news, whatever a lagging cache still says of them.
+    pub removed_znodes: crate::recent::Recent,
     /// Every launcher's pool components, read once and kept until one of them changes.
     pub(crate) components: tokio::sync::Mutex<Option<Vec<crate::components::Component>>>,
 }
@@ -220,6 +223,7 @@ impl Session {
             fulfilled_requests: Default::default(),
             pending_requests: Default::default(),
             withdrawn_requests: Default::default(),
+            removed_znodes: Default::default(),
         });
 
         let reconciles = &settings.metrics.reconciles;
