@@ -310,7 +310,9 @@ pub fn plan(world: &World, tenants: &mut [TenantBudget]) -> Vec<Decision> {
         capacity: Capacity::from_nodes(world.nodes),
         decisions: Vec::new(),
     };
-    pass.free.sort_by_key(|n| n.metadata.creation_timestamp.clone().map(|t| t.0));
+    // Ready nodes first: a slot back from use is registered afresh on its way out, and the
+    // bridge then swaps its znode before it can fulfil the request.
+    pass.free.sort_by_key(|n| (is_back_from_use(n), n.metadata.creation_timestamp.clone().map(|t| t.0)));
 
     let mut pending: Vec<&NodeRequest> =
         world.requests.iter().map(|r| r.as_ref()).filter(|r| is_pending(r)).collect();
@@ -896,6 +898,14 @@ mod tests {
                 nodes: vec!["done".into()],
             }]
         );
+        // A ready node goes first; the slot is then registered afresh on its own.
+        let ready = node("ready", "p", &["l"]);
+        let decisions = plan(&waiting, &[done.clone(), ready], &pools, &mut []);
+        assert!(
+            matches!(&decisions[0], Decision::Assign { nodes, .. } if nodes == &["ready"]),
+            "{decisions:?}"
+        );
+        assert_eq!(decisions[1], Decision::Recycle { node: "done".into() });
         // None waits: it is registered afresh on its own.
         assert_eq!(plan(&[], &nodes, &pools, &mut []), [Decision::Recycle { node: "done".into() }]);
         // Held by nobody, the old allocation does not count against the tenant any more.
