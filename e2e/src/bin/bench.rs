@@ -79,7 +79,12 @@ fn simulated_provider(rate: Option<f64>) -> Value {
     })
 }
 
-fn parse_bench(output: &std::process::Output) -> Result<Value> {
+/// The bench result a Zuul client run printed; what Zuul's classes logged (their exceptions, if
+/// any request failed) is kept in `log`.
+fn parse_bench(output: &std::process::Output, log: &std::path::Path) -> Result<Value> {
+    if let Err(error) = std::fs::write(log, &output.stderr) {
+        eprintln!("keeping the Zuul client's log in {}: {error}", log.display());
+    }
     nodepool_e2e::stack::json_lines(output)
         .into_iter()
         .find_map(|line| line.get("bench").cloned())
@@ -148,6 +153,7 @@ async fn main() -> Result<()> {
                     &bench_args(workers, cli.duration, label).iter().map(String::as_str).collect::<Vec<_>>(),
                 )
                 .await?,
+            &stack.logs().join(format!("zuul-bench-operator-{workers}.log")),
         )?;
         results.push(json!({"system": "nodepool-operator", "workers": workers, "result": ours}));
     }
@@ -187,6 +193,7 @@ async fn main() -> Result<()> {
             let args = bench_args(workers, cli.duration, label);
             let theirs = parse_bench(
                 &stack.zuul_at(&chroot, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?,
+                &stack.logs().join(format!("zuul-bench-nodepool-{workers}.log")),
             )?;
             results.push(json!({"system": "nodepool-11", "workers": workers, "result": theirs}));
         }
