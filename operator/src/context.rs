@@ -129,14 +129,7 @@ impl Context {
     /// [`CACHE_CATCH_UP`]. Returns whether they caught up; callers that plan on the caches go
     /// on either way, as a lagging watch must not stop them for good.
     pub async fn until_cached(&self, caught_up: impl Fn() -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + CACHE_CATCH_UP;
-        while !caught_up() {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        true
+        nodepool_service::written::until_cached(CACHE_CATCH_UP, caught_up).await
     }
 
     pub fn api<K>(&self) -> Api<K>

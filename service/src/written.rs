@@ -30,6 +30,20 @@ pub fn at_least(cached: Option<&str>, written: &str) -> bool {
     }
 }
 
+/// Waits until `caught_up` holds for a cache that shows a process's own writes a moment after
+/// they are made, checking every few milliseconds for at most `within`. Returns whether it held;
+/// callers go on either way, as a lagging watch must not stop them for good.
+pub async fn until_cached(within: Duration, caught_up: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while !caught_up() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    true
+}
+
 /// The resourceVersion of the newest copy of each object seen (written, or read fresh), by uid.
 #[derive(Default)]
 pub struct WrittenVersions(Mutex<HashMap<String, (Instant, String)>>);

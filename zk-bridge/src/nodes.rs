@@ -565,14 +565,9 @@ const CACHE_CATCH_UP: Duration = Duration::from_secs(2);
 /// The cached PoolNode with `uid`, once the cache shows at least `registration` of it (or after
 /// [`CACHE_CATCH_UP`], as it is then).
 async fn cached_registration(shared: &Shared, uid: &str, registration: u32) -> Option<Arc<PoolNode>> {
-    let deadline = Instant::now() + CACHE_CATCH_UP;
-    loop {
-        let node = shared.pool_node_by_uid(uid)?;
-        if self::registration(&node) >= registration || Instant::now() >= deadline {
-            return Some(node);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let caught_up = || shared.pool_node_by_uid(uid).is_none_or(|n| self::registration(&n) >= registration);
+    nodepool_service::written::until_cached(CACHE_CATCH_UP, caught_up).await;
+    shared.pool_node_by_uid(uid)
 }
 
 /// Whether Zuul has done anything with a node: locked it, set its state, held it, left data.

@@ -3,8 +3,10 @@
 //! - `init`: a static slot is registered once its host answers (host keys scanned) → `ready`.
 //! - Zuul's `hold` (carried in by the bridge) is adopted; its `in-use` and `used` stay in
 //!   `status.zookeeper` (see `PoolNodeStatus::current_state`).
-//! - `used`, `failed` and expired `hold` nodes are deleted once Zuul has unlocked them; a used
-//!   static slot instead goes back to `init` and registers again under a new znode id.
+//! - `used`, `failed` and expired `hold` nodes are deleted once Zuul has unlocked them; a static
+//!   slot instead registers again under a new znode id (after use, the scheduler does that:
+//!   `scheduler::plan::is_back_from_use`). A failed node launched for a pending request stays
+//!   until the scheduler has declined the request.
 //! - A `ready` node reserved for a request that no longer exists is released.
 
 use std::{sync::Arc, time::Duration};

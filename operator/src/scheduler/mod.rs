@@ -397,12 +397,13 @@ async fn assign(
     let Some(object) = ctx.cached(&ctx.requests, request) else { return Ok(vec![]) };
     let mut written = Vec::new();
     // Static slots back from use get their next registration with the allocation, in one write.
-    let mut registered: BTreeMap<&str, PoolNodeStatus> = BTreeMap::new();
+    // Each with the copy it was based on: the write's resourceVersion then covers the registration.
+    let mut registered: BTreeMap<&str, (Arc<PoolNode>, PoolNodeStatus)> = BTreeMap::new();
     for name in &names {
         let Some(node) = ctx.cached(&ctx.nodes, name).filter(|n| plan::is_back_from_use(n)) else { continue };
         match register_afresh(ctx, &node).await? {
             Fresh::Ready(status) => {
-                registered.insert(name, *status);
+                registered.insert(name, (node, *status));
             }
             Fresh::NotReady(mut not_ready) => {
                 written.append(&mut not_ready);
@@ -419,10 +420,15 @@ async fn assign(
     let mut allocated: Vec<PoolNode> = Vec::new();
     let result = async {
         for name in &names {
-            let node = ctx.cached(&ctx.nodes, name).ok_or_else(|| anyhow::anyhow!("node {name} vanished"))?;
-            let mut status = match registered.remove(name.as_str()) {
+            let (node, mut status) = match registered.remove(name.as_str()) {
                 Some(fresh) => fresh,
-                None => node.status.clone().unwrap_or_default(),
+                None => {
+                    let node = ctx
+                        .cached(&ctx.nodes, name)
+                        .ok_or_else(|| anyhow::anyhow!("node {name} vanished"))?;
+                    let status = node.status.clone().unwrap_or_default();
+                    (node, status)
+                }
             };
             if status.allocated_to.as_deref() == Some(object.spec.request_id.as_str()) {
                 continue; // launched for this request
