@@ -217,9 +217,8 @@ pub async fn sync(shared: &Arc<Shared>, node: &PoolNode, record: RecordId) -> Re
     };
 
     let path = paths::node(&node_id);
-    let current = match read_doc(shared, &path).await? {
-        Some(current) => current,
-        None => return create(shared, node, &uid).await, // the znode was deleted: register anew
+    let Some((current, version)) = read_doc(shared, &path).await? else {
+        return create(shared, node, &uid).await; // the znode was deleted: register anew
     };
     let desired = desired_doc(shared, node, Some(&current)).await;
     if same_document(&desired, &current) {
@@ -229,20 +228,38 @@ pub async fn sync(shared: &Arc<Shared>, node: &PoolNode, record: RecordId) -> Re
     let Some(lock) = shared.try_lock(&paths::node_lock(&node_id)).await? else {
         return Ok(SyncOutcome::LockedByOthers);
     };
-    let written = async {
-        // Re-read under the lock: Zuul may have written just before we got it.
-        let Some(current) = read_doc(shared, &path).await? else { return Ok(false) };
-        let desired = desired_doc(shared, node, Some(&current)).await;
-        shared.zk.set_data(&path, &serde_json::to_vec(&desired)?, None).await.context("writing the node")?;
-        Ok::<_, anyhow::Error>(true)
-    }
-    .await;
+    let written = write_under_lock(shared, node, &path, current, version).await;
     shared.unlock(lock).await;
     if !written? {
         return create(shared, node, &uid).await;
     }
     record_node_id(shared, node, &uid, &node_id, record).await?;
     Ok(SyncOutcome::Mirrored(node_id))
+}
+
+/// Writes the node's document to its znode, which we hold locked. The write names the version
+/// read before the lock was taken: if Zuul wrote in between, it fails, and the document is made
+/// again from a fresh read (a re-read on every write would cost a round trip on the way to
+/// `fulfilled`). False if the znode is gone.
+async fn write_under_lock(
+    shared: &Shared,
+    node: &PoolNode,
+    path: &str,
+    mut current: Value,
+    mut version: i32,
+) -> Result<bool> {
+    loop {
+        let desired = desired_doc(shared, node, Some(&current)).await;
+        match shared.zk.set_data(path, &serde_json::to_vec(&desired)?, Some(version)).await {
+            Ok(_) => return Ok(true),
+            Err(zookeeper_client::Error::BadVersion) => match read_doc(shared, path).await? {
+                Some((fresh, fresh_version)) => (current, version) = (fresh, fresh_version),
+                None => return Ok(false),
+            },
+            Err(zookeeper_client::Error::NoNode) => return Ok(false),
+            Err(error) => return Err(error).context("writing the node"),
+        }
+    }
 }
 
 /// Removes the znode of a node's earlier registration and forgets it, so the PoolNode registers
@@ -269,7 +286,7 @@ async fn remove_znode(shared: &Arc<Shared>, node_id: &str) -> Result<bool> {
     let Some(lock) = shared.try_lock(&paths::node_lock(node_id)).await? else { return Ok(false) };
     shared.removed_znodes.insert(node_id); // before its watch event can come
     let removed = async {
-        if let Some(Value::Object(mut doc)) = read_doc(shared, &path).await? {
+        if let Some((Value::Object(mut doc), _)) = read_doc(shared, &path).await? {
             doc.insert("state".into(), json!("deleted"));
             doc.insert("state_time".into(), json!(now()));
             shared.zk.set_data(&path, &serde_json::to_vec(&doc)?, None).await.context("writing deleted")?;
@@ -304,10 +321,12 @@ async fn create(shared: &Arc<Shared>, node: &PoolNode, uid: &str) -> Result<Sync
     Ok(SyncOutcome::Mirrored(node_id)) // its id is recorded later (RECORD_NEW_ID_AFTER)
 }
 
-async fn read_doc(shared: &Shared, path: &str) -> Result<Option<Value>> {
+/// A node's document and the version a write based on it names; `None` if the znode is gone
+/// (or empty, as a znode only being created is).
+async fn read_doc(shared: &Shared, path: &str) -> Result<Option<(Value, i32)>> {
     match shared.zk.get_data(path).await {
         Ok((data, _)) if data.is_empty() => Ok(None),
-        Ok((data, _)) => Ok(Some(serde_json::from_slice(&data).unwrap_or(Value::Null))),
+        Ok((data, stat)) => Ok(Some((serde_json::from_slice(&data).unwrap_or(Value::Null), stat.version))),
         Err(zookeeper_client::Error::NoNode) => Ok(None),
         Err(error) => Err(error).with_context(|| format!("reading {path}")),
     }
