@@ -70,8 +70,13 @@ pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
         event_id: request.event_id.clone(),
         other_launchers,
     };
-    mirror(shared, id, spec, existing.is_none()).await.with_context(|| format!("mirroring request {id}"))?;
-    if existing.is_none() {
+    let new = existing.is_none();
+    // A new request's lock directory is made now, beside the mirror: the lock that writes its
+    // outcome then costs no round trip to make it (Nodepool's launchers lock every request they
+    // see, so the directory would exist anyway; the cleanup removes it once the request is gone).
+    let (mirrored, _) = tokio::join!(mirror(shared, id, spec, new), make_lock_dir(shared, id, new));
+    mirrored.with_context(|| format!("mirroring request {id}"))?;
+    if new {
         shared.metrics.request_mirrored(request.created_time);
     }
     let age_ms = crate::metrics::age_ms(request.created_time);
@@ -100,6 +105,17 @@ async fn mirror(shared: &Shared, id: &str, spec: NodeRequestSpec, new: bool) -> 
     });
     api.patch(id, &PatchParams::apply(BRIDGE_MANAGER).force(), &Patch::Apply(&body)).await?;
     Ok(())
+}
+
+/// Makes a new request's lock directory (see [`on_request_event`]). A failure only costs the lock
+/// that round trip later.
+async fn make_lock_dir(shared: &Shared, id: &str, new: bool) {
+    if !new {
+        return;
+    }
+    if let Err(error) = crate::zk::ensure_path(&shared.zk, &paths::request_lock(id)).await {
+        tracing::debug!(error = format!("{error:#}"), "making the request's lock directory");
+    }
 }
 
 /// Other launchers' pools that could take the request (Nodepool's candidate pools, §6.3): they
@@ -229,21 +245,104 @@ pub fn error_policy(request: Arc<NodeRequest>, error: &Error, _: Arc<Shared>) ->
 
 const RETRY_SOON: Duration = Duration::from_millis(50);
 
-/// Our lock on the request: the one held since `pending`, or a fresh non-blocking one.
-async fn take_lock(shared: &Shared, id: &str) -> Result<Option<crate::zk::lock::Lock>> {
-    if let Some(lock) = shared.request_locks.lock().await.remove(id) {
-        return Ok(Some(lock));
-    }
-    shared.try_lock(&paths::request_lock(id)).await
+/// Our lock on a request.
+struct RequestLock {
+    lock: crate::zk::lock::Lock,
+    /// Held since the request was made `pending` (kept until its outcome is written).
+    since_pending: bool,
 }
 
-/// Reads the request under our lock; `None` if it was withdrawn.
-async fn read_locked(shared: &Shared, id: &str) -> Result<Option<RequestDoc>> {
+/// Our lock on the request: the one held since `pending`, or a fresh non-blocking one.
+async fn take_lock(shared: &Shared, id: &str) -> Result<Option<RequestLock>> {
+    if let Some(lock) = shared.request_locks.lock().await.remove(id) {
+        return Ok(Some(RequestLock { lock, since_pending: true }));
+    }
+    let lock = shared.try_lock(&paths::request_lock(id)).await?;
+    Ok(lock.map(|lock| RequestLock { lock, since_pending: false }))
+}
+
+/// Gives up a lock without writing: one held since `pending` is kept for the next attempt.
+async fn put_back(shared: &Shared, id: &str, lock: RequestLock) {
+    if lock.since_pending {
+        shared.request_locks.lock().await.insert(id.to_owned(), lock.lock);
+    } else {
+        shared.unlock(lock.lock).await;
+    }
+}
+
+/// A request as read, with the version a write based on it must name.
+struct Versioned {
+    doc: RequestDoc,
+    version: i32,
+}
+
+/// Reads the request; `None` if it was withdrawn.
+async fn read_versioned(shared: &Shared, id: &str) -> Result<Option<Versioned>> {
     match shared.zk.get_data(&paths::request(id)).await {
-        Ok((data, _)) => Ok(Some(RequestDoc::parse(&data).context("re-reading the request")?)),
+        Ok((data, stat)) => {
+            let doc = RequestDoc::parse(&data).context("re-reading the request")?;
+            Ok(Some(Versioned { doc, version: stat.version }))
+        }
         Err(zookeeper_client::Error::NoNode) => Ok(None),
         Err(error) => Err(error).context("re-reading the request"),
     }
+}
+
+/// Takes our lock on the request and reads it, both at once (each is a round trip on the way
+/// to an outcome): a read that came before the lock is still good for a write that names its
+/// version (see [`update_locked`]). `None` if someone else holds the lock.
+async fn lock_and_read(
+    shared: &Shared,
+    id: &str,
+) -> Result<Option<(RequestLock, Result<Option<Versioned>>)>> {
+    let (lock, read) = tokio::join!(take_lock(shared, id), read_versioned(shared, id));
+    Ok(lock?.map(|lock| (lock, read)))
+}
+
+/// What [`update_locked`]'s `update` decided.
+enum Update<T> {
+    /// Write the changed document.
+    Write(T),
+    /// Leave the request as it is.
+    Leave(T),
+}
+
+/// Applies `update` to the request and writes it, under our lock. `read` is the copy read while
+/// the lock was taken; the write names its version, so a request Zuul changed in between (its
+/// relative priority, say) is read again and updated afresh. `Ok(None)`: withdrawn.
+async fn update_locked<T>(
+    shared: &Shared,
+    id: &str,
+    mut read: Result<Option<Versioned>>,
+    mut update: impl FnMut(&mut RequestDoc) -> Result<Update<T>>,
+) -> Result<Option<T>> {
+    loop {
+        let Some(Versioned { mut doc, version }) = read? else { return Ok(None) };
+        let value = match update(&mut doc)? {
+            Update::Leave(value) => return Ok(Some(value)),
+            Update::Write(value) => value,
+        };
+        match shared.zk.set_data(&paths::request(id), &doc.to_bytes(), Some(version)).await {
+            Ok(_) => return Ok(Some(value)),
+            Err(zookeeper_client::Error::BadVersion) => read = read_versioned(shared, id).await,
+            Err(zookeeper_client::Error::NoNode) => return Ok(None),
+            Err(error) => return Err(error).context("writing the request"),
+        }
+    }
+}
+
+/// The znode ids of the request's nodes, each brought in line with its PoolNode (allocated to
+/// the request); `None` while one is not in ZooKeeper yet or locked by someone else.
+async fn mirrored_nodes(shared: &Arc<Shared>, names: &[String], id: &str) -> Result<Option<Vec<String>>> {
+    let mut node_ids = Vec::with_capacity(names.len());
+    for name in names {
+        let node = allocated_node(shared, name, id).await?;
+        match nodes::sync(shared, &node, nodes::RecordId::Later).await? {
+            SyncOutcome::Mirrored(node_id) => node_ids.push(node_id),
+            SyncOutcome::NotMirrored | SyncOutcome::LockedByOthers => return Ok(None),
+        }
+    }
+    Ok(Some(node_ids))
 }
 
 async fn write_fulfilled(
@@ -252,35 +351,39 @@ async fn write_fulfilled(
     id: &str,
     names: &[String],
 ) -> Result<Action> {
-    // Every node must be in ZooKeeper, allocated to this request, before the request says so.
-    let mut node_ids = Vec::with_capacity(names.len());
-    for name in names {
-        let node = allocated_node(shared, name, id).await?;
-        match nodes::sync(shared, &node, nodes::RecordId::Later).await? {
-            SyncOutcome::Mirrored(node_id) => node_ids.push(node_id),
-            SyncOutcome::NotMirrored | SyncOutcome::LockedByOthers => return Ok(Action::requeue(RETRY_SOON)),
+    // Every node must be in ZooKeeper, allocated to this request and unlocked, before the
+    // request says so; the request's lock is taken meanwhile, as the two do not depend on
+    // each other.
+    let (node_ids, locked) = tokio::join!(mirrored_nodes(shared, names, id), lock_and_read(shared, id));
+    let Some((lock, read)) = locked? else { return Ok(Action::requeue(RETRY_SOON)) };
+    let node_ids = match node_ids {
+        Ok(Some(node_ids)) => node_ids,
+        not_yet => {
+            put_back(shared, id, lock).await;
+            not_yet?;
+            return Ok(Action::requeue(RETRY_SOON));
         }
-    }
-    let Some(lock) = take_lock(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
-    let outcome = async {
-        let Some(mut doc) = read_locked(shared, id).await? else { return Ok(None) };
+    };
+    let outcome = update_locked(shared, id, read, |doc| {
         if doc.state == "fulfilled" && doc.nodes == node_ids {
-            return Ok(Some(Ok(doc.created_time))); // written before (by this bridge before a restart)
+            return Ok(Update::Leave(Ok((doc.created_time, false)))); // written before this bridge restarted
         }
         if doc.state != "requested" && doc.state != "pending" {
-            return Ok(Some(Err(format!("the request is already {} in ZooKeeper", doc.state))));
+            return Ok(Update::Leave(Err(format!("the request is already {} in ZooKeeper", doc.state))));
         }
         doc.nodes = node_ids.clone();
         doc.set_state("fulfilled");
-        shared.zk.set_data(&paths::request(id), &doc.to_bytes(), None).await.context("writing fulfilled")?;
-        shared.metrics.outcome("fulfilled", doc.created_time);
-        Ok::<_, anyhow::Error>(Some(Ok(doc.created_time)))
-    }
-    .await;
-    shared.unlock(lock).await;
+        Ok(Update::Write(Ok((doc.created_time, true))))
+    })
+    .await
+    .context("writing fulfilled");
+    shared.unlock(lock.lock).await;
     match outcome? {
         None => {} // withdrawn; the mirror deletes the NodeRequest
-        Some(Ok(created_time)) => {
+        Some(Ok((created_time, written))) => {
+            if written {
+                shared.metrics.outcome("fulfilled", created_time);
+            }
             // Not recorded in the NodeRequest: Zuul deletes the request within moments, and the
             // write would cost the apiserver one more update per request for nothing.
             let age_ms = crate::metrics::age_ms(created_time);
@@ -313,32 +416,28 @@ async fn allocated_node(shared: &Shared, name: &str, id: &str) -> Result<Arc<Poo
 
 /// Adds our pools to `declined_by`; the request fails once every registered pool declined.
 async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -> Result<Action> {
-    let Some(lock) = take_lock(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
-    let outcome = async {
-        let Some(mut doc) = read_locked(shared, id).await? else { return Ok(None) };
+    let ours = shared.registry.lock().await.ids();
+    let registered = components::all_registered_ids(&shared.zk).await?;
+    let Some((lock, read)) = lock_and_read(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
+    let outcome = update_locked(shared, id, read, |doc| {
         if doc.state != "requested" && doc.state != "pending" {
-            return Ok(None);
+            return Ok(Update::Leave(None));
         }
-        for pool in shared.registry.lock().await.ids() {
-            if !doc.declined_by.contains(&pool) {
-                doc.declined_by.push(pool);
+        for pool in &ours {
+            if !doc.declined_by.contains(pool) {
+                doc.declined_by.push(pool.clone());
             }
         }
-        let registered = components::all_registered_ids(&shared.zk).await?;
         let everyone_declined = registered.iter().all(|pool| doc.declined_by.contains(pool));
         doc.nodes.clear();
         doc.set_state(if everyone_declined { "failed" } else { "requested" });
-        shared
-            .zk
-            .set_data(&paths::request(id), &doc.to_bytes(), None)
-            .await
-            .context("writing the decline")?;
-        shared.metrics.outcome(if everyone_declined { "failed" } else { "declined" }, doc.created_time);
-        Ok::<_, anyhow::Error>(Some((everyone_declined, doc.declined_by)))
-    }
-    .await;
-    shared.unlock(lock).await;
-    if let Some((failed, declined_by)) = outcome? {
+        Ok(Update::Write(Some((everyone_declined, doc.declined_by.clone(), doc.created_time))))
+    })
+    .await
+    .context("writing the decline");
+    shared.unlock(lock.lock).await;
+    if let Some((failed, declined_by, created_time)) = outcome?.flatten() {
+        shared.metrics.outcome(if failed { "failed" } else { "declined" }, created_time);
         tracing::info!(failed, "request declined by our pools");
         let state = if failed { NodeRequestState::Failed } else { NodeRequestState::Requested };
         let view = RequestZooKeeperView { state: Some(state), declined_by, ..Default::default() };
@@ -349,28 +448,41 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
 
 /// Accepts the request: `pending`, keeping the request lock until the outcome is written.
 async fn write_pending(shared: &Arc<Shared>, id: &str) -> Result<Action> {
-    let Some(lock) = take_lock(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
-    let doc = match read_locked(shared, id).await {
-        Ok(Some(doc)) if doc.state == "requested" => doc,
+    let Some((lock, read)) = lock_and_read(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
+    let outcome = update_locked(shared, id, read, |doc| match doc.state.as_str() {
+        "requested" => {
+            doc.set_state("pending");
+            Ok(Update::Write(Pending::Written(doc.created_time)))
+        }
+        "pending" => Ok(Update::Leave(Pending::Already)), // written before this bridge restarted
+        _ => Ok(Update::Leave(Pending::NotRequested)),
+    })
+    .await
+    .context("writing pending");
+    let created_time = match outcome {
+        Ok(Some(Pending::Written(created_time))) => created_time,
         other => {
-            shared.unlock(lock).await;
-            if other?.is_some_and(|doc| doc.state == "pending") {
-                shared.pending_requests.insert(id); // written before this bridge restarted
+            shared.unlock(lock.lock).await;
+            if matches!(other?, Some(Pending::Already)) {
+                shared.pending_requests.insert(id);
             }
             return Ok(Action::await_change());
         }
     };
-    let mut doc = doc;
-    doc.set_state("pending");
-    if let Err(error) = shared.zk.set_data(&paths::request(id), &doc.to_bytes(), None).await {
-        shared.unlock(lock).await;
-        return Err(error).context("writing pending");
-    }
-    shared.metrics.outcome("pending", doc.created_time);
-    shared.request_locks.lock().await.insert(id.to_owned(), lock);
+    shared.metrics.outcome("pending", created_time);
+    shared.request_locks.lock().await.insert(id.to_owned(), lock.lock);
     // Like fulfilment, not echoed into the NodeRequest: ZooKeeper is the record.
     shared.pending_requests.insert(id);
     Ok(Action::await_change())
+}
+
+/// What [`write_pending`] found.
+enum Pending {
+    Written(Option<f64>),
+    /// `pending` already (written by this bridge before it restarted).
+    Already,
+    /// No longer `requested`: nothing to accept.
+    NotRequested,
 }
 
 async fn patch_view(shared: &Shared, request: &NodeRequest, view: RequestZooKeeperView) -> Result<()> {
