@@ -133,6 +133,11 @@ pub struct NodeRequestStatus {
     /// `PoolNode` names, in the order of `spec.labels`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
+    /// Set when the nodes' allocations were written at the same time as this status: the
+    /// zk-bridge writes `fulfilled` to ZooKeeper only once every node in `nodes` shows this id
+    /// in its `allocationId` (a copy of a node from an earlier, undone hand-out never does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_id: Option<String>,
     /// Our pools that cannot serve the request, as `provider/pool`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub declined_by: Vec<String>,

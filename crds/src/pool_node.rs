@@ -156,6 +156,10 @@ pub struct PoolNodeStatus {
     /// The request the node is reserved for (ZooKeeper request id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocated_to: Option<String>,
+    /// Which hand-out `allocatedTo` stands for, when the scheduler wrote it at the same time as
+    /// the request's `fulfilled`: the request's `status.allocationId` (operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_id: Option<String>,
     /// Tenant and requestor copied from the request at allocation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,

@@ -333,10 +333,15 @@ async fn update_locked<T>(
 
 /// The znode ids of the request's nodes, each brought in line with its PoolNode (allocated to
 /// the request); `None` while one is not in ZooKeeper yet or locked by someone else.
-async fn mirrored_nodes(shared: &Arc<Shared>, names: &[String], id: &str) -> Result<Option<Vec<String>>> {
+async fn mirrored_nodes(
+    shared: &Arc<Shared>,
+    names: &[String],
+    id: &str,
+    allocation_id: Option<&str>,
+) -> Result<Option<Vec<String>>> {
     let mut node_ids = Vec::with_capacity(names.len());
     for name in names {
-        let node = allocated_node(shared, name, id).await?;
+        let Some(node) = allocated_node(shared, name, id, allocation_id).await? else { return Ok(None) };
         match nodes::sync(shared, &node, nodes::RecordId::Later).await? {
             SyncOutcome::Mirrored(node_id) => node_ids.push(node_id),
             SyncOutcome::NotMirrored | SyncOutcome::LockedByOthers => return Ok(None),
@@ -354,7 +359,9 @@ async fn write_fulfilled(
     // Every node must be in ZooKeeper, allocated to this request and unlocked, before the
     // request says so; the request's lock is taken meanwhile, as the two do not depend on
     // each other.
-    let (node_ids, locked) = tokio::join!(mirrored_nodes(shared, names, id), lock_and_read(shared, id));
+    let allocation_id = request.status.as_ref().and_then(|s| s.allocation_id.as_deref());
+    let nodes = mirrored_nodes(shared, names, id, allocation_id);
+    let (node_ids, locked) = tokio::join!(nodes, lock_and_read(shared, id));
     let Some((lock, read)) = locked? else { return Ok(Action::requeue(RETRY_SOON)) };
     let node_ids = match node_ids {
         Ok(Some(node_ids)) => node_ids,
@@ -399,19 +406,46 @@ async fn write_fulfilled(
     Ok(Action::await_change())
 }
 
-/// A node allocated to request `id`: from the cache when it already shows the allocation (it
-/// is then at least as new as the operator's write), else read fresh.
-async fn allocated_node(shared: &Shared, name: &str, id: &str) -> Result<Arc<PoolNode>> {
-    let cached =
-        shared.pool_nodes.get(&kube::runtime::reflector::ObjectRef::new(name).within(&shared.namespace));
-    if let Some(node) = cached
-        && node.status.as_ref().and_then(|s| s.allocated_to.as_deref()) == Some(id)
-    {
-        return Ok(node);
+/// How long a node's allocation may trail its request's `fulfilled` in the cache before it is
+/// read fresh: the operator writes both at once, and either may come first.
+const ALLOCATION_LAG: Duration = Duration::from_secs(1);
+
+/// A node allocated to request `id` (with allocation `allocation_id`, when the request names
+/// one): from the cache once it shows the allocation, else read fresh. `None` if it is not
+/// (yet) allocated so: the operator reverts a `fulfilled` whose allocations failed.
+async fn allocated_node(
+    shared: &Shared,
+    name: &str,
+    id: &str,
+    allocation_id: Option<&str>,
+) -> Result<Option<Arc<PoolNode>>> {
+    let cached = || {
+        shared
+            .pool_nodes
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(&shared.namespace))
+            .filter(|node| shows_allocation(node, id, allocation_id))
+    };
+    if allocation_id.is_some() {
+        nodepool_service::written::until_cached(ALLOCATION_LAG, || cached().is_some()).await;
+    }
+    if let Some(node) = cached() {
+        return Ok(Some(node));
     }
     let node = shared.pool_node_api().get(name).await.with_context(|| format!("PoolNode {name}"))?;
     shared.node_versions.record(&node);
-    Ok(Arc::new(node))
+    if !shows_allocation(&node, id, allocation_id) {
+        tracing::warn!(node = %name, "the request is fulfilled but its node is not allocated to it; waiting");
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(node)))
+}
+
+/// Whether this copy of a node shows it allocated to request `id` by allocation `allocation_id`
+/// (any allocation to `id` when the request names none: its allocations were written first).
+fn shows_allocation(node: &PoolNode, id: &str, allocation_id: Option<&str>) -> bool {
+    let Some(status) = node.status.as_ref() else { return false };
+    status.allocated_to.as_deref() == Some(id)
+        && (allocation_id.is_none() || status.allocation_id.as_deref() == allocation_id)
 }
 
 /// Adds our pools to `declined_by`; the request fails once every registered pool declined.
@@ -495,4 +529,40 @@ async fn patch_view(shared: &Shared, request: &NodeRequest, view: RequestZooKeep
         .await
         .context("recording what was written to ZooKeeper")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use nodepool_crds::{PoolNodeSpec, PoolNodeStatus};
+
+    use super::*;
+
+    fn node(allocated_to: Option<&str>, allocation_id: Option<&str>) -> PoolNode {
+        let mut node = PoolNode::new("n", PoolNodeSpec::default());
+        node.status = Some(PoolNodeStatus {
+            allocated_to: allocated_to.map(str::to_owned),
+            allocation_id: allocation_id.map(str::to_owned),
+            ..Default::default()
+        });
+        node
+    }
+
+    #[test]
+    fn a_node_must_show_the_requests_allocation_id() {
+        let current = node(Some("200-1"), Some("b"));
+        assert!(shows_allocation(&current, "200-1", Some("b")));
+        // A copy from an earlier hand-out to the same request, since undone.
+        assert!(!shows_allocation(&node(Some("200-1"), Some("a")), "200-1", Some("b")));
+        assert!(!shows_allocation(&node(None, None), "200-1", Some("b")));
+        assert!(!shows_allocation(&node(Some("200-2"), Some("b")), "200-1", Some("b")));
+    }
+
+    #[test]
+    fn without_an_allocation_id_any_allocation_to_the_request_counts() {
+        // The request's status followed its allocations (nodes launched for it).
+        assert!(shows_allocation(&node(Some("200-1"), None), "200-1", None));
+        assert!(shows_allocation(&node(Some("200-1"), Some("a")), "200-1", None));
+        assert!(!shows_allocation(&node(Some("200-2"), None), "200-1", None));
+        assert!(!shows_allocation(&PoolNode::new("n", PoolNodeSpec::default()), "200-1", None));
+    }
 }

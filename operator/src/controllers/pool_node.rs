@@ -267,6 +267,7 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
                 }
                 tracing::info!(%request, "request gone; releasing its node");
                 status.allocated_to = None;
+                status.allocation_id = None;
                 status.tenant = None;
                 status.requestor = None;
                 ctx.write_node_status(&fresh, &status).await?;

@@ -18,8 +18,8 @@ use anyhow::{Context as _, Result};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Resource, ResourceExt};
 use nodepool_crds::{
-    NodeRequest, NodeRequestState, NodeState, PoolNode, PoolNodeSpec, PoolNodeStatus, ZNODE_FINALIZER,
-    conditions, labels as node_labels, pool_node::NodeResources,
+    NodeRequest, NodeRequestState, NodeRequestStatus, NodeState, PoolNode, PoolNodeSpec, PoolNodeStatus,
+    ZNODE_FINALIZER, conditions, labels as node_labels, pool_node::NodeResources,
 };
 use tracing::Instrument;
 
@@ -170,7 +170,7 @@ fn hold(ctx: &Context, overlay: &mut Overlay, decision: &Decision) -> Held {
             if plan::is_back_from_use(&node) {
                 status = pool_node::next_registration(&node, &status);
             }
-            allocate(&mut status, &object);
+            allocate(&mut status, &object, None);
             intended.status = Some(status);
             overlay.hold_node(intended);
             nodes.push(name.clone());
@@ -417,61 +417,143 @@ async fn assign(
     if !static_hosts_answer(ctx, &unchecked).await? {
         return Ok(vec![]); // decided again next pass, without the unreachable nodes
     }
-    let mut allocated: Vec<PoolNode> = Vec::new();
-    let result = async {
-        for name in &names {
-            let (node, mut status) = match registered.remove(name.as_str()) {
-                Some(fresh) => fresh,
-                None => {
-                    let node = ctx
-                        .cached(&ctx.nodes, name)
-                        .ok_or_else(|| anyhow::anyhow!("node {name} vanished"))?;
-                    let status = node.status.clone().unwrap_or_default();
-                    (node, status)
+    // Usually every node is allocated now (ready nodes, slots back from use): the allocations
+    // and the request's `fulfilled` are then written at once, tied by an allocation id that
+    // the bridge must see on each node before it tells Zuul. Nodes launched for the request
+    // were allocated before: the request's status then follows their allocations.
+    let allocation_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut allocations = Vec::with_capacity(names.len());
+    for name in &names {
+        let (node, mut status) = match registered.remove(name.as_str()) {
+            Some(fresh) => fresh,
+            None => {
+                let node =
+                    ctx.cached(&ctx.nodes, name).ok_or_else(|| anyhow::anyhow!("node {name} vanished"))?;
+                let status = node.status.clone().unwrap_or_default();
+                (node, status)
+            }
+        };
+        if status.allocated_to.as_deref() == Some(object.spec.request_id.as_str()) {
+            continue; // launched for this request
+        }
+        allocate(&mut status, &object, Some(&allocation_id));
+        allocations.push((node, status));
+    }
+    let together = allocations.len() == names.len();
+    let fulfilled = fulfilled_status(&object, &provider, &pool, &names, together.then_some(allocation_id));
+    let allocate_all = futures::future::join_all(
+        allocations.iter().map(|(node, status)| ctx.write_node_status(node, status)),
+    );
+    let requests = ctx.api();
+    let fulfil = status::apply_request_status(&requests, &object, &fulfilled);
+    let (allocated, fulfilled) = if together {
+        tokio::join!(allocate_all, fulfil)
+    } else {
+        let allocated = allocate_all.await;
+        let fulfilled = match allocated.iter().all(Result::is_ok) {
+            true => fulfil.await,
+            false => Err(anyhow::anyhow!("not written: an allocation failed")),
+        };
+        (allocated, fulfilled)
+    };
+    let mut failure = None;
+    let mut nodes_written = Vec::new();
+    for result in allocated {
+        match result {
+            Ok(updated) => nodes_written.push(updated),
+            Err(error) => _ = failure.get_or_insert(error),
+        }
+    }
+    match (failure, fulfilled) {
+        (None, Ok(updated)) => {
+            written.extend(nodes_written.into_iter().map(|node| Written::Node(Box::new(node))));
+            written
+                .push(Written::Request(request.to_owned(), updated.resource_version().unwrap_or_default()));
+            tracing::info!(nodes = ?names, %provider, %pool, "request assigned");
+            Ok(written)
+        }
+        (failure, fulfilled) => {
+            for node in nodes_written {
+                let mut status = node.status.clone().unwrap_or_default();
+                status.allocated_to = None;
+                status.allocation_id = None;
+                if let Err(undo) = ctx.write_node_status(&node, &status).await {
+                    tracing::error!(node = %node.name_any(), error = format!("{undo:#}"), "could not undo an allocation");
                 }
-            };
-            if status.allocated_to.as_deref() == Some(object.spec.request_id.as_str()) {
-                continue; // launched for this request
             }
-            allocate(&mut status, &object);
-            let updated = ctx.write_node_status(&node, &status).await?;
-            written.push(Written::Node(Box::new(updated.clone())));
-            allocated.push(updated);
+            match (failure, fulfilled) {
+                (Some(error), Ok(updated)) => {
+                    revert_fulfilled(ctx, &updated, &object).await;
+                    Err(error)
+                }
+                (Some(error), Err(_)) | (None, Err(error)) => Err(error),
+                (None, Ok(_)) => unreachable!("matched above"),
+            }
         }
-        let mut status = object.status.clone().unwrap_or_default();
-        status.state = NodeRequestState::Fulfilled;
-        status.state_time = Some(Time(Timestamp::now()));
-        status.provider = Some(provider.clone());
-        status.pool = Some(pool.clone());
-        status.nodes = names.clone();
-        status.observed_generation = object.metadata.generation;
-        conditions::set_condition(
-            &mut status.conditions,
-            conditions::condition(
-                conditions::types::WAITING,
-                false,
-                "Fulfilled",
-                format!("nodes from {provider}/{pool}"),
-                object.metadata.generation,
-            ),
+    }
+}
+
+/// The status of a request fulfilled with `names` from `provider`/`pool`.
+fn fulfilled_status(
+    object: &NodeRequest,
+    provider: &str,
+    pool: &str,
+    names: &[String],
+    allocation_id: Option<String>,
+) -> NodeRequestStatus {
+    let mut status = object.status.clone().unwrap_or_default();
+    status.state = NodeRequestState::Fulfilled;
+    status.state_time = Some(Time(Timestamp::now()));
+    status.provider = Some(provider.to_owned());
+    status.pool = Some(pool.to_owned());
+    status.nodes = names.to_vec();
+    status.allocation_id = allocation_id;
+    status.observed_generation = object.metadata.generation;
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::types::WAITING,
+            false,
+            "Fulfilled",
+            format!("nodes from {provider}/{pool}"),
+            object.metadata.generation,
+        ),
+    );
+    status
+}
+
+/// How often [`revert_fulfilled`] tries before it gives up.
+const REVERT_ATTEMPTS: u32 = 5;
+
+/// Puts back the status `before` had, after a `fulfilled` written beside allocations of which
+/// one failed. The bridge never acts on that `fulfilled` (no node shows its allocation id), and
+/// once it is reverted the next pass decides on the request again.
+async fn revert_fulfilled(ctx: &Context, written: &NodeRequest, before: &NodeRequest) {
+    let previous = before.status.clone().unwrap_or_default();
+    let mut current = written.clone();
+    for attempt in 1..=REVERT_ATTEMPTS {
+        let error = match status::apply_request_status(&ctx.api(), &current, &previous).await {
+            Ok(_) => {
+                tracing::info!("an allocation failed; the request's fulfilled status is reverted");
+                return;
+            }
+            Err(error) => error,
+        };
+        tracing::warn!(
+            attempt,
+            error = format!("{error:#}"),
+            "reverting a request's fulfilled status failed"
         );
-        let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
-        written.push(Written::Request(request.to_owned(), updated.resource_version().unwrap_or_default()));
-        Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    if let Err(error) = result {
-        for node in allocated {
-            let mut status = node.status.clone().unwrap_or_default();
-            status.allocated_to = None;
-            if let Err(undo) = ctx.write_node_status(&node, &status).await {
-                tracing::error!(node = %node.name_any(), error = format!("{undo:#}"), "could not undo an allocation");
-            }
+        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+        let api: kube::Api<NodeRequest> = ctx.api();
+        match api.get(&current.name_any()).await {
+            Ok(fresh) => current = fresh,
+            Err(error) => tracing::warn!(error = %error, "re-reading the request to revert it"),
         }
-        return Err(error);
     }
-    tracing::info!(nodes = ?names, %provider, %pool, "request assigned");
-    Ok(written)
+    tracing::error!(
+        "could not revert a fulfilled status whose allocations failed; the request waits until Zuul withdraws it"
+    );
 }
 
 /// A static slot back from use, registered afresh (nothing written yet), or why not.
@@ -525,8 +607,9 @@ async fn delete_node(ctx: &Context, node: &PoolNode) -> Result<()> {
 }
 
 /// Reserves a node for `request` (and charges it to the request's tenant).
-fn allocate(status: &mut PoolNodeStatus, request: &NodeRequest) {
+fn allocate(status: &mut PoolNodeStatus, request: &NodeRequest, allocation_id: Option<&str>) {
     status.allocated_to = Some(request.spec.request_id.clone());
+    status.allocation_id = allocation_id.map(str::to_owned);
     status.tenant = request.spec.tenant.clone();
     status.requestor = request.spec.requestor.clone();
 }
@@ -597,7 +680,7 @@ async fn launch_for_request(
     for name in &reuse {
         let Some(node) = ctx.cached(&ctx.nodes, name) else { continue };
         let mut node_status = node.status.clone().unwrap_or_default();
-        allocate(&mut node_status, &object);
+        allocate(&mut node_status, &object, None);
         let updated = ctx.write_node_status(&node, &node_status).await?;
         written.push(Written::Node(Box::new(updated)));
     }
@@ -650,7 +733,7 @@ async fn new_node(
         ..Default::default()
     };
     if let Some(request) = request {
-        allocate(&mut status, request);
+        allocate(&mut status, request, None);
     }
     match status::apply_new_node_status(&api, &created.name_any(), &status).await {
         Ok(updated) => {
@@ -672,6 +755,7 @@ async fn release_nodes(ctx: &Context, names: &[String]) -> Result<Vec<Written>> 
         let Some(node) = ctx.cached(&ctx.nodes, name) else { continue };
         let mut status = node.status.clone().unwrap_or_default();
         status.allocated_to = None;
+        status.allocation_id = None;
         status.tenant = None;
         status.requestor = None;
         let updated = ctx.write_node_status(&node, &status).await?;
