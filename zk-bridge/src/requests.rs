@@ -425,11 +425,22 @@ async fn allocated_node(
             .get(&kube::runtime::reflector::ObjectRef::new(name).within(&shared.namespace))
             .filter(|node| shows_allocation(node, id, allocation_id))
     };
+    // The operator reverts a `fulfilled` whose allocations failed, and decides again at once:
+    // this attempt is then over, and the request's next reconcile takes the new one.
+    let superseded = || {
+        let request =
+            shared.node_requests.get(&kube::runtime::reflector::ObjectRef::new(id).within(&shared.namespace));
+        request.and_then(|r| r.status.as_ref()?.allocation_id.clone()).as_deref() != allocation_id
+    };
     if allocation_id.is_some() {
-        nodepool_service::written::until_cached(ALLOCATION_LAG, || cached().is_some()).await;
+        nodepool_service::written::until_cached(ALLOCATION_LAG, || cached().is_some() || superseded()).await;
     }
     if let Some(node) = cached() {
         return Ok(Some(node));
+    }
+    if allocation_id.is_some() && superseded() {
+        tracing::debug!(node = %name, "the hand-out was reverted; its request is decided again");
+        return Ok(None);
     }
     let node = shared.pool_node_api().get(name).await.with_context(|| format!("PoolNode {name}"))?;
     shared.node_versions.record(&node);
