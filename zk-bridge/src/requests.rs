@@ -51,8 +51,7 @@ pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
     if request.node_types.is_empty() {
         return fail_malformed(shared, id, "node_types is empty").await;
     }
-    let existing =
-        shared.node_requests.get(&kube::runtime::reflector::ObjectRef::new(id).within(&shared.namespace));
+    let existing = shared.cached_request(id);
     let other_launchers = other_launchers(shared, &ours, &request).await?;
     if existing.as_ref().is_some_and(|cr| {
         cr.spec.relative_priority == request.relative_priority && cr.spec.other_launchers == other_launchers
@@ -419,17 +418,11 @@ async fn allocated_node(
     id: &str,
     allocation_id: Option<&str>,
 ) -> Result<Option<Arc<PoolNode>>> {
-    let cached = || {
-        shared
-            .pool_nodes
-            .get(&kube::runtime::reflector::ObjectRef::new(name).within(&shared.namespace))
-            .filter(|node| shows_allocation(node, id, allocation_id))
-    };
+    let cached = || shared.cached_node(name).filter(|node| shows_allocation(node, id, allocation_id));
     // The operator reverts a `fulfilled` whose allocations failed, and decides again at once:
     // this attempt is then over, and the request's next reconcile takes the new one.
     let superseded = || {
-        let request =
-            shared.node_requests.get(&kube::runtime::reflector::ObjectRef::new(id).within(&shared.namespace));
+        let request = shared.cached_request(id);
         request.and_then(|r| r.status.as_ref()?.allocation_id.clone()).as_deref() != allocation_id
     };
     if allocation_id.is_some() {

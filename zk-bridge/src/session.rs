@@ -91,6 +91,16 @@ impl Shared {
         Api::namespaced(self.kube.clone(), &self.namespace)
     }
 
+    /// The cached NodeRequest of request `id` (named after it).
+    pub fn cached_request(&self, id: &str) -> Option<Arc<NodeRequest>> {
+        self.node_requests.get(&kube::runtime::reflector::ObjectRef::new(id).within(&self.namespace))
+    }
+
+    /// The cached PoolNode called `name`.
+    pub fn cached_node(&self, name: &str) -> Option<Arc<PoolNode>> {
+        self.pool_nodes.get(&kube::runtime::reflector::ObjectRef::new(name).within(&self.namespace))
+    }
+
     pub fn node_mutex(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.node_mutexes.lock().unwrap().entry(uid.to_owned()).or_default().clone()
     }

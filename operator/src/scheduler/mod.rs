@@ -464,33 +464,29 @@ async fn assign(
             Err(error) => _ = failure.get_or_insert(error),
         }
     }
-    match (failure, fulfilled) {
+    let error = match (failure, fulfilled) {
         (None, Ok(updated)) => {
             written.extend(nodes_written.into_iter().map(|node| Written::Node(Box::new(node))));
             written
                 .push(Written::Request(request.to_owned(), updated.resource_version().unwrap_or_default()));
             tracing::info!(nodes = ?names, %provider, %pool, "request assigned");
-            Ok(written)
+            return Ok(written);
         }
-        (failure, fulfilled) => {
-            for node in nodes_written {
-                let mut status = node.status.clone().unwrap_or_default();
-                status.allocated_to = None;
-                status.allocation_id = None;
-                if let Err(undo) = ctx.write_node_status(&node, &status).await {
-                    tracing::error!(node = %node.name_any(), error = format!("{undo:#}"), "could not undo an allocation");
-                }
-            }
-            match (failure, fulfilled) {
-                (Some(error), Ok(updated)) => {
-                    revert_fulfilled(ctx, &updated, &object).await;
-                    Err(error)
-                }
-                (Some(error), Err(_)) | (None, Err(error)) => Err(error),
-                (None, Ok(_)) => unreachable!("matched above"),
-            }
+        (Some(error), Ok(updated)) => {
+            revert_fulfilled(ctx, &updated, &object).await;
+            error
+        }
+        (Some(error), Err(_)) | (None, Err(error)) => error,
+    };
+    for node in nodes_written {
+        let mut status = node.status.clone().unwrap_or_default();
+        status.allocated_to = None;
+        status.allocation_id = None;
+        if let Err(undo) = ctx.write_node_status(&node, &status).await {
+            tracing::error!(node = %node.name_any(), error = format!("{undo:#}"), "could not undo an allocation");
         }
     }
+    Err(error)
 }
 
 /// The status of a request fulfilled with `names` from `provider`/`pool`.
