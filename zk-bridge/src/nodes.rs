@@ -17,13 +17,14 @@ use kube::{
 use nodepool_crds::{BRIDGE_MANAGER, NodeState, PoolNode, ZNODE_FINALIZER, ZooKeeperView};
 use serde_json::{Value, json};
 use tracing::Instrument;
-use zookeeper_client::{Acls, CreateMode};
+use zookeeper_client::{Acls, CreateMode, Error as ZkError};
 
 use crate::{
     components::pool_key,
     session::Shared,
     zk::{
-        self,
+        self, Removal,
+        lock::Lock,
         model::{NodeDoc, ZuulFields, now},
         paths,
     },
@@ -228,36 +229,45 @@ pub async fn sync(shared: &Arc<Shared>, node: &PoolNode, record: RecordId) -> Re
     let Some(lock) = shared.try_lock(&paths::node_lock(&node_id)).await? else {
         return Ok(SyncOutcome::LockedByOthers);
     };
-    let written = write_under_lock(shared, node, &path, current, version).await;
-    shared.unlock(lock).await;
-    if !written? {
+    if !write_under_lock(shared, node, &path, (current, version), lock).await? {
         return create(shared, node, &uid).await;
     }
     record_node_id(shared, node, &uid, &node_id, record).await?;
     Ok(SyncOutcome::Mirrored(node_id))
 }
 
-/// Writes the node's document to its znode, which we hold locked. The write names the version
-/// read before the lock was taken: if Zuul wrote in between, it fails, and the document is made
-/// again from a fresh read (a re-read on every write would cost a round trip on the way to
-/// `fulfilled`). False if the znode is gone.
+/// Writes the node's document to its znode and releases our `lock` on it. The write names the
+/// version of `read`, made before the lock was taken: if Zuul wrote in between, it fails, and
+/// the document is made again from a fresh read (a re-read on every write would cost a round
+/// trip on the way to `fulfilled`). False if the znode is gone.
 async fn write_under_lock(
     shared: &Shared,
     node: &PoolNode,
     path: &str,
-    mut current: Value,
-    mut version: i32,
+    read: (Value, i32),
+    mut lock: Lock,
 ) -> Result<bool> {
+    let (mut current, mut version) = read;
     loop {
         let desired = desired_doc(shared, node, Some(&current)).await;
-        match shared.zk.set_data(path, &serde_json::to_vec(&desired)?, Some(version)).await {
-            Ok(_) => return Ok(true),
-            Err(zookeeper_client::Error::BadVersion) => match read_doc(shared, path).await? {
-                Some((fresh, fresh_version)) => (current, version) = (fresh, fresh_version),
-                None => return Ok(false),
-            },
-            Err(zookeeper_client::Error::NoNode) => return Ok(false),
-            Err(error) => return Err(error).context("writing the node"),
+        let error = match shared.write_and_unlock(lock, path, desired.to_string().as_bytes(), version).await {
+            Ok(()) => return Ok(true),
+            Err((held, error)) => {
+                lock = held;
+                error
+            }
+        };
+        let fresh = match error {
+            ZkError::BadVersion => read_doc(shared, path).await,
+            ZkError::NoNode => Ok(None),
+            error => Err(anyhow::Error::new(error).context("writing the node")),
+        };
+        match fresh {
+            Ok(Some(fresh)) => (current, version) = fresh,
+            gone_or_failed => {
+                shared.unlock(lock).await;
+                return gone_or_failed.map(|_| false);
+            }
         }
     }
 }
@@ -276,20 +286,38 @@ async fn retire(shared: &Arc<Shared>, node: &PoolNode, uid: &str, node_id: &str)
     Ok(true)
 }
 
-/// Locks the znode, writes `deleted` and removes it with its lock directory. False if someone
-/// else holds the lock (the znode is then left alone); true if it is gone.
+/// Marks the znode `deleted` and removes it with its lock directory, in one transaction that
+/// ZooKeeper refuses while anyone holds or waits for the lock: two requests instead of eleven
+/// (five of them writes), and Zuul's node cache sees no lock come and go. False if someone else
+/// holds or waits for the lock (the znode is then left alone); true if it is gone.
 async fn remove_znode(shared: &Arc<Shared>, node_id: &str) -> Result<bool> {
-    let path = paths::node(node_id);
-    if shared.zk.check_stat(&path).await.with_context(|| format!("looking for {path}"))?.is_none() {
-        return Ok(true); // gone already; taking its lock would only create it again, empty
-    }
-    let Some(lock) = shared.try_lock(&paths::node_lock(node_id)).await? else { return Ok(false) };
     shared.removed_znodes.insert(node_id); // before its watch event can come
+    let (path, lock_dir) = (paths::node(node_id), paths::node_lock(node_id));
+    let removed = match zk::remove_unless_locked(&shared.zk, &path, &lock_dir, marked_deleted).await {
+        Ok(Removal::Done) => Ok(true),
+        Ok(Removal::Locked) => Ok(false),
+        Ok(Removal::OtherChildren) => remove_under_lock(shared, node_id).await,
+        Err(error) => Err(error),
+    };
+    if !matches!(removed, Ok(true)) {
+        shared.removed_znodes.remove(node_id);
+    }
+    removed
+}
+
+/// The long way, for a znode with children of its own besides the lock: lock it, write
+/// `deleted`, delete it recursively.
+async fn remove_under_lock(shared: &Arc<Shared>, node_id: &str) -> Result<bool> {
+    let path = paths::node(node_id);
+    let Some(lock) = shared.try_lock(&paths::node_lock(node_id)).await? else { return Ok(false) };
     let removed = async {
-        if let Some((Value::Object(mut doc), _)) = read_doc(shared, &path).await? {
-            doc.insert("state".into(), json!("deleted"));
-            doc.insert("state_time".into(), json!(now()));
-            shared.zk.set_data(&path, &serde_json::to_vec(&doc)?, None).await.context("writing deleted")?;
+        let data = match shared.zk.get_data(&path).await {
+            Ok((data, _)) => data,
+            Err(ZkError::NoNode) => Vec::new(),
+            Err(error) => return Err(error).context("reading the node"),
+        };
+        if let Some(marked) = marked_deleted(&data) {
+            shared.zk.set_data(&path, &marked, None).await.context("writing deleted")?;
         }
         zk::delete_recursive(&shared.zk, &path).await // removes our lock contender too
     }
@@ -299,6 +327,15 @@ async fn remove_znode(shared: &Arc<Shared>, node_id: &str) -> Result<bool> {
         Err(_) => shared.unlock(lock).await, // so the next attempt (or Zuul) can take it
     }
     removed.map(|()| true)
+}
+
+/// A node document in state `deleted`, as Nodepool writes it before deleting a node; `None` if
+/// the data is no document (nothing to mark).
+fn marked_deleted(data: &[u8]) -> Option<Vec<u8>> {
+    let Ok(Value::Object(mut doc)) = serde_json::from_slice(data) else { return None };
+    doc.insert("state".into(), json!("deleted"));
+    doc.insert("state_time".into(), json!(now()));
+    Some(Value::Object(doc).to_string().into_bytes())
 }
 
 async fn create(shared: &Arc<Shared>, node: &PoolNode, uid: &str) -> Result<SyncOutcome> {
@@ -311,6 +348,15 @@ async fn create(shared: &Arc<Shared>, node: &PoolNode, uid: &str) -> Result<Sync
         .await
         .context("creating the node znode")?;
     let node_id = sequence.to_string();
+    let allocated = node.status.as_ref().is_some_and(|s| s.allocated_to.is_some());
+    if !allocated {
+        // It waits for a request: its lock directory now spares the hand-out, which locks the
+        // node, a round trip (kazoo makes the directory on the first lock).
+        match shared.zk.create(&paths::node_lock(&node_id), b"", &zk::persistent()).await {
+            Ok(_) | Err(ZkError::NodeExists | ZkError::NoNode) => {}
+            Err(error) => tracing::warn!(%node_id, %error, "could not make the node's lock directory"),
+        }
+    }
     let known = KnownZnode {
         registration: registration(node),
         node_id: node_id.clone(),

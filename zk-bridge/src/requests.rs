@@ -306,28 +306,64 @@ enum Update<T> {
     Leave(T),
 }
 
-/// Applies `update` to the request and writes it, under our lock. `read` is the copy read while
-/// the lock was taken; the write names its version, so a request Zuul changed in between (its
-/// relative priority, say) is read again and updated afresh. `Ok(None)`: withdrawn.
+/// What becomes of our lock on the request once [`update_locked`] is done with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LockAfter {
+    /// Released: with the write, in the same transaction, or on its own when nothing is written.
+    Released,
+    /// Kept if the request was written (held from `pending` until the outcome), else released.
+    KeptIfWritten,
+}
+
+/// Applies `update` to the request and writes it, under our `lock`, which then goes as `after`
+/// says. `read` is the copy read while the lock was taken; the write names its version, so a
+/// request Zuul changed in between (its relative priority, say) is read again and updated
+/// afresh. `Ok(None)`: withdrawn.
 async fn update_locked<T>(
     shared: &Shared,
     id: &str,
+    lock: RequestLock,
+    after: LockAfter,
     mut read: Result<Option<Versioned>>,
     mut update: impl FnMut(&mut RequestDoc) -> Result<Update<T>>,
 ) -> Result<Option<T>> {
-    loop {
-        let Some(Versioned { mut doc, version }) = read? else { return Ok(None) };
-        let value = match update(&mut doc)? {
-            Update::Leave(value) => return Ok(Some(value)),
-            Update::Write(value) => value,
+    let path = paths::request(id);
+    let mut lock = lock.lock;
+    let outcome = loop {
+        let Versioned { mut doc, version } = match read {
+            Ok(Some(read)) => read,
+            other => break other.map(|_| None),
         };
-        match shared.zk.set_data(&paths::request(id), &doc.to_bytes(), Some(version)).await {
-            Ok(_) => return Ok(Some(value)),
-            Err(zookeeper_client::Error::BadVersion) => read = read_versioned(shared, id).await,
-            Err(zookeeper_client::Error::NoNode) => return Ok(None),
-            Err(error) => return Err(error).context("writing the request"),
+        let value = match update(&mut doc) {
+            Ok(Update::Write(value)) => value,
+            Ok(Update::Leave(value)) => break Ok(Some(value)),
+            Err(error) => break Err(error),
+        };
+        let error = if after == LockAfter::Released {
+            match shared.write_and_unlock(lock, &path, &doc.to_bytes(), version).await {
+                Ok(()) => return Ok(Some(value)),
+                Err((held, error)) => {
+                    lock = held;
+                    error
+                }
+            }
+        } else {
+            match shared.zk.set_data(&path, &doc.to_bytes(), Some(version)).await {
+                Ok(_) => {
+                    shared.request_locks.lock().await.insert(id.to_owned(), lock);
+                    return Ok(Some(value));
+                }
+                Err(error) => error,
+            }
+        };
+        match error {
+            zookeeper_client::Error::BadVersion => read = read_versioned(shared, id).await,
+            zookeeper_client::Error::NoNode => break Ok(None),
+            error => break Err(error).context("writing the request"),
         }
-    }
+    };
+    shared.unlock(lock).await;
+    outcome
 }
 
 /// The znode ids of the request's nodes, each brought in line with its PoolNode (allocated to
@@ -370,7 +406,7 @@ async fn write_fulfilled(
             return Ok(Action::requeue(RETRY_SOON));
         }
     };
-    let outcome = update_locked(shared, id, read, |doc| {
+    let outcome = update_locked(shared, id, lock, LockAfter::Released, read, |doc| {
         if doc.state == "fulfilled" && doc.nodes == node_ids {
             return Ok(Update::Leave(Ok((doc.created_time, false)))); // written before this bridge restarted
         }
@@ -383,7 +419,6 @@ async fn write_fulfilled(
     })
     .await
     .context("writing fulfilled");
-    shared.unlock(lock.lock).await;
     match outcome? {
         None => {} // withdrawn; the mirror deletes the NodeRequest
         Some(Ok((created_time, written))) => {
@@ -457,7 +492,7 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
     let ours = shared.registry.lock().await.ids();
     let registered = components::all_registered_ids(&shared.zk).await?;
     let Some((lock, read)) = lock_and_read(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
-    let outcome = update_locked(shared, id, read, |doc| {
+    let outcome = update_locked(shared, id, lock, LockAfter::Released, read, |doc| {
         if doc.state != "requested" && doc.state != "pending" {
             return Ok(Update::Leave(None));
         }
@@ -473,7 +508,6 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
     })
     .await
     .context("writing the decline");
-    shared.unlock(lock.lock).await;
     if let Some((failed, declined_by, created_time)) = outcome?.flatten() {
         shared.metrics.outcome(if failed { "failed" } else { "declined" }, created_time);
         tracing::info!(failed, "request declined by our pools");
@@ -487,28 +521,23 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
 /// Accepts the request: `pending`, keeping the request lock until the outcome is written.
 async fn write_pending(shared: &Arc<Shared>, id: &str) -> Result<Action> {
     let Some((lock, read)) = lock_and_read(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
-    let outcome = update_locked(shared, id, read, |doc| match doc.state.as_str() {
-        "requested" => {
-            doc.set_state("pending");
-            Ok(Update::Write(Pending::Written(doc.created_time)))
+    let outcome = update_locked(shared, id, lock, LockAfter::KeptIfWritten, read, |doc| {
+        match doc.state.as_str() {
+            "requested" => {
+                doc.set_state("pending");
+                Ok(Update::Write(Pending::Written(doc.created_time)))
+            }
+            "pending" => Ok(Update::Leave(Pending::Already)), // written before this bridge restarted
+            _ => Ok(Update::Leave(Pending::NotRequested)),
         }
-        "pending" => Ok(Update::Leave(Pending::Already)), // written before this bridge restarted
-        _ => Ok(Update::Leave(Pending::NotRequested)),
     })
     .await
-    .context("writing pending");
-    let created_time = match outcome {
-        Ok(Some(Pending::Written(created_time))) => created_time,
-        other => {
-            shared.unlock(lock.lock).await;
-            if matches!(other?, Some(Pending::Already)) {
-                shared.pending_requests.insert(id);
-            }
-            return Ok(Action::await_change());
-        }
-    };
-    shared.metrics.outcome("pending", created_time);
-    shared.request_locks.lock().await.insert(id.to_owned(), lock.lock);
+    .context("writing pending")?;
+    match outcome {
+        Some(Pending::Written(created_time)) => shared.metrics.outcome("pending", created_time),
+        Some(Pending::Already) => {}
+        Some(Pending::NotRequested) | None => return Ok(Action::await_change()),
+    }
     // Like fulfilment, not echoed into the NodeRequest: ZooKeeper is the record.
     shared.pending_requests.insert(id);
     Ok(Action::await_change())

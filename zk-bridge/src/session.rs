@@ -125,6 +125,20 @@ impl Shared {
         self.lock_gone(&token);
     }
 
+    /// [`Lock::write_and_release`], forgetting the lock once it is gone.
+    pub async fn write_and_unlock(
+        &self,
+        lock: Lock,
+        path: &str,
+        data: &[u8],
+        version: i32,
+    ) -> std::result::Result<(), (Lock, zookeeper_client::Error)> {
+        let token = lock.token.clone();
+        lock.write_and_release(&self.zk, path, data, version).await?;
+        self.lock_gone(&token);
+        Ok(())
+    }
+
     /// Forgets a lock whose contender is gone by other means (its whole znode deleted).
     pub fn lock_gone(&self, token: &str) {
         self.own_locks.end(token);
@@ -286,9 +300,15 @@ impl Session {
                         }
                     }
                     paths::Znode::Request(id) => dispatcher.submit(Key::Request(id.to_owned())),
-                    paths::Znode::Node(id) | paths::Znode::NodeLock(id) => {
-                        dispatcher.submit(Key::Node(id.to_owned()))
+                    paths::Znode::Node(id) => dispatcher.submit(Key::Node(id.to_owned())),
+                    // Who holds a node's lock changes only with a contender of someone else's;
+                    // the lock directory itself and our own brief locks leave it as it was.
+                    paths::Znode::NodeLock { node, contender: Some(contender) }
+                        if !shared.own_locks.is_or_was_ours(contender) =>
+                    {
+                        dispatcher.submit(Key::Node(node.to_owned()))
                     }
+                    paths::Znode::NodeLock { .. } => {}
                     paths::Znode::Other => {}
                 }
             }

@@ -2,12 +2,13 @@
 //! (zk-protocol.md §4.1): contenders are ephemeral-sequential children `<uuid4 hex>__lock__<seq>`
 //! of the lock directory; the lowest sequence holds the lock.
 
-use std::{collections::HashSet, sync::Mutex};
+use std::{collections::HashSet, sync::Mutex, time::Duration};
 
 use anyhow::{Context, Result};
 use zookeeper_client::{Acls, Client, CreateMode};
 
 use super::ensure_path;
+use crate::recent::Recent;
 
 const MARKER: &str = "__lock__";
 
@@ -25,25 +26,43 @@ pub struct Lock {
 /// the contender is created and forgotten after it is deleted. So a lock directory listed at
 /// any moment in between (the contender's own creation is an event that makes the bridge
 /// look) shows it as ours, and our brief locks never count as someone else's.
-#[derive(Debug, Default)]
-pub struct OwnLocks(Mutex<HashSet<String>>);
+#[derive(Debug)]
+pub struct OwnLocks {
+    held: Mutex<HashSet<String>>,
+    /// Tokens ended lately: the deletion of their contender may still be on its way as an event.
+    ended: Recent,
+}
+
+impl Default for OwnLocks {
+    fn default() -> Self {
+        OwnLocks { held: Default::default(), ended: Recent::new(Duration::from_secs(60)) }
+    }
+}
 
 impl OwnLocks {
     /// A new token, ours from now on.
     pub fn begin(&self) -> String {
         let token = uuid::Uuid::new_v4().simple().to_string();
-        self.0.lock().unwrap().insert(token.clone());
+        self.held.lock().unwrap().insert(token.clone());
         token
     }
 
     /// The contender of `token` is gone (or was never created).
     pub fn end(&self, token: &str) {
-        self.0.lock().unwrap().remove(token);
+        if self.held.lock().unwrap().remove(token) {
+            self.ended.insert(token);
+        }
     }
 
     /// Whether a contender name in a lock directory is one of ours.
     pub fn is_ours(&self, name: &str) -> bool {
-        contender_token(name).is_some_and(|token| self.0.lock().unwrap().contains(token))
+        contender_token(name).is_some_and(|token| self.held.lock().unwrap().contains(token))
+    }
+
+    /// Whether a contender is or was lately one of ours: its coming and going are our own brief
+    /// locks, which change nothing of the lock as others see it.
+    pub fn is_or_was_ours(&self, name: &str) -> bool {
+        self.is_ours(name) || contender_token(name).is_some_and(|token| self.ended.contains(token))
     }
 }
 
@@ -61,7 +80,15 @@ pub fn contender_token(name: &str) -> Option<&str> {
 
 /// The contender names in a lock directory, lowest sequence (the holder) first.
 pub async fn contenders(zk: &Client, dir: &str) -> Result<Vec<String>> {
-    let mut names: Vec<String> = match zk.list_children(dir).await {
+    contenders_of(zk.list_children(dir).await, dir)
+}
+
+/// The contenders among a lock directory's children, as listed; a missing directory has none.
+fn contenders_of(
+    listed: std::result::Result<Vec<String>, zookeeper_client::Error>,
+    dir: &str,
+) -> Result<Vec<String>> {
+    let mut names: Vec<String> = match listed {
         Ok(children) => children.into_iter().filter(|name| contender_sequence(name).is_some()).collect(),
         Err(zookeeper_client::Error::NoNode) => Vec::new(),
         Err(error) => return Err(error).with_context(|| format!("listing {dir}")),
@@ -73,22 +100,30 @@ pub async fn contenders(zk: &Client, dir: &str) -> Result<Vec<String>> {
 
 /// Takes the lock if nobody holds it, without waiting (kazoo `acquire(blocking=False)`), with a
 /// contender named after `token`.
+///
+/// The contender's creation and the listing of the directory go out together: ZooKeeper
+/// answers a session's requests in the order they were sent, so the listing already shows the
+/// contender, one round trip after the start where kazoo takes two.
 pub async fn try_acquire(zk: &Client, dir: &str, token: &str) -> Result<Option<Lock>> {
     let prefix = format!("{dir}/{token}{MARKER}");
     let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
-    // The directory is made only when missing: kazoo leaves it behind, so it usually exists, and
-    // checking first would cost a round trip on every lock (two on a request's way to `fulfilled`).
-    let created = match zk.create(&prefix, b"", &options).await {
-        Err(zookeeper_client::Error::NoNode) => {
-            ensure_path(zk, dir).await?;
-            zk.create(&prefix, b"", &options).await
-        }
-        other => other,
-    };
+    // The directory is made only when missing: kazoo leaves it behind, and the bridge makes it
+    // when it registers a node, so it usually exists.
+    let (mut created, mut listed) = tokio::join!(zk.create(&prefix, b"", &options), zk.list_children(dir));
+    if matches!(created, Err(zookeeper_client::Error::NoNode)) {
+        ensure_path(zk, dir).await?;
+        (created, listed) = tokio::join!(zk.create(&prefix, b"", &options), zk.list_children(dir));
+    }
     let (_, sequence) = created.with_context(|| format!("locking {dir}"))?;
     let contender = format!("{prefix}{sequence}");
     let ours = contender.rsplit('/').next().unwrap_or_default().to_owned();
-    let names = contenders(zk, dir).await?;
+    let names = match contenders_of(listed, dir) {
+        Ok(names) => names,
+        Err(error) => {
+            delete_quietly(zk, &contender).await;
+            return Err(error);
+        }
+    };
     if names.first() == Some(&ours) {
         return Ok(Some(Lock { contender, token: token.to_owned() }));
     }
@@ -99,6 +134,27 @@ pub async fn try_acquire(zk: &Client, dir: &str, token: &str) -> Result<Option<L
 impl Lock {
     pub async fn release(self, zk: &Client) {
         delete_quietly(zk, &self.contender).await;
+    }
+
+    /// Writes `data` to `path`, naming `version`, and releases the lock, in one transaction:
+    /// one round trip, not two, and the lock is held not a moment past the write. On an error
+    /// nothing was written and the lock, handed back, is still held.
+    pub async fn write_and_release(
+        self,
+        zk: &Client,
+        path: &str,
+        data: &[u8],
+        version: i32,
+    ) -> std::result::Result<(), (Lock, zookeeper_client::Error)> {
+        let mut transaction = zk.new_multi_writer();
+        let committed = match transaction
+            .add_set_data(path, data, Some(version))
+            .and_then(|()| transaction.add_delete(&self.contender, None))
+        {
+            Ok(()) => transaction.commit().await.map(drop).map_err(zookeeper_client::Error::from),
+            Err(error) => Err(error),
+        };
+        committed.map_err(|error| (self, error))
     }
 }
 

@@ -8,7 +8,9 @@ pub mod paths;
 use std::{fs, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
-use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, TlsOptions};
+use zookeeper_client::{
+    Acls, Client, CreateMode, CreateOptions, Error as ZkError, MultiWriteError, TlsOptions,
+};
 
 /// How to reach ZooKeeper: Zuul's `[zookeeper]` settings.
 #[derive(Clone, Debug, clap::Args)]
@@ -91,4 +93,63 @@ pub async fn delete_recursive(zk: &Client, path: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How [`remove_unless_locked`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// The znode is gone (or was already).
+    Done,
+    /// Someone holds or waits for its lock; nothing was changed.
+    Locked,
+    /// It has children besides its lock directory; nothing was changed.
+    OtherChildren,
+}
+
+/// How often a removal reads the znode again because someone wrote it meanwhile.
+const REMOVAL_ATTEMPTS: usize = 5;
+
+/// Removes the znode at `path` and its kazoo lock directory `lock_dir`, first writing what
+/// `mark` makes of its data (Nodepool's "write `deleted`, then delete recursively"), all in one
+/// transaction. ZooKeeper refuses it as a whole, changing nothing, while anyone holds or waits
+/// for the lock, as the lock directory is not empty then: so the lock need not be taken, and
+/// nobody can take it halfway through. Data `mark` cannot read is removed unmarked.
+pub async fn remove_unless_locked(
+    zk: &Client,
+    path: &str,
+    lock_dir: &str,
+    mark: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Result<Removal> {
+    let mut with_lock_dir = true;
+    for _ in 0..REMOVAL_ATTEMPTS {
+        let (data, stat) = match zk.get_data(path).await {
+            Ok(read) => read,
+            Err(ZkError::NoNode) => return Ok(Removal::Done),
+            Err(error) => return Err(error).with_context(|| format!("reading {path}")),
+        };
+        let mut transaction = zk.new_multi_writer();
+        match mark(&data) {
+            Some(marked) => transaction.add_set_data(path, &marked, Some(stat.version))?,
+            None => transaction.add_check_version(path, stat.version)?,
+        }
+        let lock_dir_index = with_lock_dir.then_some(1);
+        if with_lock_dir {
+            transaction.add_delete(lock_dir, None)?;
+        }
+        transaction.add_delete(path, None)?;
+        let (index, error) = match transaction.commit().await {
+            Ok(_) => return Ok(Removal::Done),
+            Err(MultiWriteError::OperationFailed { index, source }) => (index, source),
+            Err(error) => return Err(error).with_context(|| format!("removing {path}")),
+        };
+        match error {
+            ZkError::BadVersion => {} // written meanwhile: read it again
+            ZkError::NoNode if index == 0 => return Ok(Removal::Done),
+            ZkError::NoNode if Some(index) == lock_dir_index => with_lock_dir = false, // never locked
+            ZkError::NotEmpty if Some(index) == lock_dir_index => return Ok(Removal::Locked),
+            ZkError::NotEmpty => return Ok(Removal::OtherChildren),
+            error => return Err(error).with_context(|| format!("removing {path}")),
+        }
+    }
+    anyhow::bail!("{path} kept changing while being removed")
 }

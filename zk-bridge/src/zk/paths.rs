@@ -27,8 +27,11 @@ pub fn node_lock(id: &str) -> String {
 pub enum Znode<'a> {
     Request(&'a str),
     Node(&'a str),
-    /// `/nodepool/nodes/<id>/lock` or a contender below it.
-    NodeLock(&'a str),
+    /// `/nodepool/nodes/<id>/lock` (`contender` none) or a contender in it.
+    NodeLock {
+        node: &'a str,
+        contender: Option<&'a str>,
+    },
     /// `/nodepool/components/pool/<name>`: any launcher's pool component.
     Component,
     Other,
@@ -41,9 +44,9 @@ pub fn classify(path: &str) -> Znode<'_> {
         }
     } else if let Some(rest) = path.strip_prefix(NODES).and_then(|rest| rest.strip_prefix('/')) {
         let mut parts = rest.splitn(3, '/');
-        match (parts.next(), parts.next()) {
-            (Some(id), None) if !id.is_empty() => return Znode::Node(id),
-            (Some(id), Some("lock")) => return Znode::NodeLock(id),
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(id), None, _) if !id.is_empty() => return Znode::Node(id),
+            (Some(id), Some("lock"), contender) => return Znode::NodeLock { node: id, contender },
             _ => {}
         }
     }
@@ -65,10 +68,13 @@ mod tests {
         assert_eq!(classify("/nodepool/components/pool"), Znode::Other);
         assert_eq!(classify("/nodepool/requests-lock/200-0000000001"), Znode::Other);
         assert_eq!(classify("/nodepool/nodes/0000000003"), Znode::Node("0000000003"));
-        assert_eq!(classify("/nodepool/nodes/0000000003/lock"), Znode::NodeLock("0000000003"));
+        assert_eq!(
+            classify("/nodepool/nodes/0000000003/lock"),
+            Znode::NodeLock { node: "0000000003", contender: None }
+        );
         assert_eq!(
             classify("/nodepool/nodes/0000000003/lock/abc__lock__0000000000"),
-            Znode::NodeLock("0000000003")
+            Znode::NodeLock { node: "0000000003", contender: Some("abc__lock__0000000000") }
         );
         assert_eq!(classify("/nodepool/nodes/0000000003/other"), Znode::Other);
     }
