@@ -350,8 +350,8 @@ async fn create(shared: &Arc<Shared>, node: &PoolNode, uid: &str) -> Result<Sync
     let node_id = sequence.to_string();
     let allocated = node.status.as_ref().is_some_and(|s| s.allocated_to.is_some());
     if !allocated {
-        // It waits for a request: its lock directory now spares the hand-out, which locks the
-        // node, a round trip (kazoo makes the directory on the first lock).
+        // It waits for a request. Made now, its lock directory saves the hand-out (which locks
+        // the node) a round trip: otherwise the first lock makes it, after a failed try.
         match shared.zk.create(&paths::node_lock(&node_id), b"", &zk::persistent()).await {
             Ok(_) | Err(ZkError::NodeExists | ZkError::NoNode) => {}
             Err(error) => tracing::warn!(%node_id, %error, "could not make the node's lock directory"),

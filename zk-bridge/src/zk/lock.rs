@@ -103,7 +103,7 @@ fn contenders_of(
 ///
 /// The contender's creation and the listing of the directory go out together: ZooKeeper
 /// answers a session's requests in the order they were sent, so the listing already shows the
-/// contender, one round trip after the start where kazoo takes two.
+/// contender. One round trip where kazoo's recipe takes two.
 pub async fn try_acquire(zk: &Client, dir: &str, token: &str) -> Result<Option<Lock>> {
     let prefix = format!("{dir}/{token}{MARKER}");
     let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
