@@ -15,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Resource, ResourceExt};
 use nodepool_crds::{
@@ -518,38 +519,87 @@ fn fulfilled_status(
     status
 }
 
-/// How often [`revert_fulfilled`] tries before it gives up.
-const REVERT_ATTEMPTS: u32 = 5;
+/// The longest wait between two tries of [`revert_fulfilled`].
+const REVERT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Puts back the status `before` had, after a `fulfilled` written beside allocations of which
 /// one failed. The bridge never acts on that `fulfilled` (no node shows its allocation id), and
-/// once it is reverted the next pass decides on the request again.
+/// once it is reverted the next pass decides on the request again. Zuul never gives up on a
+/// request, so one left `fulfilled` would wait for ever: the revert is tried again, backing off
+/// up to [`REVERT_BACKOFF_MAX`], until it lands, the request is gone or no longer carries this
+/// hand-out's allocation id, or the apiserver refuses it for good (a 4xx other than a conflict
+/// or throttling).
 async fn revert_fulfilled(ctx: &Context, written: &NodeRequest, before: &NodeRequest) {
     let previous = before.status.clone().unwrap_or_default();
-    let mut current = written.clone();
-    for attempt in 1..=REVERT_ATTEMPTS {
-        let error = match status::apply_request_status(&ctx.api(), &current, &previous).await {
-            Ok(_) => {
-                tracing::info!("an allocation failed; the request's fulfilled status is reverted");
-                return;
-            }
-            Err(error) => error,
+    let allocation_id = written.status.as_ref().and_then(|s| s.allocation_id.clone());
+    let name = written.name_any();
+    // The first try writes on the copy just written; later ones read the request afresh.
+    let first_copy = std::sync::Mutex::new(Some(written.clone()));
+    let revert = || async {
+        let fresh = first_copy.lock().expect("revert copy lock").take();
+        let current = match fresh {
+            Some(current) => current,
+            None => ctx.api::<NodeRequest>().get(&name).await?,
         };
-        tracing::warn!(
-            attempt,
-            error = format!("{error:#}"),
-            "reverting a request's fulfilled status failed"
-        );
-        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-        let api: kube::Api<NodeRequest> = ctx.api();
-        match api.get(&current.name_any()).await {
-            Ok(fresh) => current = fresh,
-            Err(error) => tracing::warn!(error = %error, "re-reading the request to revert it"),
+        if current.status.as_ref().and_then(|s| s.allocation_id.as_ref()) != allocation_id.as_ref() {
+            return Ok(Revert::Superseded);
         }
+        status::apply_request_status(&ctx.api(), &current, &previous).await?;
+        Ok::<_, anyhow::Error>(Revert::Done)
+    };
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(REVERT_BACKOFF_MAX)
+        .with_jitter()
+        .without_max_times();
+    let outcome = revert
+        .retry(backoff)
+        .when(revert_retryable)
+        .notify(|error, next| {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                ?next,
+                "reverting a request's fulfilled status failed"
+            );
+        })
+        .await;
+    match outcome {
+        Ok(Revert::Done) => {
+            tracing::info!("an allocation failed; the request's fulfilled status is reverted")
+        }
+        Ok(Revert::Superseded) => tracing::info!("an allocation failed; the request has changed since"),
+        Err(error) if api_code(&error) == Some(404) => {
+            tracing::info!("an allocation failed; the request is gone")
+        }
+        Err(error) => tracing::error!(
+            error = format!("{error:#}"),
+            "could not revert a fulfilled status whose allocations failed; the request waits until Zuul withdraws it"
+        ),
     }
-    tracing::error!(
-        "could not revert a fulfilled status whose allocations failed; the request waits until Zuul withdraws it"
-    );
+}
+
+/// How [`revert_fulfilled`] ended.
+enum Revert {
+    Done,
+    /// Something else wrote the request's status meanwhile: there is nothing of ours to undo.
+    Superseded,
+}
+
+/// The apiserver's status code, if `error` is one of its answers.
+fn api_code(error: &anyhow::Error) -> Option<u16> {
+    match error.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(status)) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// Whether a failed revert is worth another try: anything but a refusal that another try would
+/// meet again (the request is gone, or the apiserver rejects the write itself).
+fn revert_retryable(error: &anyhow::Error) -> bool {
+    match api_code(error) {
+        Some(409 | 429) | None => true,
+        Some(code) => code >= 500,
+    }
 }
 
 /// A static slot back from use, registered afresh (nothing written yet), or why not.
@@ -795,6 +845,22 @@ async fn wait_for_caches(ctx: &Context, written: &[Written]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revert_is_tried_again_unless_another_try_would_be_refused_the_same() {
+        let refused = |code| {
+            let status = kube::core::Status { code, ..kube::core::Status::failure("refused", "Test") };
+            anyhow::Error::new(kube::Error::Api(Box::new(status)))
+        };
+        for code in [409, 429, 500, 503] {
+            assert!(revert_retryable(&refused(code)), "{code}");
+        }
+        for code in [400, 403, 404, 422] {
+            assert!(!revert_retryable(&refused(code)), "{code}");
+        }
+        assert!(revert_retryable(&anyhow::anyhow!("connection reset")));
+        assert_eq!(api_code(&refused(404).context("reverting")), Some(404));
+    }
 
     fn launch(request: &str) -> Decision {
         Decision::Launch {
