@@ -11,9 +11,17 @@ use nodepool_crds::{NodeRequest, NodeRequestStatus, OPERATOR_MANAGER, PoolNode, 
 use serde::Serialize;
 use serde_json::json;
 
+/// The apiserver's status code, if `error` is one of its answers.
+pub fn api_code(error: &anyhow::Error) -> Option<u16> {
+    match error.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(status)) => Some(status.code),
+        _ => None,
+    }
+}
+
 /// Whether an error is the apiserver's "the object has been modified" conflict.
 pub fn is_conflict(error: &anyhow::Error) -> bool {
-    matches!(error.downcast_ref::<kube::Error>(), Some(kube::Error::Api(status)) if status.code == 409)
+    api_code(error) == Some(409)
 }
 
 /// Creating an object as the operator: its fields are then the operator's in `managedFields`,

@@ -568,7 +568,7 @@ async fn revert_fulfilled(ctx: &Context, written: &NodeRequest, before: &NodeReq
             tracing::info!("an allocation failed; the request's fulfilled status is reverted")
         }
         Ok(Revert::Superseded) => tracing::info!("an allocation failed; the request has changed since"),
-        Err(error) if api_code(&error) == Some(404) => {
+        Err(error) if status::api_code(&error) == Some(404) => {
             tracing::info!("an allocation failed; the request is gone")
         }
         Err(error) => tracing::error!(
@@ -585,18 +585,10 @@ enum Revert {
     Superseded,
 }
 
-/// The apiserver's status code, if `error` is one of its answers.
-fn api_code(error: &anyhow::Error) -> Option<u16> {
-    match error.downcast_ref::<kube::Error>() {
-        Some(kube::Error::Api(status)) => Some(status.code),
-        _ => None,
-    }
-}
-
 /// Whether a failed revert is worth another try: anything but a refusal that another try would
 /// meet again (the request is gone, or the apiserver rejects the write itself).
 fn revert_retryable(error: &anyhow::Error) -> bool {
-    match api_code(error) {
+    match status::api_code(error) {
         Some(409 | 429) | None => true,
         Some(code) => code >= 500,
     }
@@ -859,7 +851,7 @@ mod tests {
             assert!(!revert_retryable(&refused(code)), "{code}");
         }
         assert!(revert_retryable(&anyhow::anyhow!("connection reset")));
-        assert_eq!(api_code(&refused(404).context("reverting")), Some(404));
+        assert_eq!(status::api_code(&refused(404).context("reverting")), Some(404));
     }
 
     fn launch(request: &str) -> Decision {
