@@ -4,10 +4,12 @@
 //! started them and can be reused by the next one; their pids are recorded in `env.json`.
 
 use std::{
+    collections::BTreeSet,
     fs,
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
     process::{Command, Stdio},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -140,15 +142,22 @@ fn signal(pid: u32, signal: &str) {
 /// A loopback port that is free right now, below the kernel's ephemeral range (32768 and up
 /// here): a port from that range, once released, can be taken at any moment as the source port
 /// of some outgoing connection, and a server restarted on it then fails with "address in use".
+///
+/// A port is handed out once per process: tests run side by side, and a port handed to one
+/// stays free until its server binds it, so another test could be handed it too (or find this
+/// probe's brief listener there and take it for its own server's).
 pub fn free_port() -> Result<u16> {
     const FIRST: u16 = 20000;
     const COUNT: u16 = 12000;
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let seed =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos()
             ^ std::process::id().wrapping_mul(2_654_435_761);
     for step in 0..COUNT as u32 {
         let port = FIRST + ((seed.wrapping_add(step.wrapping_mul(7919))) % u32::from(COUNT)) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return Ok(port);
         }
     }
