@@ -9,8 +9,23 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-/// The repository root (this crate lives in `e2e/`).
+/// The repository root: `$NODEPOOL_REPO`, else the checkout around the current directory, else
+/// the one this crate was built from.
+///
+/// Found at run time because builds are shared: every checkout builds into the same
+/// `~/.cache` target directory, so a binary built from another clone would otherwise run that
+/// clone's scripts, or scripts that are gone.
 pub fn repo_root() -> PathBuf {
+    if let Some(dir) = env::var_os("NODEPOOL_REPO") {
+        return PathBuf::from(dir);
+    }
+    let is_root =
+        |dir: &Path| dir.join("e2e/k8s-tools/build.sh").is_file() && dir.join("Cargo.toml").is_file();
+    if let Ok(cwd) = env::current_dir()
+        && let Some(root) = cwd.ancestors().find(|dir| is_root(dir))
+    {
+        return root.to_path_buf();
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e/ has a parent").to_path_buf()
 }
 

@@ -2,7 +2,7 @@
 //! (static and simulated-cloud nodes, a failing launch), a real Prometheus scrapes both, and
 //! every panel query of the chart's Grafana dashboards must be valid and return data.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use nodepool_e2e::{
@@ -15,10 +15,6 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
-}
 
 /// The value of the sample `series` (name with labels, exactly as exposed) in `body`.
 fn sample(body: &str, series: &str) -> Option<f64> {
@@ -50,7 +46,7 @@ async fn promtool_check(body: &str) -> Result<()> {
 
 /// Every `targets[].expr` of every dashboard in the chart, with the panel's title.
 fn dashboard_queries() -> Result<Vec<(String, String)>> {
-    let dir = repo().join("charts/nodepool-operator/dashboards");
+    let dir = nodepool_e2e::tools::repo_root().join("charts/nodepool-operator/dashboards");
     let mut queries = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
