@@ -9,7 +9,7 @@ mod overlay;
 pub mod plan;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -53,16 +53,24 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
     let mut overlay = Overlay::default();
     let mut in_flight: JoinSet<Finished> = JoinSet::new();
     let writers = Arc::new(Semaphore::new(CONCURRENT_WRITES));
+    let mut back_since = BackFromUse::default();
     loop {
         let started = std::time::Instant::now();
         overlay.settle(|name| ctx.cached(&ctx.nodes, name), |name| ctx.cached(&ctx.requests, name));
         let nodes = overlay.nodes(ctx.nodes.state());
+        let back_for = back_since.update(&nodes);
         let requests = overlay.requests(ctx.requests.state());
         let mut tenants = plan::tenant_budgets(&ctx.tenant_limits.state(), &nodes);
         let paused = |provider: &str, pool: &str| ctx.clouds.paused(provider, pool).map(|p| p.reason);
         let pools = plan::pools(&ctx.providers.state(), &paused);
         let labels = ctx.labels.state();
-        let world = plan::World { requests: &requests, nodes: &nodes, pools: &pools, labels: &labels };
+        let world = plan::World {
+            requests: &requests,
+            nodes: &nodes,
+            pools: &pools,
+            labels: &labels,
+            back_for: &back_for,
+        };
         let decisions = first_launches(plan::plan(&world, &mut tenants), LAUNCHES_PER_PASS);
         // This pass's decisions that create nodes, by task.
         let mut creating = HashSet::new();
@@ -72,6 +80,10 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
         // through the pile. A decision waiting for its turn holds its request and nodes already.
         let mut next_pass = tokio::time::Instant::now() + IDLE_PASS;
         for decision in decisions {
+            if let Decision::KeepForReuse { after, .. } = &decision {
+                next_pass = next_pass.min(tokio::time::Instant::now() + *after);
+                continue;
+            }
             // Most waits need no write: decided here, they hold nothing and take no turn.
             if let Decision::Wait { request, reason, message } = &decision {
                 match wait_report(&ctx, request, reason, message) {
@@ -133,6 +145,27 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
     }
 }
 
+/// Since when each static slot back from use (by name) has been seen so, by this scheduler.
+#[derive(Default)]
+struct BackFromUse(HashMap<String, std::time::Instant>);
+
+impl BackFromUse {
+    /// Notes the slots back from use among `nodes` and forgets the others; returns how long
+    /// each has been back.
+    fn update(&mut self, nodes: &[Arc<PoolNode>]) -> HashMap<String, Duration> {
+        let now = std::time::Instant::now();
+        let back: HashSet<String> =
+            nodes.iter().filter(|n| plan::is_back_from_use(n)).map(|n| n.name_any()).collect();
+        self.0.retain(|name, _| back.contains(name));
+        back.into_iter()
+            .map(|name| {
+                let since = *self.0.entry(name.clone()).or_insert(now);
+                (name, now - since)
+            })
+            .collect()
+    }
+}
+
 /// A decision's writes, done.
 struct Finished {
     /// `None` if it failed (logged).
@@ -154,7 +187,7 @@ fn hold(ctx: &Context, overlay: &mut Overlay, decision: &Decision) -> Held {
         | Decision::Launch { request, .. }
         | Decision::Wait { request, .. }
         | Decision::Decline { request, .. } => Some(request.clone()),
-        Decision::LaunchSpare { .. } | Decision::Recycle { .. } => None,
+        Decision::LaunchSpare { .. } | Decision::Recycle { .. } | Decision::KeepForReuse { .. } => None,
     };
     let handed_out: &[String] = match decision {
         Decision::Assign { nodes, .. } => nodes,
@@ -251,7 +284,9 @@ fn decision_span(decision: &Decision) -> tracing::Span {
         Decision::LaunchSpare { provider, pool, label, .. } => {
             tracing::info_span!("spare", %provider, %pool, %label)
         }
-        Decision::Recycle { node } => tracing::info_span!("node", %node),
+        Decision::Recycle { node } | Decision::KeepForReuse { node, .. } => {
+            tracing::info_span!("node", %node)
+        }
     }
 }
 
@@ -330,6 +365,7 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Applied> {
             written
         }
         Decision::Recycle { node } => recycle(ctx, &node).await?,
+        Decision::KeepForReuse { after, .. } => return Ok(Applied::Later(after)),
         Decision::Decline { request, pools, message, release } => {
             let Some(object) = ctx.cached(&ctx.requests, &request) else { return Ok(vec![].into()) };
             tracing::info!(%message, "declining request");
