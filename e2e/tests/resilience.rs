@@ -317,3 +317,44 @@ async fn an_operators_hold_keeps_a_node_out_until_released() -> Result<()> {
     zuul.run_build(&request).await?;
     Ok(())
 }
+
+/// An operator that stopped after a hand-out's `fulfilled` was written but before it undid it
+/// (an allocation had failed) leaves a request `fulfilled` that none of its nodes shows. The
+/// bridge does not tell Zuul of it, and the operator decides on the request again once it has
+/// been so for a while.
+#[tokio::test]
+async fn a_stranded_hand_out_is_decided_again() -> Result<()> {
+    let mut stack = ready_stack("stranded-hand-out").await?;
+    let mut zuul = Zuul::connect(&stack).await?;
+    stack.kill_operator();
+    let request = zuul.request(&["static-label"]).await?;
+    let api: kube::Api<nodepool_crds::NodeRequest> =
+        kube::Api::namespaced(stack.client.clone(), &stack.namespace);
+    nodepool_e2e::wait::until("the request mirrored", Duration::from_secs(WAIT), async || {
+        Ok(api.get_opt(&request).await?.map(|_| ()))
+    })
+    .await?;
+    // What the stopped operator left: `fulfilled` with a ready node whose allocation was never
+    // written, long enough ago to count as stranded.
+    let node = stack.nodes().await?.into_iter().find(|n| n.spec.labels.contains(&"static-label".into()));
+    let node = node.context("a static-label node")?.metadata.name.context("node name")?;
+    let long_ago = k8s_openapi::jiff::Timestamp::now() - Duration::from_secs(120);
+    let status = json!({
+        "apiVersion": "nodepool.dev/v1alpha1", "kind": "NodeRequest", "metadata": {"name": request},
+        "status": {"state": "fulfilled", "stateTime": long_ago.to_string(), "provider": "lab",
+                   "pool": "main", "nodes": [node], "allocationId": "never-written"},
+    });
+    let params = kube::api::PatchParams::apply("nodepool-operator").force();
+    api.patch_status(&request, &params, &kube::api::Patch::Apply(&status)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = zuul.call("get_request", json!({"request_id": request})).await?;
+    assert_eq!(waiting["data"]["state"], "requested", "the bridge told Zuul of an unallocated node");
+
+    stack.start_operator()?;
+    let outcome = zuul.wait(&request, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    let handed_out = api.get(&request).await?.status.context("status")?;
+    assert_ne!(handed_out.allocation_id.as_deref(), Some("never-written"), "{handed_out:?}");
+    zuul.run_build(&request).await?;
+    Ok(())
+}

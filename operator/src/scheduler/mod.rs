@@ -70,6 +70,7 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
             pools: &pools,
             labels: &labels,
             back_for: &back_for,
+            now: Timestamp::now(),
         };
         let decisions = first_launches(plan::plan(&world, &mut tenants), LAUNCHES_PER_PASS);
         // This pass's decisions that create nodes, by task.
@@ -186,7 +187,8 @@ fn hold(ctx: &Context, overlay: &mut Overlay, decision: &Decision) -> Held {
         Decision::Assign { request, .. }
         | Decision::Launch { request, .. }
         | Decision::Wait { request, .. }
-        | Decision::Decline { request, .. } => Some(request.clone()),
+        | Decision::Decline { request, .. }
+        | Decision::Undo { request } => Some(request.clone()),
         Decision::LaunchSpare { .. } | Decision::Recycle { .. } | Decision::KeepForReuse { .. } => None,
     };
     let handed_out: &[String] = match decision {
@@ -280,7 +282,8 @@ fn decision_span(decision: &Decision) -> tracing::Span {
         Decision::Assign { request, .. }
         | Decision::Launch { request, .. }
         | Decision::Wait { request, .. }
-        | Decision::Decline { request, .. } => tracing::info_span!("request", %request),
+        | Decision::Decline { request, .. }
+        | Decision::Undo { request } => tracing::info_span!("request", %request),
         Decision::LaunchSpare { provider, pool, label, .. } => {
             tracing::info_span!("spare", %provider, %pool, %label)
         }
@@ -366,6 +369,7 @@ async fn apply(ctx: &Context, decision: Decision) -> Result<Applied> {
         }
         Decision::Recycle { node } => recycle(ctx, &node).await?,
         Decision::KeepForReuse { after, .. } => return Ok(Applied::Later(after)),
+        Decision::Undo { request } => undo_stranded(ctx, &request).await?,
         Decision::Decline { request, pools, message, release } => {
             let Some(object) = ctx.cached(&ctx.requests, &request) else { return Ok(vec![].into()) };
             tracing::info!(%message, "declining request");
@@ -612,6 +616,51 @@ async fn revert_fulfilled(ctx: &Context, written: &NodeRequest, before: &NodeReq
             "could not revert a fulfilled status whose allocations failed; the request waits until Zuul withdraws it"
         ),
     }
+}
+
+/// Puts a stranded hand-out (see [`plan::STRANDED_AFTER`]) back to `requested`, once fresh
+/// reads confirm it: the request still names the allocation, and none of its nodes shows it.
+async fn undo_stranded(ctx: &Context, name: &str) -> Result<Vec<Written>> {
+    let requests: kube::Api<NodeRequest> = ctx.api();
+    let Some(request) = requests.get_opt(name).await? else { return Ok(vec![]) };
+    let Some(status) = request.status.clone().filter(|s| s.state == NodeRequestState::Fulfilled) else {
+        return Ok(vec![]);
+    };
+    let Some(allocation_id) = status.allocation_id.clone() else { return Ok(vec![]) };
+    let nodes: kube::Api<PoolNode> = ctx.api();
+    for node in &status.nodes {
+        let shows = nodes.get_opt(node).await?.and_then(|n| n.status).is_some_and(|s| {
+            s.allocated_to.as_deref() == Some(request.spec.request_id.as_str())
+                && s.allocation_id.as_deref() == Some(allocation_id.as_str())
+        });
+        if shows {
+            return Ok(vec![]); // the cache was behind
+        }
+    }
+    tracing::warn!(
+        nodes = ?status.nodes,
+        %allocation_id,
+        "fulfilled, but none of its nodes shows the allocation (an operator stopped before undoing a failed hand-out); deciding on the request again"
+    );
+    let mut requested = status;
+    requested.state = NodeRequestState::Requested;
+    requested.state_time = Some(Time(Timestamp::now()));
+    requested.provider = None;
+    requested.pool = None;
+    requested.allocation_id = None;
+    conditions::set_condition(
+        &mut requested.conditions,
+        conditions::condition(
+            conditions::types::WAITING,
+            true,
+            "HandOutUndone",
+            format!("none of {:?} was allocated to it; deciding again", requested.nodes),
+            request.metadata.generation,
+        ),
+    );
+    requested.nodes.clear();
+    let updated = status::apply_request_status(&requests, &request, &requested).await?;
+    Ok(vec![Written::Request(name.to_owned(), updated.resource_version().unwrap_or_default())])
 }
 
 /// How [`revert_fulfilled`] ended.

@@ -18,6 +18,7 @@ use std::{
     time::Duration,
 };
 
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use nodepool_crds::{
     Driver, Label, NodeRequest, NodeRequestState, NodeState, PoolNode, Provider, TenantLimit, conditions,
@@ -61,6 +62,9 @@ pub enum Decision {
     /// None of our pools can serve it (or its launch failed). `release` are nodes allocated to
     /// it that go back to the pool.
     Decline { request: String, pools: Vec<String>, message: String, release: Vec<String> },
+    /// Put a stranded hand-out (see [`STRANDED_AFTER`]) back to `requested`, if fresh reads
+    /// confirm that none of its nodes shows its allocation.
+    Undo { request: String },
 }
 
 /// Whether a node's launch failed for good: `failed`, or already `deleting` after that (the
@@ -328,6 +332,28 @@ pub struct World<'a> {
     pub labels: &'a [std::sync::Arc<Label>],
     /// How long each static slot back from use (by name) has been seen so.
     pub back_for: &'a HashMap<String, Duration>,
+    pub now: Timestamp,
+}
+
+/// How long a `fulfilled` request may name an allocation that none of its nodes shows before it
+/// is decided again. A hand-out writes the allocations and `fulfilled` at once, and when an
+/// allocation fails it reverts `fulfilled` (the bridge never tells Zuul of it), trying until the
+/// revert lands. A request seen so for this long was left by an operator that stopped before
+/// its revert landed; Zuul never gives up on a request, so it would wait for ever.
+pub const STRANDED_AFTER: Duration = Duration::from_secs(30);
+
+/// Whether `request` is a stranded hand-out: `fulfilled` for [`STRANDED_AFTER`] with an
+/// allocation id that no node in `allocations` (request id, allocation id) carries.
+fn is_stranded(request: &NodeRequest, allocations: &HashSet<(&str, &str)>, now: Timestamp) -> bool {
+    let Some(status) = request.status.as_ref().filter(|s| s.state == NodeRequestState::Fulfilled) else {
+        return false;
+    };
+    let Some(allocation_id) = status.allocation_id.as_deref() else { return false };
+    let since = status.state_time.as_ref().map(|t| t.0).unwrap_or(now);
+    let old_enough = now.duration_since(since).as_secs_f64() >= STRANDED_AFTER.as_secs_f64();
+    request.metadata.deletion_timestamp.is_none()
+        && old_enough
+        && !allocations.contains(&(request.spec.request_id.as_str(), allocation_id))
 }
 
 /// Whether a slot back from use is registered again without a key scan: handed out first, and
@@ -372,6 +398,17 @@ pub fn plan(world: &World, tenants: &mut [TenantBudget]) -> Vec<Decision> {
     open.sort_by(|a, b| request_order(a, b));
     for request in open {
         pass.open(world, request, tenants);
+    }
+    let allocations: HashSet<(&str, &str)> = world
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let status = n.status.as_ref()?;
+            Some((status.allocated_to.as_deref()?, status.allocation_id.as_deref()?))
+        })
+        .collect();
+    for request in world.requests.iter().filter(|r| is_stranded(r, &allocations, world.now)) {
+        pass.decisions.push(Decision::Undo { request: request.name_any() });
     }
     pass.spares(world);
     pass.recycle(world);
@@ -810,7 +847,10 @@ mod tests {
         pools: &[PoolView],
         tenants: &mut [TenantBudget],
     ) -> Vec<Decision> {
-        super::plan(&World { requests, nodes, pools, labels: &[], back_for: &HashMap::new() }, tenants)
+        super::plan(
+            &World { requests, nodes, pools, labels: &[], back_for: &HashMap::new(), now: Timestamp::now() },
+            tenants,
+        )
     }
 
     #[test]
@@ -964,7 +1004,8 @@ mod tests {
         // None waits: it is kept for the next request, then registered afresh on its own.
         let with_waited = |waited: Duration, pools: &[PoolView]| {
             let back_for = HashMap::from([("done".to_owned(), waited)]);
-            let world = World { requests: &[], nodes: &nodes, pools, labels: &[], back_for: &back_for };
+            let now = Timestamp::now();
+            let world = World { requests: &[], nodes: &nodes, pools, labels: &[], back_for: &back_for, now };
             super::plan(&world, &mut [])
         };
         assert_eq!(
@@ -1002,6 +1043,41 @@ mod tests {
         tenant_done.status.as_mut().unwrap().tenant = Some("t".into());
         let budgets = tenant_budgets(&[Arc::new(limit)], &[Arc::new(tenant_done)]);
         assert_eq!(budgets[0].used.servers, 0);
+    }
+
+    #[test]
+    fn a_hand_out_whose_allocations_are_missing_is_undone_after_a_while() {
+        let fulfilled = |allocation_id: Option<&str>, ago: u64| {
+            let mut request = (*request("100-0000000001", &["l"], 0)).clone();
+            request.status = Some(nodepool_crds::NodeRequestStatus {
+                state: NodeRequestState::Fulfilled,
+                state_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::now() - Duration::from_secs(ago),
+                )),
+                nodes: vec!["n".into()],
+                allocation_id: allocation_id.map(str::to_owned),
+                ..Default::default()
+            });
+            Arc::new(request)
+        };
+        let allocated = |allocation_id: &str| {
+            let mut node = (*node("n", "p", &["l"])).clone();
+            let status = node.status.as_mut().unwrap();
+            status.allocated_to = Some("100-0000000001".into());
+            status.allocation_id = Some(allocation_id.into());
+            Arc::new(node)
+        };
+        let pools = [pool("p", 100, &["l"])];
+        let undo = [Decision::Undo { request: "100-0000000001".into() }];
+        let stale = STRANDED_AFTER.as_secs() + 1;
+        assert_eq!(plan(&[fulfilled(Some("a1"), stale)], &[], &pools, &mut []), undo);
+        assert_eq!(plan(&[fulfilled(Some("a1"), stale)], &[allocated("a0")], &pools, &mut []), undo);
+        // Not yet: the operator that wrote it may still be reverting it.
+        assert_eq!(plan(&[fulfilled(Some("a1"), 5)], &[], &pools, &mut []), []);
+        // A node shows the allocation: handed out.
+        assert_eq!(plan(&[fulfilled(Some("a1"), stale)], &[allocated("a1")], &pools, &mut []), []);
+        // Fulfilled after its launches, without an allocation id: the allocations came first.
+        assert_eq!(plan(&[fulfilled(None, stale)], &[], &pools, &mut []), []);
     }
 
     #[test]
@@ -1204,6 +1280,7 @@ mod tests {
             pools: &pools,
             labels: std::slice::from_ref(&label),
             back_for: &back_for,
+            now: Timestamp::now(),
         };
         let decisions = super::plan(&world, &mut []);
         assert!(matches!(&decisions[..], [Decision::LaunchSpare { count: 2, .. }]), "{decisions:?}");
@@ -1216,6 +1293,7 @@ mod tests {
             pools: &pools,
             labels: std::slice::from_ref(&label),
             back_for: &back_for,
+            now: Timestamp::now(),
         };
         let decisions = super::plan(&world, &mut []);
         assert!(
