@@ -332,6 +332,7 @@ pub struct World<'a> {
     pub labels: &'a [std::sync::Arc<Label>],
     /// How long each static slot back from use (by name) has been seen so.
     pub back_for: &'a HashMap<String, Duration>,
+    /// When the pass runs: a hand-out is stranded once it has been so for a while.
     pub now: Timestamp,
 }
 
