@@ -379,7 +379,7 @@ pub fn plan(world: &World, tenants: &mut [TenantBudget]) -> Vec<Decision> {
     };
     // Slots back from use that need no key scan first (see RECYCLE_GRACE), then ready nodes,
     // then slots whose registration scans keys: that scan would be on the request's path.
-    pass.free.sort_by_key(|n| {
+    pass.free.sort_by_cached_key(|n| {
         let class = match is_back_from_use(n) {
             true if reregisters_without_scan(world, n) => 0,
             false => 1,
