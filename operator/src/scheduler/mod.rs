@@ -623,17 +623,13 @@ async fn revert_fulfilled(ctx: &Context, written: &NodeRequest, before: &NodeReq
 async fn undo_stranded(ctx: &Context, name: &str) -> Result<Vec<Written>> {
     let requests: kube::Api<NodeRequest> = ctx.api();
     let Some(request) = requests.get_opt(name).await? else { return Ok(vec![]) };
-    let Some(status) = request.status.clone().filter(|s| s.state == NodeRequestState::Fulfilled) else {
-        return Ok(vec![]);
-    };
-    let Some(allocation_id) = status.allocation_id.clone() else { return Ok(vec![]) };
+    let Some(allocation) = plan::handed_out_allocation(&request) else { return Ok(vec![]) };
+    let allocation_id = allocation.1.to_owned();
+    let status = request.status.clone().unwrap_or_default();
     let nodes: kube::Api<PoolNode> = ctx.api();
     for node in &status.nodes {
-        let shows = nodes.get_opt(node).await?.and_then(|n| n.status).is_some_and(|s| {
-            s.allocated_to.as_deref() == Some(request.spec.request_id.as_str())
-                && s.allocation_id.as_deref() == Some(allocation_id.as_str())
-        });
-        if shows {
+        let fresh = nodes.get_opt(node).await?;
+        if fresh.as_ref().and_then(plan::node_allocation) == Some(allocation) {
             return Ok(vec![]); // the cache was behind
         }
     }

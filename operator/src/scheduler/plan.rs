@@ -343,18 +343,26 @@ pub struct World<'a> {
 /// its revert landed; Zuul never gives up on a request, so it would wait for ever.
 pub const STRANDED_AFTER: Duration = Duration::from_secs(30);
 
+/// The allocation (request id, allocation id) a `fulfilled` request's hand-out wrote on its
+/// nodes; `None` for one fulfilled after its launches, whose allocations came first.
+pub fn handed_out_allocation(request: &NodeRequest) -> Option<(&str, &str)> {
+    let status = request.status.as_ref().filter(|s| s.state == NodeRequestState::Fulfilled)?;
+    Some((request.spec.request_id.as_str(), status.allocation_id.as_deref()?))
+}
+
+/// The allocation (request id, allocation id) a node shows, if it has one with an id.
+pub fn node_allocation(node: &PoolNode) -> Option<(&str, &str)> {
+    let status = node.status.as_ref()?;
+    Some((status.allocated_to.as_deref()?, status.allocation_id.as_deref()?))
+}
+
 /// Whether `request` is a stranded hand-out: `fulfilled` for [`STRANDED_AFTER`] with an
-/// allocation id that no node in `allocations` (request id, allocation id) carries.
+/// allocation that none of `allocations` (those the nodes show) is.
 fn is_stranded(request: &NodeRequest, allocations: &HashSet<(&str, &str)>, now: Timestamp) -> bool {
-    let Some(status) = request.status.as_ref().filter(|s| s.state == NodeRequestState::Fulfilled) else {
-        return false;
-    };
-    let Some(allocation_id) = status.allocation_id.as_deref() else { return false };
-    let since = status.state_time.as_ref().map(|t| t.0).unwrap_or(now);
+    let Some(allocation) = handed_out_allocation(request) else { return false };
+    let since = request.status.as_ref().and_then(|s| s.state_time.as_ref()).map_or(now, |t| t.0);
     let old_enough = now.duration_since(since).as_secs_f64() >= STRANDED_AFTER.as_secs_f64();
-    request.metadata.deletion_timestamp.is_none()
-        && old_enough
-        && !allocations.contains(&(request.spec.request_id.as_str(), allocation_id))
+    request.metadata.deletion_timestamp.is_none() && old_enough && !allocations.contains(&allocation)
 }
 
 /// Whether a slot back from use is registered again without a key scan: handed out first, and
@@ -400,14 +408,7 @@ pub fn plan(world: &World, tenants: &mut [TenantBudget]) -> Vec<Decision> {
     for request in open {
         pass.open(world, request, tenants);
     }
-    let allocations: HashSet<(&str, &str)> = world
-        .nodes
-        .iter()
-        .filter_map(|n| {
-            let status = n.status.as_ref()?;
-            Some((status.allocated_to.as_deref()?, status.allocation_id.as_deref()?))
-        })
-        .collect();
+    let allocations: HashSet<(&str, &str)> = world.nodes.iter().filter_map(|n| node_allocation(n)).collect();
     for request in world.requests.iter().filter(|r| is_stranded(r, &allocations, world.now)) {
         pass.decisions.push(Decision::Undo { request: request.name_any() });
     }
