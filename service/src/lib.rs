@@ -2,6 +2,7 @@
 //!
 //! - [`cli`]: the shared command-line settings, and running a binary's work with them.
 //! - [`http`]: one listener for `/metrics`, `/healthz` and `/readyz`.
+//! - [`failpoint`]: aborting right after a chosen write, for crash-consistency tests.
 //! - [`finalizers`]: changing an object's finalizers safely.
 //! - [`health`]: the readiness checks behind `/readyz`.
 //! - [`leader`]: leader election on a `coordination.k8s.io` Lease, so two replicas can run.
@@ -11,6 +12,7 @@
 //! - [`shutdown`]: the signals Kubernetes sends before it stops a pod.
 
 pub mod cli;
+pub mod failpoint;
 pub mod finalizers;
 pub mod health;
 pub mod http;

@@ -8,7 +8,10 @@ use tracing::{Span, field::Empty};
 /// Installs the global `tracing` subscriber, writing to stderr.
 pub fn init(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: in a file or a pipe the escape codes are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
         // One JSON object per line, span fields (request and node ids) flattened into it.
         builder.json().flatten_event(true).with_current_span(true).init()
