@@ -62,7 +62,99 @@ pub mod labels {
 
 /// Every CustomResourceDefinition, in the order they are installed.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
-    vec![Provider::crd(), Label::crd(), Image::crd(), NodeRequest::crd(), PoolNode::crd(), TenantLimit::crd()]
+    [Provider::crd(), Label::crd(), Image::crd(), NodeRequest::crd(), PoolNode::crd(), TenantLimit::crd()]
+        .into_iter()
+        .map(schema_formats::kubernetes_only)
+        .collect()
+}
+
+/// Schema `format`s as Kubernetes knows them. schemars names Rust's unsigned integers
+/// (`uint16`, `uint32`, ...), which the apiserver does not recognise: `kubectl apply` warns
+/// `unrecognized format "uint32"` for every such field.
+pub mod schema_formats {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use serde_json::Value;
+
+    /// Every format the apiserver validates (k8s.io/kube-openapi `strfmt` defaults, plus the
+    /// OpenAPI number formats).
+    pub const KNOWN: &[&str] = &[
+        "int32",
+        "int64",
+        "float",
+        "double",
+        "byte",
+        "binary",
+        "date",
+        "date-time",
+        "datetime",
+        "duration",
+        "password",
+        "bsonobjectid",
+        "uri",
+        "email",
+        "hostname",
+        "ipv4",
+        "ipv6",
+        "cidr",
+        "mac",
+        "uuid",
+        "uuid3",
+        "uuid4",
+        "uuid5",
+        "isbn",
+        "isbn10",
+        "isbn13",
+        "creditcard",
+        "ssn",
+        "hexcolor",
+        "rgbcolor",
+    ];
+
+    /// The CRD with unsigned integer formats widened to the signed format that holds them (the
+    /// `minimum: 0` schemars writes beside them stays) and any other unknown format dropped.
+    pub fn kubernetes_only(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+        let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
+        rewrite(&mut value);
+        serde_json::from_value(value).expect("a rewritten CRD deserializes")
+    }
+
+    fn rewrite(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(format)) = map.get("format") {
+                    match format.as_str() {
+                        "uint8" | "uint16" | "int8" | "int16" => {
+                            map.insert("format".into(), Value::String("int32".into()));
+                        }
+                        "uint32" | "uint64" | "uint" => {
+                            map.insert("format".into(), Value::String("int64".into()));
+                        }
+                        known if KNOWN.contains(&known) => {}
+                        _ => {
+                            map.remove("format");
+                        }
+                    }
+                }
+                map.values_mut().for_each(rewrite);
+            }
+            Value::Array(items) => items.iter_mut().for_each(rewrite),
+            _ => {}
+        }
+    }
+
+    /// Every `format` in a schema, for tests.
+    pub fn all(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(format)) = map.get("format") {
+                    out.push(format.clone());
+                }
+                map.values().for_each(|v| all(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| all(v, out)),
+            _ => {}
+        }
+    }
 }
 
 /// The file name under `crds/generated/` for a CRD, e.g. `providers.nodepool.dev.yaml`.

@@ -87,6 +87,29 @@ impl NodeRequestSpec {
     pub fn priority_class(&self) -> &str {
         self.request_id.split_once('-').map_or("", |(prefix, _)| prefix)
     }
+
+    /// Where the request stands in Nodepool's order.
+    pub fn order(&self) -> RequestOrder<'_> {
+        RequestOrder::new(&self.request_id, self.relative_priority)
+    }
+}
+
+/// Nodepool's request order, the one rule both the scheduler (which request is served first)
+/// and the bridge (which request is mirrored first) follow: priority class (`100` before `200`),
+/// then relative priority (lower first), then sequence (older first). Compare with `Ord`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RequestOrder<'a> {
+    class: &'a str,
+    relative_priority: i64,
+    sequence: &'a str,
+}
+
+impl<'a> RequestOrder<'a> {
+    /// The order of request `request_id` (`<class>-<sequence>`) with `relative_priority`.
+    pub fn new(request_id: &'a str, relative_priority: i64) -> Self {
+        let (class, sequence) = request_id.split_once('-').unwrap_or(("", request_id));
+        RequestOrder { class, relative_priority, sequence }
+    }
 }
 
 /// Where a request stands, with Zuul's own state names.
@@ -138,6 +161,11 @@ pub struct NodeRequestStatus {
     /// in its `allocationId` (a copy of a node from an earlier, undone hand-out never does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocation_id: Option<String>,
+    /// The request the scheduler handed out just before this one. The zk-bridge writes this
+    /// one's `fulfilled` to ZooKeeper only after that one's (or once it is withdrawn or no longer
+    /// fulfilled), so Zuul sees hand-outs in the order they were decided, Nodepool's order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_out_after: Option<String>,
     /// Our pools that cannot serve the request, as `provider/pool`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub declined_by: Vec<String>,
@@ -168,4 +196,29 @@ pub struct RequestZooKeeperView {
     /// Why the outcome could not be written, if it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestOrder;
+
+    #[test]
+    fn nodepool_order_is_class_then_relative_priority_then_age() {
+        let mut ids = vec![
+            RequestOrder::new("200-0000000003", 0),
+            RequestOrder::new("200-0000000001", 1),
+            RequestOrder::new("100-0000000009", 5),
+            RequestOrder::new("200-0000000002", 0),
+        ];
+        ids.sort();
+        assert_eq!(
+            ids,
+            vec![
+                RequestOrder::new("100-0000000009", 5),
+                RequestOrder::new("200-0000000002", 0),
+                RequestOrder::new("200-0000000003", 0),
+                RequestOrder::new("200-0000000001", 1),
+            ]
+        );
+    }
 }

@@ -31,3 +31,19 @@ fn checked_in_field_reference_matches_the_code() {
         "docs/reference/crds.md is out of date: run `make crds`"
     );
 }
+
+/// `kubectl apply` warns of every schema format the apiserver does not know (`uint32`, ...).
+#[test]
+fn every_schema_format_is_one_kubernetes_knows() {
+    for crd in nodepool_crds::all_crds() {
+        let mut formats = Vec::new();
+        nodepool_crds::schema_formats::all(&serde_json::to_value(&crd).unwrap(), &mut formats);
+        let unknown: Vec<&String> =
+            formats.iter().filter(|f| !nodepool_crds::schema_formats::KNOWN.contains(&f.as_str())).collect();
+        assert!(
+            unknown.is_empty(),
+            "{}: formats Kubernetes does not know: {unknown:?}",
+            nodepool_crds::crd_file_name(&crd)
+        );
+    }
+}
