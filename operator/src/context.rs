@@ -54,7 +54,7 @@ pub struct Context {
     vanished_requests: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// When each Provider's node counts were last written (see the Provider reconciler).
     pub provider_counts: WriteTimes,
-    /// The version of our last status write to each PoolNode (see [`crate::written`]).
+    /// The version of our last status write to each PoolNode (see [`nodepool_service::written`]).
     pub node_writes: nodepool_service::written::WrittenVersions,
     /// Wakes the scheduler for another pass.
     pub scheduler_wake: Arc<Notify>,
@@ -107,7 +107,7 @@ impl Context {
     }
 
     /// Applies the operator's part of a PoolNode's status and remembers the version the write
-    /// produced, so reconciles on older cached copies wait (see [`crate::written`]).
+    /// produced, so reconciles on older cached copies wait (see [`nodepool_service::written`]).
     pub async fn write_node_status(
         &self,
         node: &PoolNode,

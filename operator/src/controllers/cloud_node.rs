@@ -121,7 +121,7 @@ fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, 
     }
 }
 
-/// Writes the status a launch step produced (remembered as ours, see [`crate::written`]).
+/// Writes the status a launch step produced (remembered as ours, see [`nodepool_service::written`]).
 ///
 /// The step's cloud call is made by now. If the write conflicts because the scheduler or the
 /// bridge wrote the node in between (its allocation, the bridge's ZooKeeper view), the node is read

@@ -29,7 +29,10 @@ use crate::{
     controllers::pool_node::{self, Registration},
     status,
 };
-use nodepool_service::written::at_least;
+use nodepool_service::{
+    failpoint::{self, Failpoint},
+    written::at_least,
+};
 use overlay::Overlay;
 use plan::Decision;
 use tokio::{sync::Semaphore, task::JoinSet};
@@ -54,6 +57,11 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
     let mut in_flight: JoinSet<Finished> = JoinSet::new();
     let writers = Arc::new(Semaphore::new(CONCURRENT_WRITES));
     let mut back_since = BackFromUse::default();
+    // The last request handed out: the next hand-out names it, and the bridge writes the two to
+    // ZooKeeper in that order (`NodeRequestStatus::handed_out_after`). Decisions are written 16
+    // at a time and the bridge writes outcomes side by side, so without it Zuul saw requests
+    // decided together fulfilled in any order.
+    let mut last_hand_out: Option<String> = None;
     loop {
         let started = std::time::Instant::now();
         overlay.settle(|name| ctx.cached(&ctx.nodes, name), |name| ctx.cached(&ctx.requests, name));
@@ -97,13 +105,17 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
                 }
             }
             let held = hold(&ctx, &mut overlay, &decision);
+            let after = match &decision {
+                Decision::Assign { request, .. } => last_hand_out.replace(request.clone()),
+                _ => None,
+            };
             let span = decision_span(&decision);
             let creates = matches!(decision, Decision::Launch { .. } | Decision::LaunchSpare { .. });
             let (ctx, writers) = (ctx.clone(), writers.clone());
             let task = in_flight.spawn(
                 async move {
                     let _turn = writers.acquire().await.expect("the semaphore is never closed");
-                    Finished { outcome: apply_logged(&ctx, decision).await, held }
+                    Finished { outcome: apply_logged(&ctx, decision, after).await, held }
                 }
                 .instrument(span),
             );
@@ -295,8 +307,8 @@ fn decision_span(decision: &Decision) -> tracing::Span {
 
 /// Applies a decision and logs its failure; `None` if it failed. A conflict only means the
 /// cache was stale: the decision is made again next pass, and that is not a failure.
-async fn apply_logged(ctx: &Context, decision: Decision) -> Option<Applied> {
-    match apply(ctx, decision).await {
+async fn apply_logged(ctx: &Context, decision: Decision, after: Option<String>) -> Option<Applied> {
+    match apply(ctx, decision, after).await {
         Ok(applied) => Some(applied),
         Err(error) if status::is_conflict(&error) => {
             tracing::debug!(error = format!("{error:#}"), "stale cache; deciding again next pass");
@@ -332,10 +344,12 @@ enum Written {
     Request(String, String),
 }
 
-async fn apply(ctx: &Context, decision: Decision) -> Result<Applied> {
+/// Applies `decision`; a hand-out names the request handed out before it (`after`).
+async fn apply(ctx: &Context, decision: Decision, after: Option<String>) -> Result<Applied> {
     let written = match decision {
         Decision::Assign { request, provider, pool, nodes } => {
-            assign(ctx, &request, provider, pool, nodes).await?
+            let hand_out = HandOut { request: &request, provider, pool, after };
+            assign(ctx, hand_out, nodes).await?
         }
         Decision::Wait { request, reason, message } => {
             let object = match wait_report(ctx, &request, reason, &message) {
@@ -428,13 +442,8 @@ fn wait_report(ctx: &Context, request: &str, reason: &str, message: &str) -> Wai
 
 /// Allocates the nodes, then marks the request fulfilled. If any write fails the allocations
 /// made so far are undone, so a node is never left reserved for a request that did not get it.
-async fn assign(
-    ctx: &Context,
-    request: &str,
-    provider: String,
-    pool: String,
-    names: Vec<String>,
-) -> Result<Vec<Written>> {
+async fn assign(ctx: &Context, hand_out: HandOut<'_>, names: Vec<String>) -> Result<Vec<Written>> {
+    let HandOut { request, provider, pool, after } = hand_out;
     let Some(object) = ctx.cached(&ctx.requests, request) else { return Ok(vec![]) };
     let mut written = Vec::new();
     // Static slots back from use get their next registration with the allocation, in one write.
@@ -481,7 +490,9 @@ async fn assign(
         allocations.push((node, status));
     }
     let together = allocations.len() == names.len();
-    let fulfilled = fulfilled_status(&object, &provider, &pool, &names, together.then_some(allocation_id));
+    let mut fulfilled =
+        fulfilled_status(&object, &provider, &pool, &names, together.then_some(allocation_id));
+    fulfilled.handed_out_after = after;
     let allocate_all = futures::future::join_all(
         allocations.iter().map(|(node, status)| ctx.write_node_status(node, status)),
     );
@@ -510,6 +521,7 @@ async fn assign(
             written.extend(nodes_written.into_iter().map(|node| Written::Node(Box::new(node))));
             written
                 .push(Written::Request(request.to_owned(), updated.resource_version().unwrap_or_default()));
+            failpoint::hit(Failpoint::OperatorHandOutWritten);
             tracing::info!(nodes = ?names, %provider, %pool, "request assigned");
             return Ok(written);
         }
@@ -530,6 +542,14 @@ async fn assign(
     Err(error)
 }
 
+/// A request to be handed out, from which pool, and the request handed out before it.
+struct HandOut<'a> {
+    request: &'a str,
+    provider: String,
+    pool: String,
+    after: Option<String>,
+}
+
 /// The status of a request fulfilled with `names` from `provider`/`pool`.
 fn fulfilled_status(
     object: &NodeRequest,
@@ -545,6 +565,7 @@ fn fulfilled_status(
     status.pool = Some(pool.to_owned());
     status.nodes = names.to_vec();
     status.allocation_id = allocation_id;
+    status.handed_out_after = None;
     status.observed_generation = object.metadata.generation;
     conditions::set_condition(
         &mut status.conditions,
@@ -644,6 +665,7 @@ async fn undo_stranded(ctx: &Context, name: &str) -> Result<Vec<Written>> {
     requested.provider = None;
     requested.pool = None;
     requested.allocation_id = None;
+    requested.handed_out_after = None;
     conditions::set_condition(
         &mut requested.conditions,
         conditions::condition(
@@ -710,6 +732,7 @@ async fn recycle(ctx: &Context, name: &str) -> Result<Vec<Written>> {
     match register_afresh(ctx, &node).await? {
         Fresh::Ready(status) => {
             let updated = ctx.write_node_status(&node, &status).await?;
+            failpoint::hit(Failpoint::OperatorSlotRecycled);
             Ok(vec![Written::Recycled(name.to_owned(), updated.resource_version().unwrap_or_default())])
         }
         Fresh::NotReady(written) => Ok(written),

@@ -270,11 +270,7 @@ pub fn is_open(request: &NodeRequest) -> bool {
 
 /// Nodepool's request order: priority class, relative priority, then sequence (age).
 pub fn request_order(a: &NodeRequest, b: &NodeRequest) -> Ordering {
-    let key = |r: &NodeRequest| {
-        let (class, sequence) = r.spec.request_id.split_once('-').unwrap_or(("", ""));
-        (class.to_owned(), r.spec.relative_priority, sequence.to_owned())
-    };
-    key(a).cmp(&key(b))
+    a.spec.order().cmp(&b.spec.order())
 }
 
 /// Whether a node can be handed to a request right now: a free ready node, or a static slot
