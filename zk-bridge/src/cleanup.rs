@@ -2,7 +2,8 @@
 //!
 //! - request-lock directories whose request is gone and which have not changed for a while
 //!   (Nodepool: 8 hours) are removed;
-//! - node znodes with empty data (left by a lock taken on a node just deleted) are removed.
+//! - node znodes with empty data (left by a lock taken on a node just deleted) are removed;
+//! - node znodes of ours that no PoolNode owns are removed ([`crate::orphans`]).
 
 use std::{
     sync::Arc,
@@ -22,6 +23,8 @@ pub struct CleanupSettings {
     pub interval: Duration,
     /// Age after which an orphaned request-lock directory is removed.
     pub request_lock_max_age: Duration,
+    /// How long a node znode of ours that no PoolNode owns is left alone (last written before).
+    pub orphan_grace: Duration,
 }
 
 impl Default for CleanupSettings {
@@ -29,15 +32,20 @@ impl Default for CleanupSettings {
         CleanupSettings {
             interval: Duration::from_secs(60),
             request_lock_max_age: Duration::from_secs(8 * 3600),
+            orphan_grace: Duration::from_secs(30),
         }
     }
 }
 
 pub async fn run(shared: Arc<Shared>, settings: CleanupSettings) -> Result<()> {
+    shared.until_resynced().await;
     loop {
         tokio::time::sleep(settings.interval).await;
         if let Err(error) = pass(&shared, settings).await {
             tracing::warn!(error = format!("{error:#}"), "ZooKeeper cleanup pass failed");
+        }
+        if let Err(error) = crate::orphans::sweep(&shared, settings.orphan_grace).await {
+            tracing::warn!(error = format!("{error:#}"), "sweeping orphan node znodes failed");
         }
     }
 }
@@ -46,9 +54,11 @@ fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
 
-async fn pass(shared: &Shared, settings: CleanupSettings) -> Result<()> {
+async fn pass(shared: &Arc<Shared>, settings: CleanupSettings) -> Result<()> {
     let requests: std::collections::HashSet<String> =
         shared.zk.list_children(paths::REQUESTS).await?.into_iter().collect();
+    // A safety net for withdrawals the watch missed (the resync catches those of a restart).
+    crate::requests::forget_withdrawn(shared, &requests).await?;
     for id in shared.zk.list_children(paths::REQUEST_LOCKS).await? {
         if requests.contains(&id) {
             continue;
@@ -61,29 +71,5 @@ async fn pass(shared: &Shared, settings: CleanupSettings) -> Result<()> {
             zk::delete_recursive(&shared.zk, &dir).await?;
         }
     }
-    // The znodes our PoolNodes stand for were written with data; with thousands of nodes,
-    // reading each of them every pass would cost a round trip per node for nothing.
-    let ours = current_node_ids(shared);
-    for id in shared.zk.list_children(paths::NODES).await? {
-        if ours.contains(&id) {
-            continue;
-        }
-        let path = paths::node(&id);
-        let Some(stat) = shared.zk.check_stat(&path).await? else { continue };
-        if stat.data_length == 0 && lock::contenders(&shared.zk, &paths::node_lock(&id)).await?.is_empty() {
-            tracing::info!(node_id = %id, "removing a node znode without data");
-            zk::delete_recursive(&shared.zk, &path).await?;
-        }
-    }
     Ok(())
-}
-
-/// The node ids of the znodes the cached PoolNodes are registered under now.
-fn current_node_ids(shared: &Shared) -> std::collections::HashSet<String> {
-    shared
-        .pool_nodes
-        .state()
-        .iter()
-        .filter_map(|node| node.status.as_ref()?.zookeeper.as_ref()?.node_id.clone())
-        .collect()
 }

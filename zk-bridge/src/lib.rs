@@ -5,12 +5,14 @@
 //! - [`requests`]: `/nodepool/requests/<id>` → `NodeRequest`, and the operator's outcome back.
 //! - [`nodes`]: `PoolNode` → `/nodepool/nodes/<id>`, and what Zuul writes to a node back.
 //! - [`session`]: one ZooKeeper session: full resync, then event-driven until the session ends.
+//! - [`cleanup`] and [`orphans`]: periodic housekeeping, and node znodes no PoolNode owns.
 
 pub mod cleanup;
 pub mod components;
 pub mod dispatch;
 pub mod metrics;
 pub mod nodes;
+pub mod orphans;
 pub mod recent;
 pub mod requests;
 pub mod session;

@@ -22,6 +22,10 @@ struct Cli {
     /// Seconds after which the lock directory of a deleted request is removed (Nodepool: 8 h).
     #[arg(long, env = "NODEPOOL_REQUEST_LOCK_MAX_AGE", default_value_t = 8 * 3600)]
     request_lock_max_age: u64,
+    /// Seconds a node znode of ours that no PoolNode owns is left alone before the cleanup
+    /// removes it (it may be a registration the PoolNode cache has not shown yet).
+    #[arg(long, env = "NODEPOOL_ORPHAN_GRACE", default_value_t = 30)]
+    orphan_grace: u64,
     #[command(flatten)]
     zookeeper: ZooKeeperConfig,
     #[command(flatten)]
@@ -46,6 +50,7 @@ async fn main() -> Result<()> {
     let cleanup = nodepool_zk_bridge::cleanup::CleanupSettings {
         interval: Duration::from_secs(cli.cleanup_interval),
         request_lock_max_age: Duration::from_secs(cli.request_lock_max_age),
+        orphan_grace: Duration::from_secs(cli.orphan_grace),
     };
     let settings = Settings {
         kube: kube.clone(),

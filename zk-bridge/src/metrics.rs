@@ -29,6 +29,12 @@ pub struct Metrics {
     fulfilment: Histogram,
     outcomes: Family<StateLabels, Counter>,
     malformed: Family<KindLabels, Counter>,
+    orphans_removed: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 /// Latency buckets for the request paths, from a few milliseconds to minutes (cloud launches).
@@ -50,6 +56,7 @@ impl Metrics {
             fulfilment: latency_buckets(),
             outcomes: Family::default(),
             malformed: Family::default(),
+            orphans_removed: Family::default(),
         };
         registry.register(
             "zookeeper_connected",
@@ -83,6 +90,11 @@ impl Metrics {
             "Request or node znodes the bridge could not read",
             metrics.malformed.clone(),
         );
+        registry.register(
+            "bridge_orphan_znodes_removed",
+            "Node znodes of ours that no PoolNode owned, removed by the cleanup, by reason",
+            metrics.orphans_removed.clone(),
+        );
         metrics
     }
 
@@ -110,6 +122,11 @@ impl Metrics {
         {
             self.fulfilment.observe(age);
         }
+    }
+
+    /// An orphan node znode removed (see `orphans::OrphanReason`).
+    pub fn orphan_removed(&self, reason: &'static str) {
+        self.orphans_removed.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn malformed(&self, kind: &'static str) {

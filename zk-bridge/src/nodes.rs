@@ -15,6 +15,7 @@ use kube::{
     runtime::controller::Action,
 };
 use nodepool_crds::{BRIDGE_MANAGER, NodeState, PoolNode, ZNODE_FINALIZER, ZooKeeperView};
+use nodepool_service::failpoint::{self, Failpoint};
 use serde_json::{Value, json};
 use tracing::Instrument;
 use zookeeper_client::{Acls, CreateMode, Error as ZkError};
@@ -43,9 +44,13 @@ pub enum SyncOutcome {
     NotMirrored,
     /// The znode needs a write but someone (Zuul) holds its lock.
     LockedByOthers,
+    /// The copy of the PoolNode is older than a registration this bridge knows a znode of (a
+    /// lagging cache): acting on it would register or retire the wrong registration.
+    Behind,
 }
 
 pub async fn reconcile(node: Arc<PoolNode>, shared: Arc<Shared>) -> Result<Action, Error> {
+    shared.until_resynced().await;
     let span = nodepool_service::logging::node_span(&node);
     reconcile_node(node, shared).instrument(span).await
 }
@@ -67,6 +72,8 @@ async fn reconcile_node(node: Arc<PoolNode>, shared: Arc<Shared>) -> Result<Acti
     }
     match sync(&shared, &node, RecordId::Now).await? {
         SyncOutcome::LockedByOthers => Ok(Action::requeue(Duration::from_secs(2))),
+        // The cache's next event for the node brings us back; the requeue is a safety net.
+        SyncOutcome::Behind => Ok(Action::requeue(Duration::from_secs(1))),
         // Come back to record the new znode's id, unless Zuul's lock records it first.
         _ => match node.uid().and_then(|uid| unrecorded_for(&shared, &uid)) {
             Some(waited) => Ok(Action::requeue(RECORD_NEW_ID_AFTER.saturating_sub(waited))),
@@ -136,6 +143,40 @@ impl KnownZnode {
     }
 }
 
+/// The newest registration of the node (by uid) this session knows a znode of.
+fn known_registration(shared: &Shared, uid: &str) -> Option<u32> {
+    shared.znodes_by_uid.lock().unwrap().get(uid).map(|known| known.registration)
+}
+
+/// Remembers a znode found in ZooKeeper as the node's, unless it is a duplicate of the same
+/// registration (left by a crash; the cleanup removes it) or a newer registration's znode is
+/// known already. Of two znodes of one registration, the one recorded in the PoolNode
+/// (`recorded`) is the node's, else the one this session created, else the lower id.
+/// `unrecorded_since` is kept for the znode this session created.
+fn remember_found(shared: &Shared, uid: &str, registration: u32, node_id: &str, recorded: Option<&str>) {
+    if recorded.is_some_and(|recorded| recorded != node_id) {
+        return;
+    }
+    let mut known = shared.znodes_by_uid.lock().unwrap();
+    let keep_existing = known.get(uid).is_some_and(|existing| {
+        existing.registration > registration
+            || (existing.registration == registration
+                && existing.node_id != node_id
+                && recorded.is_none()
+                && (existing.unrecorded_since.is_some() || existing.node_id.as_str() < node_id))
+    });
+    if keep_existing {
+        return;
+    }
+    let ours_still_unrecorded = known
+        .get(uid)
+        .filter(|k| k.node_id == node_id && k.registration == registration)
+        .and_then(|k| k.unrecorded_since);
+    let mut entry = KnownZnode::found(registration, node_id);
+    entry.unrecorded_since = ours_still_unrecorded;
+    known.insert(uid.to_owned(), entry);
+}
+
 fn registration(node: &PoolNode) -> u32 {
     node.status.as_ref().map(|s| s.registration).unwrap_or(0)
 }
@@ -147,7 +188,7 @@ fn recorded_node_id(node: &PoolNode) -> Option<String> {
 
 /// The znode of the node's current registration: as recorded in the PoolNode, or as this session
 /// knows it (the PoolNode in the cache may not show our last write yet).
-fn current_node_id(shared: &Shared, node: &PoolNode, uid: &str) -> Option<String> {
+pub(crate) fn current_node_id(shared: &Shared, node: &PoolNode, uid: &str) -> Option<String> {
     let status = node.status.as_ref();
     if let Some(id) = status.and_then(|s| s.zuul_view()).and_then(|view| view.node_id.clone()) {
         return Some(id);
@@ -181,6 +222,18 @@ fn earlier_node_id(shared: &Shared, node: &PoolNode, uid: &str) -> Option<String
     }
 }
 
+/// Takes znode `node_id` as the one of registration `registration` of the PoolNode with `uid`
+/// (a znode of the current registration this session did not know; see [`crate::orphans`]).
+pub(crate) fn adopt(shared: &Shared, uid: &str, registration: u32, node_id: &str) {
+    remember_found(shared, uid, registration, node_id, None);
+}
+
+/// Removes a znode no PoolNode owns (see [`crate::orphans`]); false if someone holds or waits
+/// for its lock.
+pub(crate) async fn remove_orphan(shared: &Arc<Shared>, node_id: &str) -> Result<bool> {
+    remove_znode(shared, node_id).await
+}
+
 /// Whether a sync records the znode id in the PoolNode (`status.zookeeper`) before it returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordId {
@@ -198,6 +251,10 @@ pub async fn sync(shared: &Arc<Shared>, node: &PoolNode, record: RecordId) -> Re
     let state = node.status.as_ref().map(|s| s.state).unwrap_or_default();
     if node.metadata.deletion_timestamp.is_some() {
         return Ok(SyncOutcome::NotMirrored);
+    }
+    if known_registration(shared, &uid).is_some_and(|known| known > registration(node)) {
+        tracing::debug!(node = %node.name_any(), "the copy is behind a registration in ZooKeeper; not acting on it");
+        return Ok(SyncOutcome::Behind);
     }
     // A static slot back from use is a new node to Zuul: the znode of its last use goes first.
     if let Some(old) = earlier_node_id(shared, node, &uid) {
@@ -251,7 +308,10 @@ async fn write_under_lock(
     loop {
         let desired = desired_doc(shared, node, Some(&current)).await;
         let error = match shared.write_and_unlock(lock, path, desired.to_string().as_bytes(), version).await {
-            Ok(()) => return Ok(true),
+            Ok(()) => {
+                failpoint::hit(Failpoint::BridgeNodeWritten);
+                return Ok(true);
+            }
             Err((held, error)) => {
                 lock = held;
                 error
@@ -278,6 +338,7 @@ async fn retire(shared: &Arc<Shared>, node: &PoolNode, uid: &str, node_id: &str)
     if !remove_znode(shared, node_id).await? {
         return Ok(false);
     }
+    failpoint::hit(Failpoint::BridgeNodeRetired);
     let mut known = shared.znodes_by_uid.lock().unwrap();
     if known.get(uid).is_some_and(|k| k.node_id == node_id) {
         known.remove(uid);
@@ -347,6 +408,7 @@ async fn create(shared: &Arc<Shared>, node: &PoolNode, uid: &str) -> Result<Sync
         .create(&prefix, &serde_json::to_vec(&doc)?, &options)
         .await
         .context("creating the node znode")?;
+    failpoint::hit(Failpoint::BridgeNodeCreated);
     let node_id = sequence.to_string();
     let allocated = node.status.as_ref().is_some_and(|s| s.allocated_to.is_some());
     if !allocated {
@@ -517,6 +579,7 @@ async fn patch_view(shared: &Shared, name: &str, view: &ZooKeeperView) -> Result
         .await
     {
         Ok(updated) => {
+            failpoint::hit(Failpoint::BridgeViewRecorded);
             shared.node_versions.record(&updated);
             Ok(())
         }
@@ -568,21 +631,21 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
     };
     let Some(uid) = fields.pool_node_uid.clone() else { return Ok(()) }; // not one of ours
     let Some(node) = cached_registration(shared, &uid, fields.registration).await else {
-        shared.znodes_by_uid.lock().unwrap().insert(uid, KnownZnode::found(fields.registration, node_id));
+        remember_found(shared, &uid, fields.registration, node_id, None);
         return Ok(());
     };
     if fields.registration < registration(&node) || node.metadata.deletion_timestamp.is_some() {
         return Ok(()); // the znode of an earlier use, or of a node being deleted: on its way out
     }
-    {
-        let mut known = shared.znodes_by_uid.lock().unwrap();
-        let ours_still_unrecorded = known
-            .get(&uid)
-            .filter(|k| k.node_id == node_id && k.registration == fields.registration)
-            .and_then(|k| k.unrecorded_since);
-        let mut entry = KnownZnode::found(fields.registration, node_id);
-        entry.unrecorded_since = ours_still_unrecorded;
-        known.insert(uid.clone(), entry);
+    let recorded_id = node
+        .status
+        .as_ref()
+        .and_then(|s| s.zookeeper.as_ref())
+        .filter(|view| view.registration == fields.registration)
+        .and_then(|view| view.node_id.as_deref());
+    remember_found(shared, &uid, fields.registration, node_id, recorded_id);
+    if current_node_id(shared, &node, &uid).is_some_and(|current| current != node_id) {
+        return Ok(()); // a duplicate of the current registration (left by a crash): swept
     }
     if fields.registration > registration(&node) {
         tracing::warn!(

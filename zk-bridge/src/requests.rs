@@ -12,8 +12,9 @@ use kube::{
 };
 use nodepool_crds::{
     BRIDGE_MANAGER, NodeRequest, NodeRequestState, PoolNode, RequestZooKeeperView,
-    node_request::{NodeRequestSpec, OtherLauncherPool},
+    node_request::{NodeRequestSpec, OtherLauncherPool, RequestOrder},
 };
+use nodepool_service::failpoint::{self, Failpoint};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
@@ -29,57 +30,183 @@ use crate::{
 #[error("{0:#}")]
 pub struct Error(#[from] anyhow::Error);
 
-/// A change of `/nodepool/requests/<id>` (or the resync at session start).
-#[tracing::instrument(name = "request", skip_all, fields(request = %id))]
-pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
+/// A request open for our pools, as read from ZooKeeper.
+struct OpenRequest {
+    id: String,
+    doc: RequestDoc,
+    /// Our pool-component ids.
+    ours: Vec<String>,
+}
+
+/// Reads request `id` and returns it if our pools are to serve it: `requested`, not declined by
+/// every pool of ours. A withdrawn request is forgotten, a malformed one failed.
+async fn read_open(shared: &Arc<Shared>, id: &str) -> Result<Option<OpenRequest>> {
     let data = match shared.zk.get_data(&paths::request(id)).await {
         Ok((data, _)) => data,
-        Err(zookeeper_client::Error::NoNode) => return withdrawn(shared, id).await,
+        Err(zookeeper_client::Error::NoNode) => return withdrawn(shared, id).await.map(|()| None),
         Err(error) => return Err(error).context("reading the request"),
     };
-    let request = match RequestDoc::parse(&data) {
-        Ok(request) => request,
-        Err(error) => return fail_malformed(shared, id, &error.to_string()).await,
+    let doc = match RequestDoc::parse(&data) {
+        Ok(doc) => doc,
+        Err(error) => return fail_malformed(shared, id, &error.to_string(), data.len()).await.map(|()| None),
     };
-    if request.state != "requested" {
-        return Ok(());
+    if doc.state != "requested" {
+        return Ok(None);
     }
     let ours = shared.registry.lock().await.ids();
-    if ours.is_empty() || ours.iter().all(|pool| request.declined_by.contains(pool)) {
-        return Ok(()); // we serve nothing yet, or every pool of ours declined it
+    if ours.is_empty() || ours.iter().all(|pool| doc.declined_by.contains(pool)) {
+        return Ok(None); // we serve nothing yet, or every pool of ours declined it
     }
-    if request.node_types.is_empty() {
-        return fail_malformed(shared, id, "node_types is empty").await;
+    if doc.node_types.is_empty() {
+        return fail_malformed(shared, id, "node_types is empty", data.len()).await.map(|()| None);
     }
-    let existing = shared.cached_request(id);
-    let other_launchers = other_launchers(shared, &ours, &request).await?;
-    if existing.as_ref().is_some_and(|cr| {
-        cr.spec.relative_priority == request.relative_priority && cr.spec.other_launchers == other_launchers
-    }) {
+    Ok(Some(OpenRequest { id: id.to_owned(), doc, ours }))
+}
+
+/// The NodeRequest spec of an open request.
+async fn spec_of(shared: &Shared, request: &OpenRequest) -> Result<NodeRequestSpec> {
+    let doc = &request.doc;
+    Ok(NodeRequestSpec {
+        request_id: request.id.clone(),
+        labels: doc.node_types.clone(),
+        relative_priority: doc.relative_priority,
+        requestor: doc.requestor.clone(),
+        tenant: doc.tenant_name.clone(),
+        preferred_provider: doc.provider.clone(),
+        reuse: doc.reuse,
+        event_id: doc.event_id.clone(),
+        other_launchers: other_launchers(shared, &request.ours, doc).await?,
+    })
+}
+
+/// How long a change of a request this session has just mirrored waits for its NodeRequest to
+/// reach the cache (the change is applied to it then).
+const MIRROR_CACHE_LAG: Duration = Duration::from_secs(2);
+
+/// A change of `/nodepool/requests/<id>` (or the resync at session start). A new request is
+/// left to [`mirror_new_requests`], which creates NodeRequests in Nodepool's order; a change
+/// of one already mirrored (its relative priority, or which other launchers could serve it) is
+/// applied to its NodeRequest.
+#[tracing::instrument(name = "request", skip_all, fields(request = %id))]
+pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
+    let Some(request) = read_open(shared, id).await? else { return Ok(()) };
+    let existing = match shared.cached_request(id) {
+        Some(existing) => existing,
+        None if shared.mirrored_requests.contains(id) => {
+            let cached = || shared.cached_request(id).is_some();
+            nodepool_service::written::until_cached(MIRROR_CACHE_LAG, cached).await;
+            let Some(existing) = shared.cached_request(id) else { return Ok(()) };
+            existing
+        }
+        None => {
+            shared.mirror_wanted.notify_one();
+            return Ok(());
+        }
+    };
+    let spec = spec_of(shared, &request).await?;
+    if existing.spec.relative_priority == spec.relative_priority
+        && existing.spec.other_launchers == spec.other_launchers
+    {
         return Ok(());
     }
-    let spec = NodeRequestSpec {
-        request_id: id.to_owned(),
-        labels: request.node_types.clone(),
-        relative_priority: request.relative_priority,
-        requestor: request.requestor.clone(),
-        tenant: request.tenant_name.clone(),
-        preferred_provider: request.provider.clone(),
-        reuse: request.reuse,
-        event_id: request.event_id.clone(),
-        other_launchers,
-    };
-    let new = existing.is_none();
-    // A new request's lock directory is made now, beside the mirror: the lock that writes its
-    // outcome then costs no round trip to make it (Nodepool's launchers lock every request they
-    // see, so the directory would exist anyway; the cleanup removes it once the request is gone).
-    let (mirrored, _) = tokio::join!(mirror(shared, id, spec, new), make_lock_dir(shared, id, new));
-    mirrored.with_context(|| format!("mirroring request {id}"))?;
-    if new {
-        shared.metrics.request_mirrored(request.created_time);
+    mirror(shared, id, spec, false).await.with_context(|| format!("updating request {id}"))?;
+    tracing::info!(relative_priority = request.doc.relative_priority, "updated request");
+    Ok(())
+}
+
+/// Creates the NodeRequests of new requests, whenever [`on_request_event`] finds one, until the
+/// session ends. Each round lists what ZooKeeper holds and mirrors every request not mirrored
+/// yet, one after the other in Nodepool's order, so the scheduler never sees a request without
+/// the better ones that were in ZooKeeper with it. Created side by side, as each request's
+/// event came, a burst (after a restart, a reconnect, a pause, or just at once) reached the
+/// scheduler in any order, and Zuul's own `test_node_request_priority` saw the worse request
+/// fulfilled first.
+pub async fn mirror_new_requests(shared: Arc<Shared>) -> Result<()> {
+    shared.until_resynced().await;
+    loop {
+        match mirror_round(&shared).await {
+            Ok(Round::Done) => shared.mirror_wanted.notified().await,
+            Ok(Round::SomeFailed) => tokio::time::sleep(MIRROR_RETRY).await,
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "mirroring new requests failed; trying again");
+                tokio::time::sleep(MIRROR_RETRY).await;
+            }
+        }
     }
-    let age_ms = crate::metrics::age_ms(request.created_time);
-    tracing::info!(labels = ?request.node_types, age_ms, "mirrored request");
+}
+
+/// When a round that could not mirror every new request is tried again.
+const MIRROR_RETRY: Duration = Duration::from_secs(1);
+
+/// How a round of [`mirror_new_requests`] ended.
+enum Round {
+    Done,
+    /// A request could not be mirrored (the apiserver failed): the next round tries again.
+    SomeFailed,
+}
+
+/// One round of [`mirror_new_requests`].
+async fn mirror_round(shared: &Arc<Shared>) -> Result<Round> {
+    let ids = shared.zk.list_children(paths::REQUESTS).await.context("listing requests")?;
+    let new: Vec<String> = ids
+        .into_iter()
+        .filter(|id| {
+            shared.cached_request(id).is_none()
+                && !shared.mirrored_requests.contains(id)
+                && !shared.withdrawn_requests.contains(id)
+        })
+        .collect();
+    let reads = futures::future::join_all(new.iter().map(|id| read_open(shared, id))).await;
+    let mut open = Vec::with_capacity(reads.len());
+    for (id, read) in new.iter().zip(reads) {
+        match read {
+            Ok(Some(request)) => open.push(request),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(request = %id, error = format!("{error:#}"), "reading a new request failed")
+            }
+        }
+    }
+    open.sort_by(|a, b| {
+        RequestOrder::new(&a.id, a.doc.relative_priority)
+            .cmp(&RequestOrder::new(&b.id, b.doc.relative_priority))
+    });
+    let mut round = Round::Done;
+    for request in open {
+        let span = tracing::info_span!("request", request = %request.id);
+        let mirrored = mirror_new(shared, &request).instrument(span.clone()).await;
+        let Err(error) = mirrored else { continue };
+        let refused = error.chain().any(
+            |cause| matches!(cause.downcast_ref::<kube::Error>(), Some(kube::Error::Api(s)) if s.code == 422),
+        );
+        if refused {
+            // Not a NodeRequest the apiserver accepts (more labels than it allows, say): the
+            // request cannot be served, and is failed as Nodepool fails a request it cannot read.
+            let problem = format!("{error:#}");
+            fail_malformed(shared, &request.id, &problem, problem.len()).instrument(span).await?;
+        } else {
+            span.in_scope(|| {
+                tracing::warn!(error = format!("{error:#}"), "mirroring a new request failed; trying again")
+            });
+            round = Round::SomeFailed;
+        }
+    }
+    Ok(round)
+}
+
+/// Creates the NodeRequest of a new request.
+async fn mirror_new(shared: &Arc<Shared>, request: &OpenRequest) -> Result<()> {
+    let id = &request.id;
+    let spec = spec_of(shared, request).await?;
+    // The lock directory is made beside the mirror: the lock that writes the request's outcome
+    // then costs no round trip to make it (Nodepool's launchers lock every request they see, so
+    // the directory would exist anyway; the cleanup removes it once the request is gone).
+    let (mirrored, ()) = tokio::join!(mirror(shared, id, spec, true), make_lock_dir(shared, id));
+    mirrored.with_context(|| format!("mirroring request {id}"))?;
+    shared.mirrored_requests.insert(id);
+    shared.metrics.request_mirrored(request.doc.created_time);
+    let age_ms = crate::metrics::age_ms(request.doc.created_time);
+    tracing::info!(labels = ?request.doc.node_types, age_ms, relative_priority = request.doc.relative_priority, "mirrored request");
     Ok(())
 }
 
@@ -106,12 +233,9 @@ async fn mirror(shared: &Shared, id: &str, spec: NodeRequestSpec, new: bool) -> 
     Ok(())
 }
 
-/// Makes a new request's lock directory (see [`on_request_event`]). A failure only costs the lock
+/// Makes a new request's lock directory (see [`mirror_new`]). A failure only costs the lock
 /// that round trip later.
-async fn make_lock_dir(shared: &Shared, id: &str, new: bool) {
-    if !new {
-        return;
-    }
+async fn make_lock_dir(shared: &Shared, id: &str) {
     if let Err(error) = crate::zk::ensure_path(&shared.zk, &paths::request_lock(id)).await {
         tracing::debug!(error = format!("{error:#}"), "making the request's lock directory");
     }
@@ -136,6 +260,28 @@ async fn other_launchers(
     Ok(pools)
 }
 
+/// Deletes the NodeRequest of every request Zuul withdrew while this bridge was not looking (it
+/// was down, or its session ended): `present` is what ZooKeeper listed. A NodeRequest left
+/// behind stayed `fulfilled` for a request Zuul had deleted; its nodes' allocation was undone
+/// after 30 s and the scheduler handed the ghost request other nodes, which nothing released
+/// (a static pool ran dry under a kill loop). Each absence is confirmed by a fresh look, as a
+/// request created after the listing may have been mirrored meanwhile.
+pub async fn forget_withdrawn(
+    shared: &Arc<Shared>,
+    present: &std::collections::HashSet<String>,
+) -> Result<()> {
+    for request in shared.node_requests.state() {
+        let id = request.spec.request_id.as_str();
+        if present.contains(id) || request.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if shared.zk.check_stat(&paths::request(id)).await?.is_none() {
+            withdrawn(shared, id).instrument(tracing::info_span!("request", request = %id)).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The requester deleted its request: release what we hold and forget it.
 async fn withdrawn(shared: &Arc<Shared>, id: &str) -> Result<()> {
     if let Some(lock) = shared.request_locks.lock().await.remove(id) {
@@ -158,8 +304,9 @@ async fn withdrawn(shared: &Arc<Shared>, id: &str) -> Result<()> {
 }
 
 /// A request we cannot read: log it, and fail it if it is a JSON object we can write back.
-async fn fail_malformed(shared: &Arc<Shared>, id: &str, problem: &str) -> Result<()> {
-    tracing::error!(%problem, "malformed node request");
+async fn fail_malformed(shared: &Arc<Shared>, id: &str, problem: &str, size: usize) -> Result<()> {
+    let problem = crate::zk::model::excerpt(problem, crate::zk::model::LOGGED_EXCERPT);
+    tracing::error!(request = %id, %problem, size, "malformed node request");
     shared.metrics.malformed("request");
     let path = paths::request(id);
     let Some(lock) = shared.try_lock(&paths::request_lock(id)).await? else { return Ok(()) };
@@ -206,6 +353,7 @@ async fn fail_malformed(shared: &Arc<Shared>, id: &str, problem: &str) -> Result
 
 /// Writes the operator's outcome for a `NodeRequest` back to ZooKeeper.
 pub async fn reconcile(request: Arc<NodeRequest>, shared: Arc<Shared>) -> Result<Action, Error> {
+    shared.until_resynced().await;
     let span = nodepool_service::logging::request_span(&request);
     reconcile_request(request, shared).instrument(span).await
 }
@@ -279,7 +427,10 @@ struct Versioned {
 async fn read_versioned(shared: &Shared, id: &str) -> Result<Option<Versioned>> {
     match shared.zk.get_data(&paths::request(id)).await {
         Ok((data, stat)) => {
-            let doc = RequestDoc::parse(&data).context("re-reading the request")?;
+            let doc = RequestDoc::parse(&data).map_err(|error| {
+                let problem = crate::zk::model::excerpt(&error.to_string(), crate::zk::model::LOGGED_EXCERPT);
+                anyhow::anyhow!("re-reading the request: {problem}")
+            })?;
             Ok(Some(Versioned { doc, version: stat.version }))
         }
         Err(zookeeper_client::Error::NoNode) => Ok(None),
@@ -379,7 +530,7 @@ async fn mirrored_nodes(
         let Some(node) = allocated_node(shared, name, id, allocation_id).await? else { return Ok(None) };
         match nodes::sync(shared, &node, nodes::RecordId::Later).await? {
             SyncOutcome::Mirrored(node_id) => node_ids.push(node_id),
-            SyncOutcome::NotMirrored | SyncOutcome::LockedByOthers => return Ok(None),
+            SyncOutcome::NotMirrored | SyncOutcome::LockedByOthers | SyncOutcome::Behind => return Ok(None),
         }
     }
     Ok(Some(node_ids))
@@ -406,6 +557,7 @@ async fn write_fulfilled(
             return Ok(Action::requeue(RETRY_SOON));
         }
     };
+    after_earlier_hand_out(shared, request).await;
     let outcome = update_locked(shared, id, lock, LockAfter::Released, read, |doc| {
         if doc.state == "fulfilled" && doc.nodes == node_ids {
             return Ok(Update::Leave(Ok((doc.created_time, false)))); // written before this bridge restarted
@@ -420,9 +572,10 @@ async fn write_fulfilled(
     .await
     .context("writing fulfilled");
     match outcome? {
-        None => {} // withdrawn; the mirror deletes the NodeRequest
+        None => withdrawn(shared, id).await?,
         Some(Ok((created_time, written))) => {
             if written {
+                failpoint::hit(Failpoint::BridgeRequestFulfilled);
                 shared.metrics.outcome("fulfilled", created_time);
             }
             // Not recorded in the NodeRequest: Zuul deletes the request within moments, and the
@@ -438,6 +591,29 @@ async fn write_fulfilled(
         }
     }
     Ok(Action::await_change())
+}
+
+/// How long a hand-out's `fulfilled` waits at most for the one handed out before it (a safety
+/// net: that one is usually written within milliseconds, or no longer fulfilled).
+const HAND_OUT_ORDER_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits until the request handed out before this one (`status.handedOutAfter`) is written to
+/// ZooKeeper, withdrawn, or no longer fulfilled (reverted, or failed to write), at most
+/// [`HAND_OUT_ORDER_WAIT`]: Zuul then sees hand-outs in the operator's order, in both the order
+/// of the writes and their `state_time`.
+async fn after_earlier_hand_out(shared: &Shared, request: &NodeRequest) {
+    let Some(earlier) = request.status.as_ref().and_then(|s| s.handed_out_after.as_deref()) else { return };
+    let settled = || {
+        shared.fulfilled_requests.contains(earlier)
+            || shared.cached_request(earlier).is_none_or(|other| {
+                let status = other.status.clone().unwrap_or_default();
+                status.state != NodeRequestState::Fulfilled
+                    || status.zookeeper.as_ref().is_some_and(|z| z.error.is_some() || z.state.is_some())
+            })
+    };
+    if !nodepool_service::written::until_cached(HAND_OUT_ORDER_WAIT, settled).await {
+        tracing::debug!(%earlier, "the earlier hand-out is not written yet; writing this one anyway");
+    }
 }
 
 /// How long a node's allocation may trail its request's `fulfilled` in the cache before it is
@@ -508,7 +684,14 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
     })
     .await
     .context("writing the decline");
-    if let Some((failed, declined_by, created_time)) = outcome?.flatten() {
+    let outcome = match outcome? {
+        Some(outcome) => outcome,
+        None => {
+            withdrawn(shared, id).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    if let Some((failed, declined_by, created_time)) = outcome {
         shared.metrics.outcome(if failed { "failed" } else { "declined" }, created_time);
         tracing::info!(failed, "request declined by our pools");
         let state = if failed { NodeRequestState::Failed } else { NodeRequestState::Requested };
@@ -536,7 +719,11 @@ async fn write_pending(shared: &Arc<Shared>, id: &str) -> Result<Action> {
     match outcome {
         Some(Pending::Written(created_time)) => shared.metrics.outcome("pending", created_time),
         Some(Pending::Already) => {}
-        Some(Pending::NotRequested) | None => return Ok(Action::await_change()),
+        Some(Pending::NotRequested) => return Ok(Action::await_change()),
+        None => {
+            withdrawn(shared, id).await?;
+            return Ok(Action::await_change());
+        }
     }
     // Like fulfilment, not echoed into the NodeRequest: ZooKeeper is the record.
     shared.pending_requests.insert(id);

@@ -70,6 +70,10 @@ pub struct Shared {
     /// (a restarted bridge finds the request already fulfilled there); this saves re-checking it
     /// on every later event of the NodeRequest.
     pub fulfilled_requests: crate::recent::Recent,
+    /// Requests whose NodeRequest this session created (the cache may not show it yet).
+    pub mirrored_requests: crate::recent::Recent,
+    /// Set when a request znode has no NodeRequest yet: wakes [`crate::requests::mirror_new_requests`].
+    pub mirror_wanted: tokio::sync::Notify,
     /// Requests this session found or made `pending` in ZooKeeper (see `fulfilled_requests`).
     pub pending_requests: crate::recent::Recent,
     /// Requests withdrawn (their NodeRequest deleted) this session: request ids are never
@@ -80,9 +84,25 @@ pub struct Shared {
     pub removed_znodes: crate::recent::Recent,
     /// Every launcher's pool components, read once and kept until one of them changes.
     pub(crate) components: tokio::sync::Mutex<Option<Vec<crate::components::Component>>>,
+    /// True once the session's resync has read every znode (see [`Shared::until_resynced`]).
+    resynced: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
+    /// Waits until this session has read every request and node znode. Before that, what it
+    /// knows of ZooKeeper is incomplete: a reconcile could register a node whose znode exists
+    /// (its id never recorded before a crash), or act on a request ZooKeeper has moved past.
+    /// After a restart the PoolNode and NodeRequest reconciles start at once, and did exactly
+    /// that within the first 100 ms (duplicate znodes that nothing owned afterwards).
+    pub async fn until_resynced(&self) {
+        let mut resynced = self.resynced.subscribe();
+        let _ = resynced.wait_for(|done| *done).await;
+    }
+
+    fn resync_done(&self) {
+        self.resynced.send_replace(true);
+    }
+
     pub fn pool_node_api(&self) -> Api<PoolNode> {
         Api::namespaced(self.kube.clone(), &self.namespace)
     }
@@ -245,9 +265,12 @@ impl Session {
             metrics: settings.metrics.clone(),
             components: Default::default(),
             fulfilled_requests: Default::default(),
+            mirrored_requests: Default::default(),
+            mirror_wanted: Default::default(),
             pending_requests: Default::default(),
             withdrawn_requests: Default::default(),
             removed_znodes: Default::default(),
+            resynced: tokio::sync::watch::Sender::new(false),
         });
 
         let reconciles = &settings.metrics.reconciles;
@@ -263,11 +286,13 @@ impl Session {
             .for_each(|_| async {});
         let providers_task = sync_components(shared.clone());
         let cleanup_task = crate::cleanup::run(shared.clone(), settings.cleanup);
+        let mirror_task = requests::mirror_new_requests(shared.clone());
 
         let events_task = async {
             nodes_listed.wait_for(|listed| *listed).await.context("PoolNode cache")?;
             requests_listed.wait_for(|listed| *listed).await.context("NodeRequest cache")?;
             resync_zookeeper(&shared).await?;
+            shared.resync_done();
             tracing::info!("resync done; following events");
             settings.health.pass(ZOOKEEPER_CHECK);
             let mut dispatcher = Dispatcher::new(shared.clone());
@@ -330,6 +355,7 @@ impl Session {
             () = requests_task => tracing::warn!("NodeRequest controller stopped"),
             result = providers_task => result?,
             result = cleanup_task => result?,
+            result = mirror_task => result?,
             result = events_task => result?,
             () = session_end => tracing::warn!("ZooKeeper session ended"),
         }
@@ -344,12 +370,13 @@ async fn resync_zookeeper(shared: &Arc<Shared>) -> Result<()> {
             tracing::warn!(node = %id, error = format!("{error:#}"), "resyncing a node failed");
         }
     }
-    for id in shared.zk.list_children(paths::REQUESTS).await? {
-        if let Err(error) = requests::on_request_event(shared, &id).await {
+    let present = shared.zk.list_children(paths::REQUESTS).await?;
+    for id in &present {
+        if let Err(error) = requests::on_request_event(shared, id).await {
             tracing::warn!(request = %id, error = format!("{error:#}"), "resyncing a request failed");
         }
     }
-    Ok(())
+    requests::forget_withdrawn(shared, &present.into_iter().collect()).await
 }
 
 /// Has every open request read again.
