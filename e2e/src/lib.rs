@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod gce;
+pub mod invariant;
 pub mod moto;
 pub mod pki;
 pub mod process;

@@ -50,8 +50,16 @@ pub fn free_address() -> Result<SocketAddr> {
 }
 
 /// A workspace binary next to the running one: `target/debug/NAME`, seen from a binary in
-/// `target/debug` or from a test in `target/debug/deps`.
+/// `target/debug` or from a test in `target/debug/deps`; or in `$NODEPOOL_E2E_BINARIES`.
 pub fn binary(name: &str) -> Result<PathBuf> {
+    // Another build's binaries (an older commit's, to compare against) when asked for.
+    if let Some(dir) = std::env::var_os("NODEPOOL_E2E_BINARIES") {
+        let path = PathBuf::from(dir).join(name);
+        return path
+            .is_file()
+            .then_some(path.clone())
+            .with_context(|| format!("{} is missing", path.display()));
+    }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("the running binary has no directory")?;
     let candidates = [dir.join(name), dir.parent().map(|p| p.join(name)).unwrap_or_default()];
@@ -117,8 +125,15 @@ impl Stack {
     }
 
     pub fn start_operator(&mut self) -> Result<()> {
+        self.start_operator_with(&[])
+    }
+
+    /// Starts the operator with `env` added (e.g. `NODEPOOL_FAILPOINTS`).
+    pub fn start_operator_with(&mut self, env: &[(&str, &str)]) -> Result<()> {
         let address = self.operator_http.to_string();
-        self.operator = Some(self.spawn_operator("operator", &[("NODEPOOL_HTTP_ADDRESS", &address)])?);
+        let mut env = env.to_vec();
+        env.push(("NODEPOOL_HTTP_ADDRESS", &address));
+        self.operator = Some(self.spawn_operator("operator", &env)?);
         Ok(())
     }
 
@@ -135,8 +150,15 @@ impl Stack {
     }
 
     pub fn start_bridge(&mut self) -> Result<()> {
+        self.start_bridge_with(&[])
+    }
+
+    /// Starts the bridge with `env` added (e.g. `NODEPOOL_FAILPOINTS`).
+    pub fn start_bridge_with(&mut self, env: &[(&str, &str)]) -> Result<()> {
         let address = self.bridge_http.to_string();
-        self.bridge = Some(self.spawn_bridge("bridge", &[("NODEPOOL_HTTP_ADDRESS", &address)])?);
+        let mut env = env.to_vec();
+        env.push(("NODEPOOL_HTTP_ADDRESS", &address));
+        self.bridge = Some(self.spawn_bridge("bridge", &env)?);
         Ok(())
     }
 
@@ -152,8 +174,12 @@ impl Stack {
             .env("NODEPOOL_ZOOKEEPER_TLS_KEY", &zk.tls_key)
             .env("NODEPOOL_HOSTNAME", "e2e-bridge");
         if !self.production_intervals {
-            // Tests cannot wait Nodepool's 60 s and 8 h: clean up every second.
-            command.env("NODEPOOL_CLEANUP_INTERVAL", "1").env("NODEPOOL_REQUEST_LOCK_MAX_AGE", "1");
+            // Tests cannot wait Nodepool's 60 s and 8 h: clean up every second, and remove an
+            // orphan znode 2 s after its last write (30 s in production).
+            command
+                .env("NODEPOOL_CLEANUP_INTERVAL", "1")
+                .env("NODEPOOL_REQUEST_LOCK_MAX_AGE", "1")
+                .env("NODEPOOL_ORPHAN_GRACE", "2");
         }
         command.envs(env.iter().copied());
         process::spawn(name, command, &self.logs())
@@ -315,6 +341,18 @@ impl Stack {
 
     /// Runs Zuul's client against another chroot of the same ZooKeeper (e.g. a Nodepool's).
     pub async fn zuul_at(&self, chroot: &str, args: &[&str]) -> Result<Output> {
+        let mut command = self.zuul_command(chroot, args)?;
+        command.output().await.with_context(|| {
+            format!(
+                "running {:?} (e2e/scripts/install-deps.sh installs Zuul)",
+                command.as_std().get_program()
+            )
+        })
+    }
+
+    /// The command that runs Zuul's client against `chroot` with `args`, to be started by the
+    /// caller (e.g. while the test goes on changing the stack).
+    pub fn zuul_command(&self, chroot: &str, args: &[&str]) -> Result<tokio::process::Command> {
         let python = tools::cache_dir().join("venv-zuul/bin/python");
         let script = tools::repo_root().join("e2e/zuul/zuul_driver.py");
         let mut command = tokio::process::Command::new(&python);
@@ -326,9 +364,7 @@ impl Stack {
             .args(args)
             .env("ZUUL_VENV_PYTHON", &python)
             .kill_on_drop(true);
-        command.output().await.with_context(|| {
-            format!("running {} (e2e/scripts/install-deps.sh installs Zuul)", python.display())
-        })
+        Ok(command)
     }
 }
 

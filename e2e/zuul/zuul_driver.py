@@ -679,6 +679,14 @@ class ZuulDriver:
         errors = []
         mu = threading.Lock()
         issued = [0]
+        # Every slot in a build right now, keyed as a host sees it: a slot must never be in two
+        # builds at once, whatever crashes the launcher goes through.
+        busy = {}
+        double_booked = []
+
+        def slot_key(node):
+            return (node.get("provider"), node.get("hostname") or node.get("interface_ip"),
+                    node.get("connection_port"), node.get("slot"))
 
         def worker(n):
             while time.monotonic() < stop_at:
@@ -701,9 +709,23 @@ class ZuulDriver:
                         lat.append(w["latency_ms"])
                         if w.get("nodepool_ms") is not None:
                             npl.append(w["nodepool_ms"])
-                    b = self.accept(rid)["build"]
-                    self.use(b)
-                    self.return_(b)
+                    accepted = self.accept(rid)
+                    b = accepted["build"]
+                    keys = [slot_key(node) for node in accepted["nodes"]]
+                    with mu:
+                        for key, node in zip(keys, accepted["nodes"]):
+                            if key in busy:
+                                double_booked.append({"slot": list(key), "node": node.get("id"),
+                                                      "also": busy[key]})
+                            busy[key] = node.get("id")
+                    try:
+                        self.use(b)
+                        self.return_(b)
+                    finally:
+                        with mu:
+                            for key, node in zip(keys, accepted["nodes"]):
+                                if busy.get(key) == node.get("id"):
+                                    del busy[key]
                     with mu:
                         counts["returned"] += 1
                 except Exception as e:  # keep going, report
@@ -736,6 +758,8 @@ class ZuulDriver:
             "nodepool_state_time_ms": {
                 "p50": percentile(npl, 50), "p99": percentile(npl, 99)},
             "error_samples": errors,
+            "double_booked": len(double_booked),
+            "double_booked_samples": double_booked[:5],
         }
         return res
 

@@ -36,6 +36,9 @@ async fn main() -> Result<()> {
     if !output.status.success() {
         bail!("the request was not served:\n{}", String::from_utf8_lossy(&output.stderr));
     }
+    // The used slot's znode goes and its next registration comes a moment after Zuul returns it:
+    // show the table once every slot is ready again, as the words say.
+    stack.wait_for_ready_nodes(3, Duration::from_secs(30)).await?;
     println!("\nAfter use the slot is registered afresh (new ZooKeeper id):");
     kubectl(&stack, &["get", "poolnodes,noderequests", "-n", &ns, "-o", "wide"])?;
     println!("\nThe control plane keeps running; `e2e/scripts/demo.sh down` stops it.");
