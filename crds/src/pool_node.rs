@@ -133,6 +133,11 @@ impl NodeState {
         Self::Aborted,
         Self::Deleted,
     ];
+
+    /// The state Zuul's string names (`in-use`, ...), if Nodepool knows it.
+    pub fn parse(text: &str) -> Option<NodeState> {
+        NodeState::ALL.into_iter().find(|state| state.as_str() == text)
+    }
 }
 
 /// What is true of a node now.

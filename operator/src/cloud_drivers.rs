@@ -10,7 +10,7 @@ use nodepool_driver::Cloud;
 use nodepool_driver_aws::{AwsCloud, AwsCredentials, AwsSettings};
 use nodepool_driver_gce::{GceCloud, GceSettings};
 
-use crate::clouds::{CloudUnavailable, secret_value};
+use crate::credentials::{CloudUnavailable, secret_value};
 
 /// AWS: the Secret holds `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and optionally
 /// `AWS_SESSION_TOKEN`), or, for web identity, `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE`.

@@ -13,20 +13,7 @@ use kube::{Api, ResourceExt};
 use nodepool_crds::{Driver, Provider, pool_node::NodeResources, provider::ResourceLimits};
 use nodepool_driver::{Cloud, Throttled};
 
-/// Why a provider has no cloud to talk to.
-#[derive(Debug, thiserror::Error)]
-pub enum CloudUnavailable {
-    #[error("Secret {0:?} does not exist")]
-    SecretMissing(String),
-    #[error("Secret {secret:?} has no key {key:?}")]
-    SecretKeyMissing { secret: String, key: String },
-    #[error("the {0} driver is not part of this build of nodepool-operator")]
-    NotBuilt(&'static str),
-    #[error("{0}")]
-    BadSettings(String),
-    #[error("reading the credentials Secret: {0}")]
-    Kube(#[from] kube::Error),
-}
+pub use crate::credentials::{CloudUnavailable, secret_value};
 
 struct Built {
     /// Provider generation and Secret resourceVersion the cloud was built from.
@@ -225,13 +212,4 @@ async fn build(
         Driver::Gce => crate::cloud_drivers::gce(provider, system_id, credentials).await,
         Driver::Static => Err(CloudUnavailable::BadSettings("a static provider has no cloud".into())),
     }
-}
-
-/// The value of `key` in a Secret, as text.
-pub fn secret_value(secret: &Secret, key: &str) -> Result<String, CloudUnavailable> {
-    let missing = || CloudUnavailable::SecretKeyMissing { secret: secret.name_any(), key: key.to_owned() };
-    if let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) {
-        return String::from_utf8(value.0.clone()).map_err(|_| missing());
-    }
-    secret.string_data.as_ref().and_then(|d| d.get(key)).cloned().ok_or_else(missing)
 }

@@ -9,6 +9,7 @@ pub mod cloud_drivers;
 pub mod clouds;
 pub mod context;
 pub mod controllers;
+pub mod credentials;
 pub mod metrics;
 pub mod scheduler;
 pub mod status;

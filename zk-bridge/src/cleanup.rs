@@ -13,7 +13,7 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    session::Shared,
+    shared::Shared,
     zk::{self, lock, paths},
 };
 

@@ -17,7 +17,7 @@ use std::{
 use futures::future::BoxFuture;
 use tokio::{sync::Semaphore, task::JoinSet};
 
-use crate::{nodes, requests, session::Shared};
+use crate::{nodes, requests, shared::Shared};
 
 /// How long a node's events are gathered before the node is looked at.
 const NODE_EVENT_DELAY: Duration = Duration::from_millis(25);

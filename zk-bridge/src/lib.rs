@@ -5,6 +5,7 @@
 //! - [`requests`]: `/nodepool/requests/<id>` → `NodeRequest`, and the operator's outcome back.
 //! - [`nodes`]: `PoolNode` → `/nodepool/nodes/<id>`, and what Zuul writes to a node back.
 //! - [`session`]: one ZooKeeper session: full resync, then event-driven until the session ends.
+//! - [`shared`]: the state a session's tasks share (clients, caches, locks, known znodes).
 //! - [`cleanup`] and [`orphans`]: periodic housekeeping, and node znodes no PoolNode owns.
 
 pub mod cleanup;
@@ -16,6 +17,7 @@ pub mod orphans;
 pub mod recent;
 pub mod requests;
 pub mod session;
+pub mod shared;
 pub mod zk;
 
 use std::time::Duration;

@@ -19,6 +19,28 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// What the bridge wrote to a request (the `state` label of `bridge_request_outcomes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pending,
+    Fulfilled,
+    /// Declined by our pools; other launchers may still serve it.
+    Declined,
+    /// Declined by every launcher.
+    Failed,
+}
+
+impl Outcome {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pending => "pending",
+            Outcome::Fulfilled => "fulfilled",
+            Outcome::Declined => "declined",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
 /// Every metric the bridge records. Cheap to clone (the series are shared).
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -115,9 +137,9 @@ impl Metrics {
     }
 
     /// An outcome written to ZooKeeper.
-    pub fn outcome(&self, state: &'static str, created_time: Option<f64>) {
-        self.outcomes.get_or_create(&StateLabels { state }).inc();
-        if state == "fulfilled"
+    pub fn outcome(&self, outcome: Outcome, created_time: Option<f64>) {
+        self.outcomes.get_or_create(&StateLabels { state: outcome.as_str() }).inc();
+        if outcome == Outcome::Fulfilled
             && let Some(age) = age(created_time)
         {
             self.fulfilment.observe(age);

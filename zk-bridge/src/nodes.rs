@@ -22,7 +22,7 @@ use zookeeper_client::{Acls, CreateMode, Error as ZkError};
 
 use crate::{
     components::pool_key,
-    session::Shared,
+    shared::{KnownZnode, Shared},
     zk::{
         self, Removal,
         lock::Lock,
@@ -125,22 +125,6 @@ pub fn error_policy(node: Arc<PoolNode>, error: &Error, _: Arc<Shared>) -> Actio
     }
     tracing::warn!(%error, "mirroring a node failed; retrying");
     Action::requeue(Duration::from_secs(1))
-}
-
-/// A znode the bridge knows for a PoolNode: which registration of the node it is, and its id.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KnownZnode {
-    pub registration: u32,
-    pub node_id: String,
-    /// When the bridge created it, while nothing about it is written into the PoolNode yet.
-    pub unrecorded_since: Option<Instant>,
-}
-
-impl KnownZnode {
-    /// A znode found in ZooKeeper (not one this session has just created).
-    fn found(registration: u32, node_id: &str) -> Self {
-        KnownZnode { registration, node_id: node_id.to_owned(), unrecorded_since: None }
-    }
 }
 
 /// The newest registration of the node (by uid) this session knows a znode of.
@@ -453,22 +437,22 @@ fn same_document(desired: &Value, current: &Value) -> bool {
 }
 
 /// States only Zuul writes; the operator adopts them, it never overrides them with `ready`.
-fn zuul_owned(state: &str) -> bool {
-    matches!(state, "in-use" | "used" | "hold")
+fn zuul_owned(state: NodeState) -> bool {
+    matches!(state, NodeState::InUse | NodeState::Used | NodeState::Hold)
 }
 
 /// The znode document for `node`, keeping Zuul's fields (and Zuul's state) from `current`.
 async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) -> Value {
     let status = node.status.clone().unwrap_or_default();
     let get = |key: &str| current.and_then(|doc| doc.get(key)).cloned().unwrap_or(Value::Null);
-    let current_state = get("state").as_str().map(str::to_owned);
-    let mut state = status.state.as_str().to_owned();
-    if let Some(zuul_state) = current_state.as_deref().filter(|s| zuul_owned(s))
+    let current_state = get("state").as_str().and_then(NodeState::parse);
+    let mut state = status.state;
+    if let Some(zuul_state) = current_state.filter(|s| zuul_owned(*s))
         && matches!(status.state, NodeState::Ready | NodeState::InUse | NodeState::Used | NodeState::Hold)
     {
-        state = zuul_state.to_owned();
+        state = zuul_state;
     }
-    let state_time = match (current_state.as_deref() == Some(state.as_str()), get("state_time").as_f64()) {
+    let state_time = match (current_state == Some(state), get("state_time").as_f64()) {
         (true, Some(time)) => time,
         _ => now(),
     };
@@ -491,7 +475,7 @@ async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) 
             .map(str::to_owned),
     };
     let doc = NodeDoc {
-        state,
+        state: state.as_str().to_owned(),
         state_time,
         created_time,
         type_: node.spec.labels.clone(),
@@ -655,11 +639,7 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
         );
         return Ok(());
     }
-    let zuul_state = fields
-        .state
-        .as_deref()
-        .filter(|s| zuul_owned(s))
-        .and_then(|s| NodeState::ALL.into_iter().find(|state| state.as_str() == s));
+    let zuul_state = fields.state.filter(|s| zuul_owned(*s));
     let view = ZooKeeperView {
         registration: fields.registration,
         node_id: Some(node_id.to_owned()),

@@ -19,7 +19,7 @@ use nodepool_crds::{NodeState, PoolNode};
 
 use crate::{
     nodes,
-    session::Shared,
+    shared::Shared,
     zk::{lock, model::ZuulFields, paths},
 };
 
@@ -95,7 +95,7 @@ pub fn ownership(
 /// separately (a removal refuses a locked znode anyway).
 fn still_wanted(fields: &ZuulFields, age: Duration, grace: Duration, requests: &HashSet<String>) -> bool {
     age < grace
-        || matches!(fields.state.as_deref(), Some("in-use" | "hold"))
+        || matches!(fields.state, Some(NodeState::InUse | NodeState::Hold))
         || fields.allocated_to.as_ref().is_some_and(|request| requests.contains(request))
 }
 
@@ -157,7 +157,7 @@ pub async fn sweep(shared: &Arc<Shared>, grace: Duration) -> Result<usize> {
                 reason = reason.as_str(),
                 pool_node = owner.as_ref().map(|n| n.name_any()).unwrap_or_default(),
                 registration = fields.registration,
-                state = fields.state.as_deref().unwrap_or_default(),
+                state = fields.state.map(NodeState::as_str).unwrap_or_default(),
                 "removed an orphan node znode"
             );
         }
@@ -180,7 +180,7 @@ mod tests {
             pool_node_uid: Some("uid-1".into()),
             namespace: Some(namespace.into()),
             registration,
-            state: Some("ready".into()),
+            state: Some(NodeState::Ready),
             ..Default::default()
         }
     }
@@ -195,7 +195,7 @@ mod tests {
     fn only_our_namespaces_znodes_are_judged() {
         let theirs = fields(1, "elsewhere");
         assert_eq!(ownership(&theirs, "7", "ns", None, None), Ownership::NotOurs);
-        let foreign = ZuulFields { state: Some("ready".into()), ..Default::default() };
+        let foreign = ZuulFields { state: Some(NodeState::Ready), ..Default::default() };
         assert_eq!(
             ownership(&foreign, "7", "ns", None, None),
             Ownership::NotOurs,
@@ -237,13 +237,13 @@ mod tests {
         let mut f = fields(1, "ns");
         assert!(!still_wanted(&f, old, grace, &none));
         assert!(still_wanted(&f, Duration::from_secs(5), grace, &none), "within the grace period");
-        for state in ["in-use", "hold"] {
-            f.state = Some(state.into());
-            assert!(still_wanted(&f, old, grace, &none), "{state}");
+        for state in [NodeState::InUse, NodeState::Hold] {
+            f.state = Some(state);
+            assert!(still_wanted(&f, old, grace, &none), "{state:?}");
         }
-        f.state = Some("used".into());
+        f.state = Some(NodeState::Used);
         assert!(!still_wanted(&f, old, grace, &none), "used and unlocked: Zuul is done with it");
-        f.state = Some("ready".into());
+        f.state = Some(NodeState::Ready);
         f.allocated_to = Some("200-0000000001".into());
         let open: HashSet<String> = ["200-0000000001".to_owned()].into();
         assert!(still_wanted(&f, old, grace, &open), "its request may still be accepted");

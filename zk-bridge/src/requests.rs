@@ -20,8 +20,9 @@ use tracing::Instrument;
 
 use crate::{
     components,
+    metrics::Outcome,
     nodes::{self, SyncOutcome},
-    session::Shared,
+    shared::Shared,
     zk::{model::RequestDoc, paths},
 };
 
@@ -50,7 +51,7 @@ async fn read_open(shared: &Arc<Shared>, id: &str) -> Result<Option<OpenRequest>
         Ok(doc) => doc,
         Err(error) => return fail_malformed(shared, id, &error.to_string(), data.len()).await.map(|()| None),
     };
-    if doc.state != "requested" {
+    if doc.state != NodeRequestState::Requested {
         return Ok(None);
     }
     let ours = shared.registry.lock().await.ids();
@@ -315,7 +316,7 @@ async fn fail_malformed(shared: &Arc<Shared>, id: &str, problem: &str, size: usi
         let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(&data) else {
             return Ok(()); // not even an object: nothing sensible to write
         };
-        if doc.get("state").and_then(Value::as_str) != Some("requested") {
+        if doc.get("state").and_then(Value::as_str) != Some(NodeRequestState::Requested.as_str()) {
             return Ok(());
         }
         let mut declined: Vec<Value> =
@@ -337,7 +338,7 @@ async fn fail_malformed(shared: &Arc<Shared>, id: &str, problem: &str, size: usi
         ] {
             doc.entry(key).or_insert(default);
         }
-        doc.insert("state".into(), json!("failed"));
+        doc.insert("state".into(), json!(NodeRequestState::Failed.as_str()));
         doc.insert("state_time".into(), json!(crate::zk::model::now()));
         shared.zk.set_data(&path, &serde_json::to_vec(&doc)?, None).await?;
         tracing::warn!("failed a malformed request");
@@ -559,14 +560,17 @@ async fn write_fulfilled(
     };
     after_earlier_hand_out(shared, request).await;
     let outcome = update_locked(shared, id, lock, LockAfter::Released, read, |doc| {
-        if doc.state == "fulfilled" && doc.nodes == node_ids {
+        if doc.state == NodeRequestState::Fulfilled && doc.nodes == node_ids {
             return Ok(Update::Leave(Ok((doc.created_time, false)))); // written before this bridge restarted
         }
-        if doc.state != "requested" && doc.state != "pending" {
-            return Ok(Update::Leave(Err(format!("the request is already {} in ZooKeeper", doc.state))));
+        if !matches!(doc.state, NodeRequestState::Requested | NodeRequestState::Pending) {
+            return Ok(Update::Leave(Err(format!(
+                "the request is already {} in ZooKeeper",
+                doc.state.as_str()
+            ))));
         }
         doc.nodes = node_ids.clone();
-        doc.set_state("fulfilled");
+        doc.set_state(NodeRequestState::Fulfilled);
         Ok(Update::Write(Ok((doc.created_time, true))))
     })
     .await
@@ -576,7 +580,7 @@ async fn write_fulfilled(
         Some(Ok((created_time, written))) => {
             if written {
                 failpoint::hit(Failpoint::BridgeRequestFulfilled);
-                shared.metrics.outcome("fulfilled", created_time);
+                shared.metrics.outcome(Outcome::Fulfilled, created_time);
             }
             // Not recorded in the NodeRequest: Zuul deletes the request within moments, and the
             // write would cost the apiserver one more update per request for nothing.
@@ -669,7 +673,7 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
     let registered = components::all_registered_ids(&shared.zk).await?;
     let Some((lock, read)) = lock_and_read(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
     let outcome = update_locked(shared, id, lock, LockAfter::Released, read, |doc| {
-        if doc.state != "requested" && doc.state != "pending" {
+        if !matches!(doc.state, NodeRequestState::Requested | NodeRequestState::Pending) {
             return Ok(Update::Leave(None));
         }
         for pool in &ours {
@@ -679,7 +683,7 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
         }
         let everyone_declined = registered.iter().all(|pool| doc.declined_by.contains(pool));
         doc.nodes.clear();
-        doc.set_state(if everyone_declined { "failed" } else { "requested" });
+        doc.set_state(if everyone_declined { NodeRequestState::Failed } else { NodeRequestState::Requested });
         Ok(Update::Write(Some((everyone_declined, doc.declined_by.clone(), doc.created_time))))
     })
     .await
@@ -692,7 +696,7 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
         }
     };
     if let Some((failed, declined_by, created_time)) = outcome {
-        shared.metrics.outcome(if failed { "failed" } else { "declined" }, created_time);
+        shared.metrics.outcome(if failed { Outcome::Failed } else { Outcome::Declined }, created_time);
         tracing::info!(failed, "request declined by our pools");
         let state = if failed { NodeRequestState::Failed } else { NodeRequestState::Requested };
         let view = RequestZooKeeperView { state: Some(state), declined_by, ..Default::default() };
@@ -705,19 +709,19 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
 async fn write_pending(shared: &Arc<Shared>, id: &str) -> Result<Action> {
     let Some((lock, read)) = lock_and_read(shared, id).await? else { return Ok(Action::requeue(RETRY_SOON)) };
     let outcome = update_locked(shared, id, lock, LockAfter::KeptIfWritten, read, |doc| {
-        match doc.state.as_str() {
-            "requested" => {
-                doc.set_state("pending");
+        match doc.state {
+            NodeRequestState::Requested => {
+                doc.set_state(NodeRequestState::Pending);
                 Ok(Update::Write(Pending::Written(doc.created_time)))
             }
-            "pending" => Ok(Update::Leave(Pending::Already)), // written before this bridge restarted
+            NodeRequestState::Pending => Ok(Update::Leave(Pending::Already)), // written before this bridge restarted
             _ => Ok(Update::Leave(Pending::NotRequested)),
         }
     })
     .await
     .context("writing pending")?;
     match outcome {
-        Some(Pending::Written(created_time)) => shared.metrics.outcome("pending", created_time),
+        Some(Pending::Written(created_time)) => shared.metrics.outcome(Outcome::Pending, created_time),
         Some(Pending::Already) => {}
         Some(Pending::NotRequested) => return Ok(Action::await_change()),
         None => {

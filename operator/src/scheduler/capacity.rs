@@ -9,7 +9,7 @@ use nodepool_crds::{
     provider::{ResourceLimits, ResourceUsage},
 };
 
-use super::plan::{LaunchView, PoolView};
+use super::views::{LaunchView, PoolView};
 
 /// Usage per provider and per (provider, pool), kept current through a pass as launches are
 /// planned.
@@ -44,7 +44,7 @@ impl Capacity {
     pub fn from_nodes(nodes: &[std::sync::Arc<PoolNode>]) -> Self {
         let mut capacity = Self::default();
         for node in nodes {
-            let footprint = super::plan::footprint([node.as_ref()]);
+            let footprint = super::views::footprint([node.as_ref()]);
             let provider = node.spec.provider.clone();
             add(capacity.providers.entry(provider.clone()).or_default(), &footprint);
             add(capacity.pools.entry((provider.clone(), node.spec.pool.clone())).or_default(), &footprint);

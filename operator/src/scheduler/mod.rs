@@ -7,6 +7,7 @@
 pub mod capacity;
 mod overlay;
 pub mod plan;
+pub mod views;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},

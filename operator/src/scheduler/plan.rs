@@ -14,7 +14,7 @@
 
 use std::{
     cmp::Ordering,
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     time::Duration,
 };
 
@@ -27,6 +27,7 @@ use nodepool_crds::{
 };
 
 use super::capacity::{self, Capacity};
+pub use super::views::{LaunchView, PoolView, footprint};
 
 /// What the scheduler does with one request in this pass.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,37 +78,6 @@ fn launch_failed(node: &PoolNode) -> bool {
     })
 }
 
-/// A pool of ours, as the scheduler sees it.
-#[derive(Clone, Debug)]
-pub struct PoolView {
-    pub provider: String,
-    pub pool: String,
-    pub priority: i32,
-    pub labels: BTreeSet<String>,
-    /// False when the provider is paused or not Ready: the pool keeps its labels (so requests
-    /// are not declined) but takes nothing new.
-    pub usable: bool,
-    /// How the pool launches nodes; `None` for a static pool, which never launches.
-    pub launch: Option<LaunchView>,
-    /// A static pool's hosts whose keys are scanned at each registration (host-key checking).
-    pub scanned_hosts: BTreeSet<String>,
-}
-
-/// What a cloud pool may launch.
-#[derive(Clone, Debug, Default)]
-pub struct LaunchView {
-    /// Footprint of one node per launchable label.
-    pub footprints: BTreeMap<String, NodeResources>,
-    /// Labels that cannot be launched, with why (image not resolved, unknown instance type).
-    pub unlaunchable: BTreeMap<String, String>,
-    pub pool_limits: ResourceLimits,
-    /// The tighter of the provider's `limits` and the cloud's quota.
-    pub provider_limits: ResourceLimits,
-    pub max_concurrency: Option<u32>,
-    /// Why the pool launches nothing for now (the cloud refused a launch for quota).
-    pub paused: Option<String>,
-}
-
 fn usage(resources: &NodeResources) -> ResourceUsage {
     ResourceUsage { servers: resources.instances.max(1), cores: resources.cores, ram: resources.ram }
 }
@@ -146,19 +116,6 @@ impl TenantBudget {
         self.used.cores += more.cores;
         self.used.ram += more.ram;
     }
-}
-
-/// What a set of nodes holds against quota: one server each, plus their cores and memory.
-pub fn footprint<'a>(nodes: impl IntoIterator<Item = &'a PoolNode>) -> ResourceUsage {
-    let mut usage = ResourceUsage::default();
-    for node in nodes {
-        usage.servers += 1;
-        if let Some(resources) = node.status.as_ref().and_then(|s| s.resources.as_ref()) {
-            usage.cores += resources.cores;
-            usage.ram += resources.ram;
-        }
-    }
-    usage
 }
 
 /// Every tenant's limits with what its nodes hold now (any provider, any state but static slots

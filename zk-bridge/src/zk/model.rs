@@ -2,6 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use nodepool_crds::{NodeRequestState, NodeState};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, value::RawValue};
 
@@ -30,7 +31,7 @@ pub fn excerpt(text: &str, limit: usize) -> String {
 /// byte for byte (it carries 128-bit trace ids that a float would corrupt).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RequestDoc {
-    pub state: String,
+    pub state: NodeRequestState,
     #[serde(default)]
     pub state_time: f64,
     #[serde(default)]
@@ -69,8 +70,8 @@ impl RequestDoc {
         serde_json::to_vec(self).expect("a request always serializes")
     }
 
-    pub fn set_state(&mut self, state: &str) {
-        self.state = state.to_owned();
+    pub fn set_state(&mut self, state: NodeRequestState) {
+        self.state = state;
         self.state_time = now();
     }
 }
@@ -131,7 +132,8 @@ fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Stri
 /// What Zuul writes to a node, read leniently from any node document.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ZuulFields {
-    pub state: Option<String>,
+    /// The node's state (`None` if missing or not one Nodepool knows).
+    pub state: Option<NodeState>,
     pub allocated_to: Option<String>,
     pub user_data: Value,
     pub hold_job: Option<String>,
@@ -152,7 +154,7 @@ impl ZuulFields {
         let text = |key: &str| doc.get(key).and_then(Value::as_str).map(str::to_owned);
         let k8s = doc.get("driver_data").and_then(|d| d.get("k8s"));
         Some(ZuulFields {
-            state: text("state"),
+            state: text("state").as_deref().and_then(NodeState::parse),
             allocated_to: text("allocated_to"),
             user_data: doc.get("user_data").cloned().unwrap_or(Value::Null),
             hold_job: text("hold_job"),
@@ -205,7 +207,7 @@ mod tests {
         let mut request = RequestDoc::parse(zuul).unwrap();
         assert!(request.reuse, "reuse defaults to true");
         assert!(request.nodes.is_empty() && request.declined_by.is_empty());
-        request.set_state("fulfilled");
+        request.set_state(NodeRequestState::Fulfilled);
         let written = String::from_utf8(request.to_bytes()).unwrap();
         assert!(written.contains(r#""trace_id": 215843298479813297429837429834729834"#), "{written}");
         let keys = serde_json::from_str::<serde_json::Map<String, Value>>(&written).unwrap();
@@ -225,7 +227,7 @@ mod tests {
     fn zuul_fields_are_read_leniently() {
         let node = br#"{"state": "hold", "hold_expiration": "1", "hold_job": "t p j .*", "user_data": {"zuul_system": "x"}, "id": "0000000001", "driver_data": {"k8s": {"uid": "u-1"}}}"#;
         let fields = ZuulFields::parse(node).unwrap();
-        assert_eq!(fields.state.as_deref(), Some("hold"));
+        assert_eq!(fields.state, Some(nodepool_crds::NodeState::Hold));
         assert_eq!(fields.hold_expiration, Some(1));
         assert_eq!(fields.pool_node_uid.as_deref(), Some("u-1"));
         assert_eq!(ZuulFields::parse(br#"{"hold_expiration": "soon"}"#).unwrap().hold_expiration, Some(0));
