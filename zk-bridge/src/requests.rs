@@ -100,6 +100,7 @@ pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
             existing
         }
         None => {
+            shared.read_new_requests.lock().expect("new requests lock").insert(request.id, request.doc);
             shared.mirror_wanted.notify_one();
             return Ok(());
         }
@@ -157,8 +158,19 @@ async fn mirror_round(shared: &Arc<Shared>) -> Result<Round> {
                 && !shared.withdrawn_requests.contains(id)
         })
         .collect();
-    let reads = futures::future::join_all(new.iter().map(|id| read_open(shared, id))).await;
-    let mut open = Vec::with_capacity(reads.len());
+    // Those an event handler has read already (most) are not read again.
+    let mut already_read = std::mem::take(&mut *shared.read_new_requests.lock().expect("new requests lock"));
+    let ours = shared.registry.lock().await.ids();
+    let mut open = Vec::with_capacity(new.len());
+    let mut to_read = Vec::new();
+    for id in new {
+        match already_read.remove(&id) {
+            Some(doc) => open.push(OpenRequest { id, doc, ours: ours.clone() }),
+            None => to_read.push(id),
+        }
+    }
+    let reads = futures::future::join_all(to_read.iter().map(|id| read_open(shared, id))).await;
+    let new = to_read;
     for (id, read) in new.iter().zip(reads) {
         match read {
             Ok(Some(request)) => open.push(request),
