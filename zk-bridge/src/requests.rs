@@ -90,19 +90,19 @@ const MIRROR_CACHE_LAG: Duration = Duration::from_secs(2);
 /// applied to its NodeRequest.
 #[tracing::instrument(name = "request", skip_all, fields(request = %id))]
 pub async fn on_request_event(shared: &Arc<Shared>, id: &str) -> Result<()> {
+    if shared.cached_request(id).is_none() && !shared.mirrored_requests.contains(id) {
+        shared.new_request_hints.lock().expect("new request hints lock").insert(id.to_owned());
+        shared.mirror_wanted.notify_one();
+        return Ok(());
+    }
     let Some(request) = read_open(shared, id).await? else { return Ok(()) };
     let existing = match shared.cached_request(id) {
         Some(existing) => existing,
-        None if shared.mirrored_requests.contains(id) => {
+        None => {
             let cached = || shared.cached_request(id).is_some();
             nodepool_service::written::until_cached(MIRROR_CACHE_LAG, cached).await;
             let Some(existing) = shared.cached_request(id) else { return Ok(()) };
             existing
-        }
-        None => {
-            shared.read_new_requests.lock().expect("new requests lock").insert(request.id, request.doc);
-            shared.mirror_wanted.notify_one();
-            return Ok(());
         }
     };
     let spec = spec_of(shared, &request).await?;
@@ -149,7 +149,20 @@ enum Round {
 
 /// One round of [`mirror_new_requests`].
 async fn mirror_round(shared: &Arc<Shared>) -> Result<Round> {
-    let ids = shared.zk.list_children(paths::REQUESTS).await.context("listing requests")?;
+    // The requests whose events woke us are read while the others are listed: in the usual case
+    // (one new request) the round costs one round trip before the create, as a mirror without
+    // the listing did.
+    let hints: Vec<String> =
+        std::mem::take(&mut *shared.new_request_hints.lock().expect("new request hints lock"))
+            .into_iter()
+            .collect();
+    let (ids, hinted) = tokio::join!(
+        shared.zk.list_children(paths::REQUESTS),
+        futures::future::join_all(hints.iter().map(|id| read_open(shared, id))),
+    );
+    let ids = ids.context("listing requests")?;
+    let mut already_read: std::collections::HashMap<String, Result<Option<OpenRequest>>> =
+        hints.into_iter().zip(hinted).collect();
     let new: Vec<String> = ids
         .into_iter()
         .filter(|id| {
@@ -158,25 +171,26 @@ async fn mirror_round(shared: &Arc<Shared>) -> Result<Round> {
                 && !shared.withdrawn_requests.contains(id)
         })
         .collect();
-    // Those an event handler has read already (most) are not read again.
-    let mut already_read = std::mem::take(&mut *shared.read_new_requests.lock().expect("new requests lock"));
-    let ours = shared.registry.lock().await.ids();
-    let mut open = Vec::with_capacity(new.len());
+    let mut reads = Vec::with_capacity(new.len());
     let mut to_read = Vec::new();
     for id in new {
         match already_read.remove(&id) {
-            Some(doc) => open.push(OpenRequest { id, doc, ours: ours.clone() }),
+            Some(read) => reads.push((id, read)),
             None => to_read.push(id),
         }
     }
-    let reads = futures::future::join_all(to_read.iter().map(|id| read_open(shared, id))).await;
-    let new = to_read;
-    for (id, read) in new.iter().zip(reads) {
+    let more = futures::future::join_all(to_read.iter().map(|id| read_open(shared, id))).await;
+    reads.extend(to_read.into_iter().zip(more));
+    let mut open = Vec::with_capacity(reads.len());
+    let mut round = Round::Done;
+    for (id, read) in reads {
         match read {
             Ok(Some(request)) => open.push(request),
             Ok(None) => {}
             Err(error) => {
-                tracing::warn!(request = %id, error = format!("{error:#}"), "reading a new request failed")
+                // Nothing else may bring it back (its event is spent): the next round does.
+                tracing::warn!(request = %id, error = format!("{error:#}"), "reading a new request failed");
+                round = Round::SomeFailed;
             }
         }
     }
@@ -184,7 +198,6 @@ async fn mirror_round(shared: &Arc<Shared>) -> Result<Round> {
         RequestOrder::new(&a.id, a.doc.relative_priority)
             .cmp(&RequestOrder::new(&b.id, b.doc.relative_priority))
     });
-    let mut round = Round::Done;
     for request in open {
         let span = tracing::info_span!("request", request = %request.id);
         let mirrored = mirror_new(shared, &request).instrument(span.clone()).await;

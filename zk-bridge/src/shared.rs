@@ -49,9 +49,9 @@ pub struct Shared {
     pub mirrored_requests: crate::recent::Recent,
     /// Set when a request znode has no NodeRequest yet: wakes [`crate::requests::mirror_new_requests`].
     pub mirror_wanted: tokio::sync::Notify,
-    /// New requests as their event handlers read them, for the next mirror round (it need not
-    /// read them again: one ZooKeeper round trip less on every request's way).
-    pub read_new_requests: Mutex<HashMap<String, crate::zk::model::RequestDoc>>,
+    /// Requests an event came for that have no NodeRequest yet: the next mirror round reads them
+    /// while it lists the others, one ZooKeeper round trip for both.
+    pub new_request_hints: Mutex<std::collections::HashSet<String>>,
     /// Requests this session found or made `pending` in ZooKeeper (see `fulfilled_requests`).
     pub pending_requests: crate::recent::Recent,
     /// Requests withdrawn (their NodeRequest deleted) this session: request ids are never
@@ -201,7 +201,7 @@ impl Shared {
             fulfilled_requests: Default::default(),
             mirrored_requests: Default::default(),
             mirror_wanted: Default::default(),
-            read_new_requests: Default::default(),
+            new_request_hints: Default::default(),
             pending_requests: Default::default(),
             withdrawn_requests: Default::default(),
             removed_znodes: Default::default(),
