@@ -5,10 +5,7 @@
 //! - node znodes with empty data (left by a lock taken on a node just deleted) are removed;
 //! - node znodes of ours that no PoolNode owns are removed ([`crate::orphans`]).
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Result;
 
@@ -50,10 +47,6 @@ pub async fn run(shared: Arc<Shared>, settings: CleanupSettings) -> Result<()> {
     }
 }
 
-fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
-}
-
 async fn pass(shared: &Arc<Shared>, settings: CleanupSettings) -> Result<()> {
     let requests: std::collections::HashSet<String> =
         shared.zk.list_children(paths::REQUESTS).await?.into_iter().collect();
@@ -65,7 +58,7 @@ async fn pass(shared: &Arc<Shared>, settings: CleanupSettings) -> Result<()> {
         }
         let dir = paths::request_lock(&id);
         let Some(stat) = shared.zk.check_stat(&dir).await? else { continue };
-        let age = Duration::from_millis((now_millis() - stat.mtime).max(0) as u64);
+        let age = zk::age(stat.mtime);
         if age >= settings.request_lock_max_age && lock::contenders(&shared.zk, &dir).await?.is_empty() {
             tracing::info!(request = %id, "removing the lock directory of a request that is gone");
             zk::delete_recursive(&shared.zk, &dir).await?;

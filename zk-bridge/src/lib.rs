@@ -26,12 +26,18 @@ use anyhow::Result;
 
 pub use session::Settings;
 
+/// The apiserver's status code behind an error, if it is one.
+pub fn api_code(error: &anyhow::Error) -> Option<u16> {
+    error.chain().find_map(|cause| match cause.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(status)) => Some(status.code),
+        _ => None,
+    })
+}
+
 /// Whether an error is the apiserver's "the object has been modified" conflict, which a retry
 /// with a fresh read resolves.
 pub fn is_conflict(error: &anyhow::Error) -> bool {
-    error.chain().any(
-        |cause| matches!(cause.downcast_ref::<kube::Error>(), Some(kube::Error::Api(s)) if s.code == 409),
-    )
+    api_code(error) == Some(409)
 }
 
 /// Runs the bridge until `shutdown`: a session at a time, resyncing both sides on every new

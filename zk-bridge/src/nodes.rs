@@ -137,7 +137,13 @@ fn known_registration(shared: &Shared, uid: &str) -> Option<u32> {
 /// known already. Of two znodes of one registration, the one recorded in the PoolNode
 /// (`recorded`) is the node's, else the one this session created, else the lower id.
 /// `unrecorded_since` is kept for the znode this session created.
-fn remember_found(shared: &Shared, uid: &str, registration: u32, node_id: &str, recorded: Option<&str>) {
+pub(crate) fn remember_found(
+    shared: &Shared,
+    uid: &str,
+    registration: u32,
+    node_id: &str,
+    recorded: Option<&str>,
+) {
     if recorded.is_some_and(|recorded| recorded != node_id) {
         return;
     }
@@ -204,18 +210,6 @@ fn earlier_node_id(shared: &Shared, node: &PoolNode, uid: &str) -> Option<String
         Some(known) if known.node_id != old => None, // retired already; the cache lags
         _ => Some(old),
     }
-}
-
-/// Takes znode `node_id` as the one of registration `registration` of the PoolNode with `uid`
-/// (a znode of the current registration this session did not know; see [`crate::orphans`]).
-pub(crate) fn adopt(shared: &Shared, uid: &str, registration: u32, node_id: &str) {
-    remember_found(shared, uid, registration, node_id, None);
-}
-
-/// Removes a znode no PoolNode owns (see [`crate::orphans`]); false if someone holds or waits
-/// for its lock.
-pub(crate) async fn remove_orphan(shared: &Arc<Shared>, node_id: &str) -> Result<bool> {
-    remove_znode(shared, node_id).await
 }
 
 /// Whether a sync records the znode id in the PoolNode (`status.zookeeper`) before it returns.
@@ -335,7 +329,7 @@ async fn retire(shared: &Arc<Shared>, node: &PoolNode, uid: &str, node_id: &str)
 /// ZooKeeper refuses while anyone holds or waits for the lock: two requests instead of eleven
 /// (five of them writes), and Zuul's node cache sees no lock come and go. False if someone else
 /// holds or waits for the lock (the znode is then left alone); true if it is gone.
-async fn remove_znode(shared: &Arc<Shared>, node_id: &str) -> Result<bool> {
+pub(crate) async fn remove_znode(shared: &Arc<Shared>, node_id: &str) -> Result<bool> {
     shared.removed_znodes.insert(node_id); // before its watch event can come
     let (path, lock_dir) = (paths::node(node_id), paths::node_lock(node_id));
     let removed = match zk::remove_unless_locked(&shared.zk, &path, &lock_dir, marked_deleted).await {

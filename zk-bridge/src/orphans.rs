@@ -7,11 +7,7 @@
 //! older than the grace period, nobody holds or waits for its lock, Zuul is not using or
 //! holding it, and the request it was allocated to is gone.
 
-use std::{
-    collections::HashSet,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use kube::ResourceExt;
@@ -130,14 +126,14 @@ pub async fn sweep(shared: &Arc<Shared>, grace: Duration) -> Result<usize> {
             Ownership::NotOurs | Ownership::Current => continue,
             Ownership::Adopt => {
                 if let (Some(uid), Some(owner)) = (&fields.pool_node_uid, &owner) {
-                    nodes::adopt(shared, uid, fields.registration, &id);
+                    nodes::remember_found(shared, uid, fields.registration, &id, None);
                     tracing::info!(node = %owner.name_any(), node_id = %id, "adopted a znode of the node's current registration");
                 }
                 continue;
             }
             Ownership::Orphan(reason) => reason,
         };
-        let age = Duration::from_millis(now_millis().saturating_sub(stat.mtime).max(0) as u64);
+        let age = crate::zk::age(stat.mtime);
         if requests.is_none() {
             requests = Some(shared.zk.list_children(paths::REQUESTS).await?.into_iter().collect());
         }
@@ -149,7 +145,7 @@ pub async fn sweep(shared: &Arc<Shared>, grace: Duration) -> Result<usize> {
             }
             continue;
         }
-        if nodes::remove_orphan(shared, &id).await? {
+        if nodes::remove_znode(shared, &id).await? {
             removed += 1;
             shared.metrics.orphan_removed(reason.as_str());
             tracing::info!(
@@ -163,10 +159,6 @@ pub async fn sweep(shared: &Arc<Shared>, grace: Duration) -> Result<usize> {
         }
     }
     Ok(removed)
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -39,6 +39,12 @@ struct OpenRequest {
     ours: Vec<String>,
 }
 
+impl OpenRequest {
+    fn order(&self) -> RequestOrder<'_> {
+        RequestOrder::new(&self.id, self.doc.relative_priority)
+    }
+}
+
 /// Reads request `id` and returns it if our pools are to serve it: `requested`, not declined by
 /// every pool of ours. A withdrawn request is forgotten, a malformed one failed.
 async fn read_open(shared: &Arc<Shared>, id: &str) -> Result<Option<OpenRequest>> {
@@ -147,8 +153,31 @@ enum Round {
     SomeFailed,
 }
 
-/// One round of [`mirror_new_requests`].
+/// One round of [`mirror_new_requests`]: the new requests, created in Nodepool's order.
 async fn mirror_round(shared: &Arc<Shared>) -> Result<Round> {
+    let (mut open, mut round) = read_new_requests(shared).await?;
+    open.sort_by(|a, b| a.order().cmp(&b.order()));
+    for request in open {
+        let span = tracing::info_span!("request", request = %request.id);
+        let Err(error) = mirror_new(shared, &request).instrument(span.clone()).await else { continue };
+        if crate::api_code(&error) == Some(422) {
+            // Not a NodeRequest the apiserver accepts (more labels than it allows, say): the
+            // request cannot be served, and is failed as Nodepool fails a request it cannot read.
+            let problem = format!("{error:#}");
+            fail_malformed(shared, &request.id, &problem, problem.len()).instrument(span).await?;
+        } else {
+            span.in_scope(|| {
+                tracing::warn!(error = format!("{error:#}"), "mirroring a new request failed; trying again")
+            });
+            round = Round::SomeFailed;
+        }
+    }
+    Ok(round)
+}
+
+/// Every request in ZooKeeper without a NodeRequest yet that our pools are to serve, and
+/// whether one could not be read (the next round reads it again).
+async fn read_new_requests(shared: &Arc<Shared>) -> Result<(Vec<OpenRequest>, Round)> {
     // The requests whose events woke us are read while the others are listed: in the usual case
     // (one new request) the round costs one round trip before the create, as a mirror without
     // the listing did.
@@ -194,30 +223,7 @@ async fn mirror_round(shared: &Arc<Shared>) -> Result<Round> {
             }
         }
     }
-    open.sort_by(|a, b| {
-        RequestOrder::new(&a.id, a.doc.relative_priority)
-            .cmp(&RequestOrder::new(&b.id, b.doc.relative_priority))
-    });
-    for request in open {
-        let span = tracing::info_span!("request", request = %request.id);
-        let mirrored = mirror_new(shared, &request).instrument(span.clone()).await;
-        let Err(error) = mirrored else { continue };
-        let refused = error.chain().any(
-            |cause| matches!(cause.downcast_ref::<kube::Error>(), Some(kube::Error::Api(s)) if s.code == 422),
-        );
-        if refused {
-            // Not a NodeRequest the apiserver accepts (more labels than it allows, say): the
-            // request cannot be served, and is failed as Nodepool fails a request it cannot read.
-            let problem = format!("{error:#}");
-            fail_malformed(shared, &request.id, &problem, problem.len()).instrument(span).await?;
-        } else {
-            span.in_scope(|| {
-                tracing::warn!(error = format!("{error:#}"), "mirroring a new request failed; trying again")
-            });
-            round = Round::SomeFailed;
-        }
-    }
-    Ok(round)
+    Ok((open, round))
 }
 
 /// Creates the NodeRequest of a new request.
@@ -331,7 +337,7 @@ async fn withdrawn(shared: &Arc<Shared>, id: &str) -> Result<()> {
 
 /// A request we cannot read: log it, and fail it if it is a JSON object we can write back.
 async fn fail_malformed(shared: &Arc<Shared>, id: &str, problem: &str, size: usize) -> Result<()> {
-    let problem = crate::zk::model::excerpt(problem, crate::zk::model::LOGGED_EXCERPT);
+    let problem = crate::zk::model::log_excerpt(problem);
     tracing::error!(request = %id, %problem, size, "malformed node request");
     shared.metrics.malformed("request");
     let path = paths::request(id);
@@ -454,8 +460,10 @@ async fn read_versioned(shared: &Shared, id: &str) -> Result<Option<Versioned>> 
     match shared.zk.get_data(&paths::request(id)).await {
         Ok((data, stat)) => {
             let doc = RequestDoc::parse(&data).map_err(|error| {
-                let problem = crate::zk::model::excerpt(&error.to_string(), crate::zk::model::LOGGED_EXCERPT);
-                anyhow::anyhow!("re-reading the request: {problem}")
+                anyhow::anyhow!(
+                    "re-reading the request: {}",
+                    crate::zk::model::log_excerpt(&error.to_string())
+                )
             })?;
             Ok(Some(Versioned { doc, version: stat.version }))
         }
@@ -495,9 +503,9 @@ enum LockAfter {
 /// Applies `update` to the request and writes it, under our `lock`, which then goes as `after`
 /// says. `read` is the copy read while the lock was taken; the write names its version, so a
 /// request Zuul changed in between (its relative priority, say) is read again and updated
-/// afresh. `Ok(None)`: withdrawn.
+/// afresh. `Ok(None)`: withdrawn (its NodeRequest is then deleted here).
 async fn update_locked<T>(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     id: &str,
     lock: RequestLock,
     after: LockAfter,
@@ -540,6 +548,10 @@ async fn update_locked<T>(
         }
     };
     shared.unlock(lock).await;
+    if matches!(outcome, Ok(None)) {
+        // Zuul withdrew it meanwhile: its NodeRequest goes too, whatever outcome was being written.
+        withdrawn(shared, id).await?;
+    }
     outcome
 }
 
@@ -601,7 +613,7 @@ async fn write_fulfilled(
     .await
     .context("writing fulfilled");
     match outcome? {
-        None => withdrawn(shared, id).await?,
+        None => {} // withdrawn (see update_locked)
         Some(Ok((created_time, written))) => {
             if written {
                 failpoint::hit(Failpoint::BridgeRequestFulfilled);
@@ -713,14 +725,7 @@ async fn write_declined(shared: &Arc<Shared>, request: &NodeRequest, id: &str) -
     })
     .await
     .context("writing the decline");
-    let outcome = match outcome? {
-        Some(outcome) => outcome,
-        None => {
-            withdrawn(shared, id).await?;
-            return Ok(Action::await_change());
-        }
-    };
-    if let Some((failed, declined_by, created_time)) = outcome {
+    if let Some((failed, declined_by, created_time)) = outcome?.flatten() {
         shared.metrics.outcome(if failed { Outcome::Failed } else { Outcome::Declined }, created_time);
         tracing::info!(failed, "request declined by our pools");
         let state = if failed { NodeRequestState::Failed } else { NodeRequestState::Requested };
@@ -748,11 +753,8 @@ async fn write_pending(shared: &Arc<Shared>, id: &str) -> Result<Action> {
     match outcome {
         Some(Pending::Written(created_time)) => shared.metrics.outcome(Outcome::Pending, created_time),
         Some(Pending::Already) => {}
-        Some(Pending::NotRequested) => return Ok(Action::await_change()),
-        None => {
-            withdrawn(shared, id).await?;
-            return Ok(Action::await_change());
-        }
+        // Not requested any more, or withdrawn (see update_locked).
+        Some(Pending::NotRequested) | None => return Ok(Action::await_change()),
     }
     // Like fulfilment, not echoed into the NodeRequest: ZooKeeper is the record.
     shared.pending_requests.insert(id);

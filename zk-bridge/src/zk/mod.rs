@@ -58,6 +58,16 @@ impl ZooKeeperConfig {
 }
 
 /// Options for the persistent znodes we create: open ACL, as Zuul and Nodepool use.
+/// How long ago a znode was last written (`mtime`, milliseconds since the epoch by ZooKeeper's
+/// clock; 0 if that is ahead of ours).
+pub fn age(mtime: i64) -> std::time::Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    std::time::Duration::from_millis(now.saturating_sub(mtime).max(0) as u64)
+}
+
 pub fn persistent() -> CreateOptions<'static> {
     CreateMode::Persistent.with_acls(Acls::anyone_all())
 }

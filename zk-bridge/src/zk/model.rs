@@ -15,6 +15,11 @@ pub fn now() -> f64 {
 /// value: 10,000 malformed requests with 200 kB strings made 33 MB of log.
 pub const LOGGED_EXCERPT: usize = 256;
 
+/// At most [`LOGGED_EXCERPT`] bytes of `text`, for a log line.
+pub fn log_excerpt(text: &str) -> String {
+    excerpt(text, LOGGED_EXCERPT)
+}
+
 /// At most `limit` bytes of `text` (cut at a character boundary), saying how long it was.
 pub fn excerpt(text: &str, limit: usize) -> String {
     if text.len() <= limit {
