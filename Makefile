@@ -1,5 +1,6 @@
 # The two entry points for a fresh machine (see README.md).
 .PHONY: demo test crds
+SHELL := /bin/bash
 
 demo:
 	e2e/scripts/demo.sh
@@ -7,7 +8,8 @@ demo:
 test:
 	e2e/scripts/test.sh
 
-# Regenerates crds/generated/ from the Rust types, and the Helm chart's copy of them.
+# Regenerates crds/generated/ and docs/reference/crds.md from the Rust types and the registry of
+# drivers, and the Helm chart's copy of the CRDs.
 crds:
-	cargo run -p nodepool-crds --bin nodepool-crdgen
+	. e2e/scripts/lib.sh && cargo build --workspace --bins && "$$CARGO_TARGET_DIR/debug/nodepool-crdgen"
 	cp crds/generated/*.yaml charts/nodepool-operator/crds/

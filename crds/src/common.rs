@@ -123,6 +123,16 @@ pub enum ConnectionType {
     Winrm,
     #[serde(rename = "network_cli")]
     NetworkCli,
+    // A pod, reached with `kubectl exec` (Nodepool's Kubernetes and OpenShift pod labels). Plain
+    // comments, not doc comments: documented variants turn the schema's `enum` into a `oneOf`.
+    #[serde(rename = "kubectl")]
+    Kubectl,
+    // A Kubernetes namespace the job gets credentials for.
+    #[serde(rename = "namespace")]
+    Namespace,
+    // An OpenShift project the job gets credentials for.
+    #[serde(rename = "project")]
+    Project,
 }
 
 impl ConnectionType {
@@ -132,7 +142,15 @@ impl ConnectionType {
             Self::Ssh => "ssh",
             Self::Winrm => "winrm",
             Self::NetworkCli => "network_cli",
+            Self::Kubectl => "kubectl",
+            Self::Namespace => "namespace",
+            Self::Project => "project",
         }
+    }
+
+    /// Whether the node is a machine Zuul logs in to over SSH, so its host keys can be scanned.
+    pub fn is_ssh(self) -> bool {
+        self == Self::Ssh
     }
 }
 
@@ -159,6 +177,22 @@ pub struct ConnectionSettings {
 }
 
 impl ConnectionSettings {
+    /// Nodepool's defaults: user `zuul` over SSH on port 22, Python found by Ansible.
+    pub fn nodepool_defaults() -> Self {
+        Self {
+            username: Some("zuul".into()),
+            connection_type: Some(ConnectionType::Ssh),
+            connection_port: Some(22),
+            python_path: Some("auto".into()),
+            shell_type: None,
+        }
+    }
+
+    /// These settings with every unset field at Nodepool's default.
+    pub fn with_defaults(&self) -> Self {
+        self.or(&Self::nodepool_defaults())
+    }
+
     /// Fills every unset field from `fallback` (for example a host's settings over its image's).
     pub fn or(&self, fallback: &ConnectionSettings) -> ConnectionSettings {
         ConnectionSettings {

@@ -21,6 +21,52 @@ pub mod reasons {
     pub const LAUNCH_FAILED: &str = "LaunchFailed";
 }
 
+/// The reasons of a NodeRequest's `Waiting` condition: why it waits (`True`), or how it stopped
+/// waiting (`False`). Written by the scheduler, read by people and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WaitReason {
+    /// Left to another launcher's pool (the preferred provider's, or one of better priority).
+    OtherLauncher,
+    /// The request's tenant is at its `TenantLimit`.
+    TenantLimit,
+    /// Every pool that serves the labels is paused or its provider is not Ready.
+    ProvidersUnavailable,
+    /// The pools that could launch it are at a limit (theirs, the provider's, the cloud's).
+    AtQuota,
+    /// The pools that serve it have no free node now.
+    NoFreeNodes,
+    /// Nodes are being launched for it.
+    Launching,
+    /// A hand-out none of whose nodes showed its allocation was undone; decided again.
+    HandOutUndone,
+    /// Handed out (`False`: no longer waiting).
+    Fulfilled,
+    /// Declined by every pool (`False`).
+    Declined,
+}
+
+impl WaitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OtherLauncher => "OtherLauncher",
+            Self::TenantLimit => "TenantLimit",
+            Self::ProvidersUnavailable => "ProvidersUnavailable",
+            Self::AtQuota => "AtQuota",
+            Self::NoFreeNodes => "NoFreeNodes",
+            Self::Launching => "Launching",
+            Self::HandOutUndone => "HandOutUndone",
+            Self::Fulfilled => "Fulfilled",
+            Self::Declined => "Declined",
+        }
+    }
+}
+
+impl std::fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Builds a condition stamped with `observed_generation` and the current time.
 pub fn condition(
     type_: &str,

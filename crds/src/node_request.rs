@@ -82,6 +82,31 @@ fn default_true() -> bool {
     true
 }
 
+// What the scheduler and the controllers ask of a request, defined once.
+impl NodeRequest {
+    /// Whether the scheduler still has to decide on the request.
+    pub fn is_open(&self) -> bool {
+        self.metadata.deletion_timestamp.is_none()
+            && self.status.as_ref().is_none_or(|s| s.state == NodeRequestState::Requested)
+    }
+
+    /// Whether the request was accepted and waits for its launches.
+    pub fn is_pending(&self) -> bool {
+        self.metadata.deletion_timestamp.is_none()
+            && self.status.as_ref().is_some_and(|s| s.state == NodeRequestState::Pending)
+    }
+
+    /// The allocation a `fulfilled` request's hand-out wrote on its nodes; `None` for one
+    /// fulfilled after its launches, whose allocations came first.
+    pub fn handed_out_allocation(&self) -> Option<crate::pool_node::Allocation<'_>> {
+        let status = self.status.as_ref().filter(|s| s.state == NodeRequestState::Fulfilled)?;
+        Some(crate::pool_node::Allocation {
+            request_id: self.spec.request_id.as_str(),
+            id: status.allocation_id.as_deref()?,
+        })
+    }
+}
+
 impl NodeRequestSpec {
     /// The priority class: the part of the id before the dash (`200` in `200-0000004711`).
     pub fn priority_class(&self) -> &str {

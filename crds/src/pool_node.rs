@@ -11,7 +11,11 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{ConnectionSettings, GoDuration, free_form_object};
+pub use crate::quota::NodeResources;
+use crate::{
+    common::{ConnectionSettings, GoDuration, free_form_object},
+    quota::ResourceUsage,
+};
 
 /// One node: a cloud instance or one slot of a static host.
 #[derive(CustomResource, JsonSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -197,6 +201,11 @@ pub struct PoolNodeStatus {
     /// SSH host keys, `<type> <base64>` each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_keys: Vec<String>,
+    /// Where and as whom Zuul reaches a Kubernetes namespace, OpenShift project or pod node
+    /// (connection types `namespace`, `project`, `kubectl`). Zuul reads it as the node's
+    /// `connection_port` object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesAccess>,
     /// Quota footprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<NodeResources>,
@@ -219,6 +228,15 @@ fn is_zero(value: &u32) -> bool {
 }
 
 impl PoolNodeStatus {
+    /// Zuul has no hold on the node's current registration. One the bridge has not put in
+    /// ZooKeeper yet (a slot just back from use, a node just launched) is unclaimed: Zuul can
+    /// neither lock nor use a znode that does not exist, and the bridge registers it, allocated,
+    /// before it fulfils the request. Waiting for the bridge to record the new znode first would
+    /// put one more apiserver write and watch hop between a node becoming ready and its hand-out.
+    pub fn unclaimed_by_zuul(&self) -> bool {
+        self.zuul_view().is_none_or(|z| !z.locked && z.zuul_state.is_none())
+    }
+
     /// What the bridge last saw of the node in ZooKeeper, if it is about the node's current
     /// registration (a static slot just back from use still shows the view of its last use).
     pub fn zuul_view(&self) -> Option<&ZooKeeperView> {
@@ -237,14 +255,80 @@ impl PoolNodeStatus {
     }
 }
 
-/// Quota footprint of a node.
+/// How Zuul reaches a Kubernetes-type node: the API server, the namespace, the service account,
+/// and the Secret holding its token. The token itself never appears in a status: the bridge
+/// reads it from the Secret (which the `PoolNode` owns, so it goes with the node) when it writes
+/// the node's `connection_port` for Zuul.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct NodeResources {
-    pub cores: u32,
-    /// MiB.
-    pub ram: u64,
-    pub instances: u32,
+pub struct KubernetesAccess {
+    /// API server URL (`host` in Zuul's credentials object).
+    pub host: String,
+    /// Namespace (or project) the node is.
+    pub namespace: String,
+    /// Service account Zuul acts as (`user`).
+    pub user: String,
+    /// Skip TLS verification of the API server (`skiptls`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_tls: bool,
+    /// The API server's CA bundle, base64 PEM (`ca_crt`), when TLS is verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_crt: Option<String>,
+    /// The pod of a `kubectl` node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The Secret (in the PoolNode's namespace, owned by it) whose `token` key holds the
+    /// service account token.
+    pub token_secret: String,
+}
+
+impl PoolNode {
+    /// What the node holds against quota: one server, and its cores and memory once known.
+    pub fn footprint(&self) -> ResourceUsage {
+        let resources = self.status.as_ref().and_then(|s| s.resources.as_ref());
+        resources.map(NodeResources::usage).unwrap_or(ResourceUsage { servers: 1, cores: 0, ram: 0 })
+    }
+}
+
+/// A hand-out's mark on a node and its request: the request's id and the hand-out's allocation
+/// id, written on both at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Allocation<'a> {
+    pub request_id: &'a str,
+    pub id: &'a str,
+}
+
+// What the scheduler, the controllers and the bridge ask of a node, defined once.
+impl PoolNode {
+    /// Whether the node is ready and free.
+    pub fn is_free(&self) -> bool {
+        let Some(status) = &self.status else { return false };
+        self.metadata.deletion_timestamp.is_none()
+            && status.state == NodeState::Ready
+            && status.allocated_to.is_none()
+            && status.unclaimed_by_zuul()
+    }
+
+    /// Whether the node is a slot Zuul has used and unlocked, to be registered afresh (under a
+    /// new znode id, as Nodepool does).
+    pub fn is_back_from_use(&self) -> bool {
+        let Some(status) = &self.status else { return false };
+        self.spec.static_host.is_some()
+            && self.metadata.deletion_timestamp.is_none()
+            && matches!(status.state, NodeState::Ready | NodeState::InUse | NodeState::Used)
+            && status.zuul_view().is_some_and(|z| z.zuul_state == Some(NodeState::Used) && !z.locked)
+    }
+
+    /// The hand-out the node shows, if it has one with an allocation id.
+    pub fn allocation(&self) -> Option<Allocation<'_>> {
+        let status = self.status.as_ref()?;
+        Some(Allocation { request_id: status.allocated_to.as_deref()?, id: status.allocation_id.as_deref()? })
+    }
+}
+
+/// What `nodes` hold against quota together.
+pub fn footprint<'a>(nodes: impl IntoIterator<Item = &'a PoolNode>) -> ResourceUsage {
+    nodes.into_iter().map(PoolNode::footprint).sum()
 }
 
 /// Where a driver's state machine stands; kept in the object so a restarted operator resumes.
@@ -253,18 +337,116 @@ pub struct NodeResources {
 pub struct LaunchProgress {
     /// Attempt number, from 1.
     pub attempt: u32,
-    /// The state machine's current step: `create`, `wait-running`, `scan-keys` or `clean-up`.
-    pub step: String,
+    /// The state machine's current step.
+    #[serde(default)]
+    pub step: LaunchStep,
     /// When the current attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    /// When the current attempt started, in milliseconds since the epoch (the boot timeout
+    /// counts from it; `startedAt` is whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_started_ms: Option<i64>,
+    /// When the first attempt started, in milliseconds since the epoch (the launch timeout
+    /// counts from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_started_ms: Option<i64>,
+    /// The current attempt's instance, once the cloud gave it an id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// What ended the last failed attempt (the launch's result if it fails for good).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<LaunchResult>,
     /// The last error, if the attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// Driver-private data (e.g. the pending operation id).
+    /// Progress as operators before the typed fields wrote it (`attemptStarted`,
+    /// `launchStarted`, `instanceId`, `failure`); read, never written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub driver_data: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// Where one launch stands (the create state machine's steps).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum LaunchStep {
+    #[default]
+    Create,
+    WaitRunning,
+    ScanKeys,
+    CleanUp,
+}
+
+impl LaunchStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::WaitRunning => "wait-running",
+            Self::ScanKeys => "scan-keys",
+            Self::CleanUp => "clean-up",
+        }
+    }
+}
+
+/// How a launch ended, named as Nodepool's `nodepool.launch.<result>` statistics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum LaunchResult {
+    #[serde(rename = "ready")]
+    Ready,
+    // The cloud refused it for quota (the node is aborted, the pool paused). Plain comments:
+    // documented variants would turn the schema's `enum` into a `oneOf`.
+    #[serde(rename = "error.quota")]
+    Quota,
+    // The cloud had no capacity for it (aborted, like quota).
+    #[serde(rename = "error.capacity")]
+    Capacity,
+    // The instance went into an error state, or vanished.
+    #[serde(rename = "error.status")]
+    Status,
+    // Not running within the boot timeout, or the launch timeout ran out.
+    #[serde(rename = "error.servercreatetimeout")]
+    ServerCreateTimeout,
+    // Running, but its SSH host keys could not be read within the boot timeout.
+    #[serde(rename = "error.keyscan")]
+    Keyscan,
+    // Running without an address.
+    #[serde(rename = "error.ipadd")]
+    IpAdd,
+    // Anything else (the cloud rejected the request).
+    #[serde(rename = "error.unknown")]
+    Unknown,
+}
+
+impl LaunchResult {
+    pub const ALL: [Self; 8] = [
+        Self::Ready,
+        Self::Quota,
+        Self::Capacity,
+        Self::Status,
+        Self::ServerCreateTimeout,
+        Self::Keyscan,
+        Self::IpAdd,
+        Self::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Quota => "error.quota",
+            Self::Capacity => "error.capacity",
+            Self::Status => "error.status",
+            Self::ServerCreateTimeout => "error.servercreatetimeout",
+            Self::Keyscan => "error.keyscan",
+            Self::IpAdd => "error.ipadd",
+            Self::Unknown => "error.unknown",
+        }
+    }
+
+    /// A refusal reported by the cloud as the instance's state.
+    pub fn of_refusal(reason: &str) -> Self {
+        if reason.to_ascii_lowercase().contains("quota") { Self::Quota } else { Self::Capacity }
+    }
 }
 
 /// The node as ZooKeeper and Zuul see it.
@@ -326,5 +508,21 @@ mod tests {
         // The operator's own lifecycle wins once the node is on its way out.
         let deleting = status(NodeState::Deleting, 3, Some((3, NodeState::InUse)));
         assert_eq!(deleting.current_state(), NodeState::Deleting);
+    }
+}
+
+#[cfg(test)]
+mod launch_progress_tests {
+    use super::*;
+
+    #[test]
+    fn launch_steps_and_results_are_written_as_their_names() {
+        for step in [LaunchStep::Create, LaunchStep::WaitRunning, LaunchStep::ScanKeys, LaunchStep::CleanUp] {
+            assert_eq!(serde_json::to_value(step).unwrap(), step.as_str());
+        }
+        for result in LaunchResult::ALL {
+            assert_eq!(serde_json::to_value(result).unwrap(), result.as_str());
+            assert_eq!(serde_json::from_value::<LaunchResult>(result.as_str().into()).unwrap(), result);
+        }
     }
 }

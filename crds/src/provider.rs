@@ -7,7 +7,12 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{ConnectionSettings, GoDuration, SecretKeyRef, free_form_object};
+pub use crate::quota::{ResourceLimits, ResourceUsage};
+use crate::{
+    common::{GoDuration, SecretKeyRef, free_form_object},
+    driver_blocks::DriverBlocks,
+    quota::NodeResources,
+};
 
 /// What a site wants from one cloud account or one set of static hosts.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,27 +38,11 @@ use crate::common::{ConnectionSettings, GoDuration, SecretKeyRef, free_form_obje
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[x_kube(
-    validation = Rule::new("self.driver != 'aws' || has(self.aws)")
-        .message("an aws provider needs spec.aws with at least a region"),
-    validation = Rule::new("self.driver != 'gce' || has(self.gce)")
-        .message("a gce provider needs spec.gce with a project, a region and zones"),
-    validation = Rule::new("self.driver == 'static' || self.pools.all(p, !has(p.hosts))")
-        .message("only a static provider lists hosts in its pools"),
-    validation = Rule::new("self.driver != 'static' || self.pools.all(p, has(p.hosts) && size(p.hosts) > 0)")
-        .message("every pool of a static provider must list at least one host"),
-    validation = Rule::new("self.driver == 'static' || has(self.credentialsSecretRef) || self.driver == 'simulated'")
-        .message("a cloud provider needs credentialsSecretRef naming the Secret that holds its credentials"),
-    validation = Rule::new("self.driver != 'aws' || !has(self.gce)")
-        .message("spec.gce is only for a gce provider"),
-    validation = Rule::new("self.driver != 'gce' || !has(self.aws)")
-        .message("spec.aws is only for an aws provider"),
-)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderSpec {
-    /// Which driver launches nodes: `static`, `aws`, `gce` or `simulated`. Cannot be changed.
+    /// Which driver provides the nodes (see docs/drivers.md for the list). Cannot be changed.
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.driver cannot be changed; create a new Provider"))]
-    pub driver: Driver,
+    pub driver: DriverName,
 
     /// The pools nodes are launched in. Names must be unique.
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
@@ -99,17 +88,9 @@ pub struct ProviderSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
 
-    /// AWS EC2 settings, for `driver: aws`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aws: Option<AwsProvider>,
-
-    /// Google Compute Engine settings, for `driver: gce`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gce: Option<GceProvider>,
-
-    /// Simulated cloud settings, for `driver: simulated` (benchmarks and fault tests).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub simulated: Option<SimulatedProvider>,
+    /// The driver's own provider settings, in a block named after it (`aws: {region: ...}`).
+    #[serde(flatten)]
+    pub driver_settings: DriverBlocks,
 }
 
 fn default_launch_retries() -> u32 {
@@ -122,40 +103,28 @@ fn default_launch_timeout() -> GoDuration {
     GoDuration::from_secs(3600)
 }
 
-/// The driver behind a provider. A closed set: the apiserver rejects anything else.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    Static,
-    Aws,
-    Gce,
-    Simulated,
-}
+/// The name of the driver behind a provider, e.g. `aws`. The apiserver accepts only the names of
+/// the drivers this build registers (`drivers/registry`); code looks the driver up by name there.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct DriverName(pub String);
 
-impl Driver {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Static => "static",
-            Self::Aws => "aws",
-            Self::Gce => "gce",
-            Self::Simulated => "simulated",
-        }
+impl DriverName {
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-/// Maximum resources in use at once. Unset means no limit beyond the cloud's own quota.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ResourceLimits {
-    /// Servers (instances, or static slots) at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_servers: Option<u32>,
-    /// vCPUs at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_cores: Option<u32>,
-    /// Memory at once, in MiB.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_ram: Option<u64>,
+impl std::fmt::Display for DriverName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for DriverName {
+    fn from(name: &str) -> Self {
+        Self(name.to_owned())
+    }
 }
 
 /// A token bucket for calls to the cloud API.
@@ -183,9 +152,11 @@ pub struct Pool {
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
 
-    /// Labels this pool serves, with how to launch each. Static pools take their labels from hosts.
+    /// Labels this pool launches, with how to launch each. Static pools take their labels from
+    /// their hosts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 256))]
     pub labels: Vec<PoolLabel>,
 
     /// Servers at once in this pool (Nodepool's `max-servers`).
@@ -211,18 +182,9 @@ pub struct Pool {
     #[serde(default = "default_true")]
     pub host_key_checking: bool,
 
-    /// Static hosts (static providers only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
-    pub hosts: Option<Vec<StaticHost>>,
-
-    /// AWS pool settings (subnet, security groups, addressing).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aws: Option<AwsPool>,
-
-    /// GCE pool settings (network, subnetwork).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gce: Option<GcePool>,
+    /// The driver's own pool settings (`aws: {subnetId: ...}`, a static pool's `hosts`).
+    #[serde(flatten)]
+    pub driver_settings: DriverBlocks,
 }
 
 fn default_true() -> bool {
@@ -261,151 +223,9 @@ pub struct PoolLabel {
     /// User data / startup script passed to the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
-    /// AWS-only label settings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aws: Option<AwsLabel>,
-    /// GCE-only label settings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gce: Option<GceLabel>,
-}
-
-/// A static host, registered as `maxParallelJobs` nodes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct StaticHost {
-    /// Host name or IP address Zuul connects to; unique within the pool.
-    #[schemars(length(min = 1, max = 253))]
-    pub name: String,
-    /// Labels this host serves.
-    #[schemars(length(min = 1))]
-    pub labels: Vec<String>,
-    /// How Zuul logs in.
+    /// The driver's own label settings (`aws: {keyName: ...}`).
     #[serde(flatten)]
-    pub connection: ConnectionSettings,
-    /// Jobs the host runs at once; each is one node. Default 1.
-    #[serde(default = "default_one")]
-    #[schemars(range(min = 1, max = 1000))]
-    pub max_parallel_jobs: u32,
-    /// Host keys to hand to Zuul instead of scanning (`<type> <base64>` each).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub host_keys: Vec<String>,
-    /// Overrides the pool's `hostKeyChecking` for this host.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_key_checking: Option<bool>,
-    /// How long a reachability check or key scan may take. Default 5s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<GoDuration>,
-}
-
-fn default_one() -> u32 {
-    1
-}
-
-/// AWS account-level settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AwsProvider {
-    /// Region, e.g. `us-east-1`.
-    #[schemars(length(min = 1), regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
-    pub region: String,
-    /// Endpoint override (tests, or private endpoints).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-}
-
-/// AWS pool settings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AwsPool {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subnet_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub security_group_ids: Vec<String>,
-    /// Give instances a public IP address. Default true.
-    #[serde(default = "default_true")]
-    pub public_ip_address: bool,
-    /// Connect to the private address even when a public one exists.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub use_private_ip: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub availability_zone: Option<String>,
-}
-
-/// AWS label settings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AwsLabel {
-    /// EC2 key pair name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_name: Option<String>,
-    /// IAM instance profile name or ARN.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iam_instance_profile: Option<String>,
-    /// Require IMDSv2 tokens. Default true.
-    #[serde(default = "default_true")]
-    pub imdsv2: bool,
-}
-
-/// GCE project-level settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GceProvider {
-    #[schemars(length(min = 1))]
-    pub project: String,
-    #[schemars(length(min = 1))]
-    pub region: String,
-    /// Zones to launch in, tried in order.
-    #[schemars(length(min = 1))]
-    pub zones: Vec<String>,
-    /// Endpoint override (tests).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-}
-
-/// GCE pool settings.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GcePool {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subnetwork: Option<String>,
-    /// Give instances an external IP. Default true.
-    #[serde(default = "default_true")]
-    pub external_ip: bool,
-}
-
-/// GCE label settings.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GceLabel {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_account: Option<String>,
-    /// Network tags (firewall targets).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub network_tags: Vec<String>,
-    /// Instance metadata, e.g. `ssh-keys`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub metadata: BTreeMap<String, String>,
-}
-
-/// Simulated cloud behaviour.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SimulatedProvider {
-    /// Time from create to running. Default 0s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub launch_latency: Option<GoDuration>,
-    /// Share of launches that fail, 0 to 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("simulated.failureRate must be between 0 and 1"))]
-    pub failure_rate: Option<f64>,
-    /// The cloud's own quota, reported by the quota calls.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quota: Option<ResourceLimits>,
-    /// Instances the cloud has room for before it answers "insufficient capacity".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity: Option<u32>,
+    pub driver_settings: DriverBlocks,
 }
 
 /// What is true of a provider now.
@@ -462,7 +282,7 @@ pub struct PoolLabelStatus {
     pub image_id: Option<String>,
     /// vCPUs, memory and instances one node of the label holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<crate::pool_node::NodeResources>,
+    pub resources: Option<NodeResources>,
 }
 
 /// Node counts by lifecycle state.
@@ -485,14 +305,4 @@ pub struct QuotaStatus {
     /// The cloud's quota for this account and region, as the cloud reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<ResourceLimits>,
-}
-
-/// Resources used.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ResourceUsage {
-    pub servers: u32,
-    pub cores: u32,
-    /// MiB.
-    pub ram: u64,
 }

@@ -8,7 +8,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$repo"
 
 if [ "${1:-}" = down ]; then
-  cargo run -q --locked -p nodepool-e2e --bin nodepool-testenv -- down
+  cargo build -q --locked --workspace --bins && "$CARGO_TARGET_DIR/debug/nodepool-testenv" down
   exit 0
 fi
 

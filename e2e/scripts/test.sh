@@ -13,7 +13,8 @@ cargo build --workspace --locked --bins
 cargo test --workspace --locked --no-run
 
 stage "start the test environment"
-cargo run -q --locked -p nodepool-e2e --bin nodepool-testenv -- up --fresh >/dev/null
+# The binary the build stage made: `cargo run -p` would build it with another feature set.
+"$CARGO_TARGET_DIR/debug/nodepool-testenv" up --fresh >/dev/null
 
 stage "cargo test"
 log=$(mktemp)

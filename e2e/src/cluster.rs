@@ -19,7 +19,7 @@ pub const FIELD_MANAGER: &str = "nodepool-e2e";
 pub async fn install_crds(client: &Client) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    for crd in nodepool_crds::all_crds() {
+    for crd in nodepool_drivers::crds() {
         let name = crd.metadata.name.clone().context("CRD without a name")?;
         api.patch(&name, &params, &Patch::Apply(&crd))
             .await

@@ -8,7 +8,7 @@ use kube::{
     api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams},
     core::{GroupVersionKind, Status},
 };
-use nodepool_crds::{Driver, Image, Label, Provider, ProviderStatus};
+use nodepool_crds::{Image, Label, Provider, ProviderStatus};
 use nodepool_e2e::{TestEnv, cluster, tools};
 use serde_json::{Value, json};
 
@@ -70,8 +70,8 @@ async fn examples_apply_with_kubectl_and_read_back_typed() -> Result<()> {
 
     let providers: Api<Provider> = Api::namespaced(client.clone(), &namespace);
     let static_provider = providers.get("lab-static").await?;
-    assert_eq!(static_provider.spec.driver, Driver::Static);
-    let hosts = static_provider.spec.pools[0].hosts.as_ref().context("static pool has hosts")?;
+    assert_eq!(static_provider.spec.driver.as_str(), "static");
+    let hosts = nodepool_driver_static::hosts(&static_provider.spec.pools[0])?;
     assert_eq!(hosts.len(), 2);
     assert_eq!(hosts[0].max_parallel_jobs, 2);
     assert_eq!(hosts[1].connection.connection_port, Some(2222));
@@ -81,11 +81,15 @@ async fn examples_apply_with_kubectl_and_read_back_typed() -> Result<()> {
     assert_eq!(hosts[1].max_parallel_jobs, 1);
 
     let aws = providers.get("aws-us-east-1").await?;
-    assert_eq!(aws.spec.aws.as_ref().map(|a| a.region.as_str()), Some("us-east-1"));
+    let region = aws.spec.driver_settings.parse::<nodepool_driver_aws::settings::AwsProvider>("aws")?;
+    assert_eq!(region.map(|a| a.region), Some("us-east-1".into()));
     assert_eq!(aws.spec.pools[0].labels.len(), 2);
-    assert_eq!(providers.get("gce-europe-west4").await?.spec.gce.context("gce block")?.zones.len(), 2);
-    let simulated = providers.get("simulated").await?;
-    assert_eq!(simulated.spec.simulated.context("simulated block")?.capacity, Some(50));
+    let gce = providers.get("gce-europe-west4").await?.spec.driver_settings;
+    let gce = gce.parse::<nodepool_driver_gce::settings::GceProvider>("gce")?.context("gce block")?;
+    assert_eq!(gce.zones.len(), 2);
+    let simulated = providers.get("simulated").await?.spec.driver_settings;
+    let simulated = simulated.parse::<nodepool_driver_simulated::SimulatedProvider>("simulated")?;
+    assert_eq!(simulated.context("simulated block")?.capacity, Some(50));
 
     let labels: Api<Label> = Api::namespaced(client.clone(), &namespace);
     assert_eq!(labels.get("ubuntu-noble").await?.spec.min_ready, 2);
@@ -152,7 +156,7 @@ fn invalid_objects() -> Vec<(&'static str, &'static str, Value)> {
         ),
         (
             "aws provider without a region",
-            "an aws provider needs spec.aws with at least a region",
+            "an aws provider needs spec.aws",
             provider(
                 json!({"driver": "aws", "credentialsSecretRef": {"name": "s"}, "pools": [{"name": "a"}]}),
             ),
@@ -173,12 +177,32 @@ fn invalid_objects() -> Vec<(&'static str, &'static str, Value)> {
         ),
         (
             "static pool without hosts",
-            "every pool of a static provider must list at least one host",
+            "every pool of a static provider needs pools[].hosts",
             provider(json!({"driver": "static", "pools": [{"name": "a"}]})),
         ),
         (
+            "static pool with an empty host list",
+            "spec.pools[0].hosts",
+            provider(json!({"driver": "static", "pools": [{"name": "a", "hosts": []}]})),
+        ),
+        (
+            "another driver's provider block",
+            "spec.gce is only for a gce provider",
+            provider(
+                json!({"driver": "aws", "credentialsSecretRef": {"name": "s"}, "aws": {"region": "us-east-1"},
+                       "gce": {"project": "p", "region": "r", "zones": ["z"]}, "pools": [{"name": "a"}]}),
+            ),
+        ),
+        (
+            "another driver's label block",
+            "pools[].labels[].aws is only for an aws provider",
+            provider(
+                json!({"driver": "simulated", "pools": [{"name": "a", "labels": [{"name": "l", "aws": {}}]}]}),
+            ),
+        ),
+        (
             "hosts in a cloud pool",
-            "only a static provider lists hosts",
+            "pools[].hosts is only for a static provider",
             provider(json!({"driver": "simulated", "pools": [{"name": "a", "hosts": [host]}]})),
         ),
         (
@@ -281,7 +305,7 @@ async fn status_is_written_only_through_the_status_subresource() -> Result<()> {
     let patch = json!({"spec": {"driver": "aws"}, "status": {"observedGeneration": 1}});
     let patched = api.patch_status("p", &PatchParams::default(), &Patch::Merge(&patch)).await?;
     assert_eq!(patched.status.and_then(|s| s.observed_generation), Some(1));
-    assert_eq!(patched.spec.driver, Driver::Simulated, "spec written through /status");
+    assert_eq!(patched.spec.driver.as_str(), "simulated", "spec written through /status");
 
     // The other kinds behave the same way.
     let objects = [

@@ -10,10 +10,10 @@ use std::{
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
-use nodepool_crds::{Driver, Provider, pool_node::NodeResources, provider::ResourceLimits};
-use nodepool_driver::{Cloud, Throttled};
+use nodepool_crds::{Provider, pool_node::NodeResources, provider::ResourceLimits};
+use nodepool_driver::{Build, Cloud, Throttled};
 
-pub use crate::credentials::{CloudUnavailable, secret_value};
+pub use nodepool_driver::CloudUnavailable;
 
 struct Built {
     /// Provider generation and Secret resourceVersion the cloud was built from.
@@ -90,14 +90,15 @@ impl Clouds {
         Self { api_metrics: Some(api_metrics), ..Default::default() }
     }
 
-    /// The provider's cloud; `Ok(None)` for a static provider.
+    /// The provider's cloud; `Ok(None)` when its driver launches nothing (static hosts).
     pub async fn get(
         &self,
         client: &kube::Client,
         system_id: &str,
         provider: &Provider,
     ) -> Result<Option<Arc<dyn Cloud>>, CloudUnavailable> {
-        if provider.spec.driver == Driver::Static {
+        let driver = nodepool_drivers::of(provider)?;
+        if !driver.supply().launches() {
             return Ok(None);
         }
         let namespace = provider.namespace().unwrap_or_default();
@@ -123,7 +124,8 @@ impl Clouds {
         {
             return Ok(Some(built.cloud.clone()));
         }
-        let inner = build(provider, &namespace, system_id, credentials.as_ref()).await?;
+        let build = Build { provider, namespace: &namespace, system_id, credentials: credentials.as_ref() };
+        let inner = driver.cloud(build).await?;
         let mut throttled = Throttled::new(inner, provider.spec.rate_limit.as_ref());
         if let Some(metrics) = &self.api_metrics {
             throttled = throttled.with_metrics(&key, metrics.clone());
@@ -190,26 +192,5 @@ impl Clouds {
 
     pub fn record_leak_pass(&self, provider: &str, suspects: BTreeSet<(String, String)>) {
         self.leak_suspects.lock().expect("leak lock").insert(provider.to_owned(), (Instant::now(), suspects));
-    }
-}
-
-/// Builds the driver for a provider.
-async fn build(
-    provider: &Provider,
-    namespace: &str,
-    system_id: &str,
-    credentials: Option<&Secret>,
-) -> Result<Arc<dyn Cloud>, CloudUnavailable> {
-    let name = provider.name_any();
-    match provider.spec.driver {
-        Driver::Simulated => Ok(Arc::new(nodepool_driver_simulated::SimulatedCloud::new(
-            &format!("{namespace}/{name}"),
-            &name,
-            system_id,
-            provider.spec.simulated.clone().unwrap_or_default(),
-        ))),
-        Driver::Aws => crate::cloud_drivers::aws(provider, system_id, credentials),
-        Driver::Gce => crate::cloud_drivers::gce(provider, system_id, credentials).await,
-        Driver::Static => Err(CloudUnavailable::BadSettings("a static provider has no cloud".into())),
     }
 }

@@ -34,11 +34,8 @@ pub struct Settings {
 }
 
 pub struct Context {
-    pub client: kube::Client,
-    pub namespace: String,
-    pub max_hold_age: Option<Duration>,
-    pub system_id: String,
-    pub cleanup_interval: Duration,
+    /// How the operator was configured; `metrics` is a copy of `settings.metrics` for brevity.
+    pub settings: Settings,
     pub metrics: Arc<Metrics>,
     /// The cloud behind each provider, and what is known of it between reconciles.
     pub clouds: Clouds,
@@ -84,13 +81,9 @@ impl Context {
         );
         Context {
             recorder,
-            client: settings.client,
-            namespace: settings.namespace,
-            max_hold_age: settings.max_hold_age,
-            system_id: settings.system_id,
-            cleanup_interval: settings.cleanup_interval,
             clouds: Clouds::new(settings.metrics.cloud_api.clone()),
-            metrics: settings.metrics,
+            metrics: settings.metrics.clone(),
+            settings,
             providers,
             nodes,
             nodes_watched,
@@ -139,7 +132,7 @@ impl Context {
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
-        Api::namespaced(self.client.clone(), &self.namespace)
+        Api::namespaced(self.settings.client.clone(), &self.settings.namespace)
     }
 
     /// Publishes an Event about `object`; a failure to publish is logged, never fatal.
@@ -167,7 +160,7 @@ impl Context {
     where
         K: kube::Resource<DynamicType = ()> + Clone + 'static,
     {
-        store.get(&kube::runtime::reflector::ObjectRef::new(name).within(&self.namespace))
+        store.get(&kube::runtime::reflector::ObjectRef::new(name).within(&self.settings.namespace))
     }
 
     pub fn provider(&self, name: &str) -> Option<Arc<Provider>> {
@@ -181,7 +174,7 @@ impl Context {
         &self,
         provider: &Provider,
     ) -> Result<Option<Arc<dyn nodepool_driver::Cloud>>, crate::clouds::CloudUnavailable> {
-        self.clouds.get(&self.client, &self.system_id, provider).await
+        self.clouds.get(&self.settings.client, &self.settings.system_id, provider).await
     }
 
     /// How long ago the operator first saw `request` gone (zero the first time).

@@ -5,13 +5,12 @@
 //! - [`controllers::pool_node`]: node lifecycle: registration, Zuul's states, release, deletion.
 //! - [`controllers::label`]: label status.
 
-pub mod cloud_drivers;
 pub mod clouds;
 pub mod context;
 pub mod controllers;
-pub mod credentials;
 pub mod metrics;
 pub mod scheduler;
+pub mod slots;
 pub mod status;
 
 use std::sync::Arc;
@@ -111,86 +110,9 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
         std::future::pending::<()>().await
     };
-    // An image resolving (or not) changes what its providers can launch, and a provider's
-    // labels decide which images must be resolved for it.
-    let image_users = {
-        let providers = context.providers.clone();
-        move |image: Image| {
-            let name = image.name_any();
-            providers
-                .state()
-                .into_iter()
-                .filter(|p| {
-                    p.spec
-                        .pools
-                        .iter()
-                        .any(|pool| pool.labels.iter().any(|l| l.image.as_deref() == Some(&name)))
-                })
-                .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let images_of = {
-        let namespace = namespace.clone();
-        move |provider: Provider| {
-            let names: std::collections::BTreeSet<String> = provider
-                .spec
-                .pools
-                .iter()
-                .flat_map(|p| p.labels.iter().filter_map(|l| l.image.clone()))
-                .collect();
-            names
-                .into_iter()
-                .map(|name| kube::runtime::reflector::ObjectRef::<Image>::new(&name).within(&namespace))
-                .collect::<Vec<_>>()
-        }
-    };
-    let image_task = image_controller
-        .watches(providers.clone(), crate::watch_config(), images_of)
-        .run(
-            context.metrics.reconciles.instrument("image", controllers::image::reconcile),
-            controllers::image::error_policy,
-            context.clone(),
-        )
-        .for_each(log_controller_error);
-    // A node's change only needs its owner's name to wake the Provider: a metadata-only watch,
-    // so the (many, large) PoolNodes are not deserialized and held a second time for it.
-    let node_metadata: Api<kube::core::PartialObjectMeta<PoolNode>> =
-        Api::namespaced(client.clone(), &namespace);
-    let node_owners = watcher(node_metadata, crate::watch_config()).touched_objects();
-    let provider_task = provider_controller
-        .owns_stream(node_owners)
-        .watches(images, crate::watch_config(), image_users)
-        .run(
-            context.metrics.reconciles.instrument("provider", controllers::provider::reconcile),
-            controllers::provider::error_policy,
-            context.clone(),
-        )
-        .for_each(log_controller_error);
-    // A request that goes away (Zuul cancelled or accepted it) is a reason to look at the nodes
-    // reserved for it: unless Zuul holds them, they are released.
-    let reserved_for = {
-        let nodes = context.nodes.clone();
-        move |request: NodeRequest| {
-            nodes
-                .state()
-                .into_iter()
-                .filter(|node| {
-                    node.status.as_ref().and_then(|s| s.allocated_to.as_deref())
-                        == Some(request.spec.request_id.as_str())
-                })
-                .map(|node| kube::runtime::reflector::ObjectRef::from_obj(node.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let node_task = node_controller
-        .watches_stream(request_cache.events.touched_objects(), reserved_for)
-        .run(
-            context.metrics.reconciles.instrument("pool_node", controllers::pool_node::reconcile),
-            controllers::pool_node::error_policy,
-            context.clone(),
-        )
-        .for_each(log_controller_error);
+    let image_task = image_task(image_controller, &providers, &context);
+    let provider_task = provider_task(provider_controller, images, &context);
+    let node_task = node_task(node_controller, request_cache.events, &context);
     let tenant_limit_task = tenant_limit_controller
         .run(
             context.metrics.reconciles.instrument("tenant_limit", controllers::tenant_limit::reconcile),
@@ -218,6 +140,102 @@ pub async fn run(settings: Settings) -> Result<()> {
         result = scheduler_task => result?,
     }
     Ok(())
+}
+
+/// The Image controller. An image resolving (or not) changes what its providers can launch, and
+/// a provider's labels decide which images must be resolved for it.
+fn image_task(
+    controller: Controller<Image>,
+    providers: &Api<Provider>,
+    context: &Arc<Context>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let namespace = context.settings.namespace.clone();
+    let images_of = move |provider: Provider| {
+        let names: std::collections::BTreeSet<String> = provider
+            .spec
+            .pools
+            .iter()
+            .flat_map(|p| p.labels.iter().filter_map(|l| l.image.clone()))
+            .collect();
+        names
+            .into_iter()
+            .map(|name| kube::runtime::reflector::ObjectRef::<Image>::new(&name).within(&namespace))
+            .collect::<Vec<_>>()
+    };
+    controller
+        .watches(providers.clone(), crate::watch_config(), images_of)
+        .run(
+            context.metrics.reconciles.instrument("image", controllers::image::reconcile),
+            controllers::image::error_policy,
+            context.clone(),
+        )
+        .for_each(log_controller_error)
+}
+
+/// The Provider controller, woken by its nodes (through a metadata-only watch: the many, large
+/// PoolNodes are not deserialized and held a second time for it) and by the Images its labels
+/// boot.
+fn provider_task(
+    controller: Controller<Provider>,
+    images: Api<Image>,
+    context: &Arc<Context>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let node_metadata: Api<kube::core::PartialObjectMeta<PoolNode>> =
+        Api::namespaced(context.settings.client.clone(), &context.settings.namespace);
+    let node_owners = watcher(node_metadata, crate::watch_config()).touched_objects();
+    let providers = context.providers.clone();
+    let image_users = move |image: Image| {
+        let name = image.name_any();
+        providers
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.spec.pools.iter().any(|pool| pool.labels.iter().any(|l| l.image.as_deref() == Some(&name)))
+            })
+            .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    controller
+        .owns_stream(node_owners)
+        .watches(images, crate::watch_config(), image_users)
+        .run(
+            context.metrics.reconciles.instrument("provider", controllers::provider::reconcile),
+            controllers::provider::error_policy,
+            context.clone(),
+        )
+        .for_each(log_controller_error)
+}
+
+/// The PoolNode controller. A request that goes away (Zuul cancelled or accepted it) is a
+/// reason to look at the nodes reserved for it: unless Zuul holds them, they are released.
+fn node_task<E>(
+    controller: Controller<PoolNode>,
+    request_events: E,
+    context: &Arc<Context>,
+) -> impl std::future::Future<Output = ()> + use<E>
+where
+    E: futures::Stream<Item = Result<watcher::Event<NodeRequest>, watcher::Error>> + Send + 'static,
+{
+    let nodes = context.nodes.clone();
+    let reserved_for = move |request: NodeRequest| {
+        nodes
+            .state()
+            .into_iter()
+            .filter(|node| {
+                node.status.as_ref().and_then(|s| s.allocated_to.as_deref())
+                    == Some(request.spec.request_id.as_str())
+            })
+            .map(|node| kube::runtime::reflector::ObjectRef::from_obj(node.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    controller
+        .watches_stream(request_events.touched_objects(), reserved_for)
+        .run(
+            context.metrics.reconciles.instrument("pool_node", controllers::pool_node::reconcile),
+            controllers::pool_node::error_policy,
+            context.clone(),
+        )
+        .for_each(log_controller_error)
 }
 
 /// A stream consumer that wakes the scheduler on every item.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 use nodepool_operator::{Settings, metrics::Metrics};
-use nodepool_service::{Health, ServiceArgs, prometheus_client::registry::Registry};
+use nodepool_service::{ServiceArgs, cli::Started};
 
 #[derive(Parser)]
 #[command(version, about = "Kubernetes operator that brokers CI nodes for Zuul")]
@@ -32,16 +32,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    nodepool_service::logging::init(cli.service.log_json);
-    nodepool_service::watch::set_streaming_lists(cli.service.streaming_lists);
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let client = kube::Client::try_default().await?;
+    let Started { client, metrics, .. } = cli.service.start(Metrics::register).await?;
     tracing::info!(namespace = %cli.namespace, "starting nodepool-operator");
-
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let health = Health::new(client.clone());
-    nodepool_service::http::serve(cli.service.http_address, registry, health).await?;
 
     let settings = Settings {
         client: client.clone(),

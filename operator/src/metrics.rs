@@ -194,9 +194,9 @@ impl Collector for StateCollector {
         let mut by_pool = BTreeMap::<PoolStateLabels, i64>::new();
         let mut by_label = BTreeMap::<LabelStateLabels, i64>::new();
         for provider in &providers {
+            let Ok(driver) = nodepool_drivers::of(provider) else { continue };
             for pool in &provider.spec.pools {
-                let hosts = pool.hosts.iter().flatten().flat_map(|h| h.labels.iter());
-                let labels = pool.labels.iter().map(|l| &l.name).chain(hosts);
+                let labels = driver.pool_labels(pool);
                 for state in NodeState::ALL.map(NodeState::as_str) {
                     let labels =
                         PoolStateLabels { provider: provider.name_any(), pool: pool.name.clone(), state };

@@ -44,7 +44,33 @@ pub struct ServiceArgs {
     pub streaming_lists: bool,
 }
 
+/// What a binary has once it started: its Kubernetes client, its metrics, and the health
+/// checks behind `/readyz`.
+pub struct Started<M> {
+    pub client: kube::Client,
+    pub metrics: M,
+    pub health: crate::Health,
+}
+
 impl ServiceArgs {
+    /// What both binaries do first: logging, the watch mode, the TLS crypto provider, the
+    /// Kubernetes client, and `/metrics` (with what `register` adds), `/healthz` and `/readyz`
+    /// served on [`ServiceArgs::http_address`].
+    pub async fn start<M>(
+        &self,
+        register: impl FnOnce(&mut prometheus_client::registry::Registry) -> M,
+    ) -> Result<Started<M>> {
+        crate::logging::init(self.log_json);
+        crate::watch::set_streaming_lists(self.streaming_lists);
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let client = kube::Client::try_default().await?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = register(&mut registry);
+        let health = crate::Health::new(client.clone());
+        crate::http::serve(self.http_address, registry, health.clone()).await?;
+        Ok(Started { client, metrics, health })
+    }
+
     /// Runs `work` until it ends or a shutdown signal arrives; with leader election, only
     /// after this replica leads, and fails if leadership is lost so the pod restarts.
     ///

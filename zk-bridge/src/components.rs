@@ -23,12 +23,13 @@ pub struct Registry {
     pools: BTreeMap<String, RegisteredPool>,
 }
 
-/// The labels a pool serves: static hosts' labels, or the configured pool labels.
-pub fn supported_labels(pool: &Pool) -> Vec<String> {
-    let mut labels: Vec<String> = match &pool.hosts {
-        Some(hosts) => hosts.iter().flat_map(|host| host.labels.iter().cloned()).collect(),
-        None => pool.labels.iter().map(|label| label.name.clone()).collect(),
-    };
+/// The labels a pool serves: those its spec launches, and those the operator lists in the pool's
+/// status (a static pool's labels come from its hosts, which only the operator's drivers read).
+pub fn supported_labels(provider: &Provider, pool: &Pool) -> Vec<String> {
+    let launched = pool.labels.iter().map(|label| label.name.clone());
+    let pool_status = provider.status.as_ref().and_then(|s| s.pools.iter().find(|p| p.name == pool.name));
+    let served = pool_status.into_iter().flat_map(|p| p.labels.iter().map(|label| label.name.clone()));
+    let mut labels: Vec<String> = launched.chain(served).collect();
     labels.sort();
     labels.dedup();
     labels
@@ -67,7 +68,13 @@ impl Registry {
                         .is_some_and(|s| s.pools.iter().any(|p| p.name == pool.name && p.paused));
                 wanted.insert(
                     pool_key(provider_name, &pool.name),
-                    (provider_name.to_owned(), pool, priority, paused),
+                    (
+                        provider_name.to_owned(),
+                        pool.name.clone(),
+                        supported_labels(provider, pool),
+                        priority,
+                        paused,
+                    ),
                 );
             }
         }
@@ -82,8 +89,7 @@ impl Registry {
                 }
             }
         }
-        for (key, (provider_name, pool, priority, paused)) in wanted {
-            let labels = supported_labels(pool);
+        for (key, (provider_name, pool_name, labels, priority, paused)) in wanted {
             match self.pools.get_mut(&key) {
                 Some(existing) => {
                     let component = &mut existing.component;
@@ -108,12 +114,12 @@ impl Registry {
                         hostname: hostname.to_owned(),
                         id: format!(
                             "{hostname}-PoolWorker.{provider_name}-{}-{}",
-                            pool.name,
+                            pool_name,
                             uuid::Uuid::new_v4().simple()
                         ),
                         kind: "pool".into(),
                         model_api: 0,
-                        name: pool.name.clone(),
+                        name: pool_name,
                         paused,
                         priority,
                         provider_name,

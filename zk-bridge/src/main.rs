@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
-use nodepool_service::{Health, ServiceArgs, prometheus_client::registry::Registry};
+use nodepool_service::{ServiceArgs, cli::Started};
 use nodepool_zk_bridge::{Settings, metrics::Metrics, zk::ZooKeeperConfig};
 
 #[derive(Parser)]
@@ -35,17 +35,9 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    nodepool_service::logging::init(cli.service.log_json);
-    nodepool_service::watch::set_streaming_lists(cli.service.streaming_lists);
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let Started { client: kube, metrics, health } = cli.service.start(Metrics::register).await?;
     let hostname = cli.hostname.unwrap_or_else(nodepool_service::cli::hostname);
-    let kube = kube::Client::try_default().await?;
     tracing::info!(namespace = %cli.namespace, zookeeper = %cli.zookeeper.hosts, "starting nodepool-zk-bridge");
-
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let health = Health::new(kube.clone());
-    nodepool_service::http::serve(cli.service.http_address, registry, health.clone()).await?;
 
     let cleanup = nodepool_zk_bridge::cleanup::CleanupSettings {
         interval: Duration::from_secs(cli.cleanup_interval),

@@ -9,7 +9,9 @@
 //! - Images: a fixed AMI id is checked to exist; filters pick the newest matching AMI.
 //! - Leaks: instances and detached volumes tagged for the provider and installation.
 
+mod descriptor;
 mod errors;
+pub mod settings;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -37,7 +39,13 @@ use nodepool_driver::{
     Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource, cloud::CloudResult, tags,
 };
 
+pub use descriptor::Aws;
 pub use errors::classify;
+use settings::{AwsImage, AwsLabel, AwsPool};
+
+/// The block of every AWS setting: `spec.aws`, `pools[].aws`, `pools[].labels[].aws`, and an
+/// Image's `spec.aws`.
+pub const BLOCK: &str = "aws";
 
 /// Tag holding the launch token (`<node>-a<attempt>`), by which a resumed launch finds its instance.
 pub const LAUNCH_TOKEN_TAG: &str = "nodepool_launch_token";
@@ -197,8 +205,9 @@ impl AwsCloud {
 
     async fn run_instance(&self, spec: &InstanceSpec, spot: bool) -> Result<Instance, CloudError> {
         let label = &spec.label;
-        let pool = spec.pool.aws.clone().unwrap_or_default();
-        let aws = label.aws.clone().unwrap_or_default();
+        let invalid = |error: nodepool_crds::driver_blocks::BadBlock| CloudError::Invalid(error.to_string());
+        let pool: AwsPool = spec.pool.driver_settings.parse(BLOCK).map_err(invalid)?.unwrap_or_default();
+        let aws: AwsLabel = label.driver_settings.parse(BLOCK).map_err(invalid)?.unwrap_or_default();
         let image_id = spec
             .image_id
             .clone()
@@ -395,8 +404,11 @@ impl Cloud for AwsCloud {
     }
 
     async fn resolve_image(&self, image: &ImageSpec) -> CloudResult<String> {
-        let aws =
-            image.aws.as_ref().ok_or_else(|| CloudError::Invalid("the Image has no spec.aws".into()))?;
+        let aws: AwsImage = image
+            .driver_settings
+            .parse(BLOCK)
+            .map_err(|error| CloudError::Invalid(error.to_string()))?
+            .ok_or_else(|| CloudError::Invalid("the Image has no spec.aws".into()))?;
         let mut request =
             self.client.describe_images().set_owners((!aws.owners.is_empty()).then(|| aws.owners.clone()));
         match &aws.image_id {

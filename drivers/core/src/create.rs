@@ -15,92 +15,10 @@
 use std::time::{Duration, SystemTime};
 
 use nodepool_crds::pool_node::LaunchProgress;
-use serde::{Deserialize, Serialize};
 
 use crate::cloud::{Cloud, Instance, InstanceSpec, InstanceState};
 
-/// Where one launch stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Step {
-    Create,
-    WaitRunning,
-    ScanKeys,
-    CleanUp,
-}
-
-impl Step {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Create => "create",
-            Self::WaitRunning => "wait-running",
-            Self::ScanKeys => "scan-keys",
-            Self::CleanUp => "clean-up",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        [Self::Create, Self::WaitRunning, Self::ScanKeys, Self::CleanUp]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-    }
-}
-
-/// The state of one launch, as kept in `PoolNode.status.launch`.
-/// How a launch ended, named as Nodepool's `nodepool.launch.<result>` statistics name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LaunchResult {
-    Ready,
-    /// The cloud refused it for quota (the node is aborted, the pool paused).
-    Quota,
-    /// The cloud had no capacity for it (aborted, like quota).
-    Capacity,
-    /// The instance went into an error state, or vanished.
-    Status,
-    /// Not running within the boot timeout, or the launch timeout ran out.
-    ServerCreateTimeout,
-    /// Running, but its SSH host keys could not be read within the boot timeout.
-    Keyscan,
-    /// Running without an address.
-    IpAdd,
-    /// Anything else (the cloud rejected the request).
-    Unknown,
-}
-
-impl LaunchResult {
-    pub const ALL: [Self; 8] = [
-        Self::Ready,
-        Self::Quota,
-        Self::Capacity,
-        Self::Status,
-        Self::ServerCreateTimeout,
-        Self::Keyscan,
-        Self::IpAdd,
-        Self::Unknown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ready => "ready",
-            Self::Quota => "error.quota",
-            Self::Capacity => "error.capacity",
-            Self::Status => "error.status",
-            Self::ServerCreateTimeout => "error.servercreatetimeout",
-            Self::Keyscan => "error.keyscan",
-            Self::IpAdd => "error.ipadd",
-            Self::Unknown => "error.unknown",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == text)
-    }
-
-    /// A refusal reported by the cloud as the instance's state.
-    fn of_refusal(reason: &str) -> Self {
-        if reason.to_ascii_lowercase().contains("quota") { Self::Quota } else { Self::Capacity }
-    }
-}
+pub use nodepool_crds::pool_node::{LaunchResult, LaunchStep as Step};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Progress {
@@ -132,48 +50,45 @@ impl Progress {
     }
 
     /// Reads the progress stored in a node's status; `None` if there is none or it is unreadable.
+    /// Progress written before the typed fields (in `driverData`) is still read.
     pub fn from_status(stored: &LaunchProgress) -> Option<Self> {
-        let data = stored.driver_data.as_ref();
-        let time = |key: &str| {
-            data.and_then(|d| d.get(key))
-                .and_then(|v| v.as_f64())
-                .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0)))
-        };
+        let legacy = stored.driver_data.as_ref();
+        let legacy_time =
+            |key: &str| legacy.and_then(|d| d.get(key)).and_then(|v| v.as_f64()).map(|s| (s * 1000.0) as i64);
+        let time = |millis: i64| SystemTime::UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64);
         Some(Self {
             attempt: stored.attempt.max(1),
-            step: Step::parse(&stored.step)?,
-            attempt_started: time("attemptStarted")?,
-            launch_started: time("launchStarted")?,
-            instance_id: data.and_then(|d| d.get("instanceId")).and_then(|v| v.as_str()).map(str::to_owned),
+            step: stored.step,
+            attempt_started: time(stored.attempt_started_ms.or_else(|| legacy_time("attemptStarted"))?),
+            launch_started: time(stored.launch_started_ms.or_else(|| legacy_time("launchStarted"))?),
+            instance_id: stored.instance_id.clone().or_else(|| {
+                legacy.and_then(|d| d.get("instanceId")).and_then(|v| v.as_str()).map(str::to_owned)
+            }),
             last_error: stored.last_error.clone(),
-            failure: data
-                .and_then(|d| d.get("failure"))
-                .and_then(|v| v.as_str())
-                .and_then(LaunchResult::parse),
+            failure: stored.failure.or_else(|| {
+                let text = legacy.and_then(|d| d.get("failure")).and_then(|v| v.as_str())?;
+                LaunchResult::ALL.into_iter().find(|r| r.as_str() == text)
+            }),
         })
     }
 
     /// The form stored in the node's status.
     pub fn to_status(&self) -> LaunchProgress {
-        let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-        let mut data = std::collections::BTreeMap::new();
-        data.insert("attemptStarted".to_owned(), serde_json::json!(secs(self.attempt_started)));
-        data.insert("launchStarted".to_owned(), serde_json::json!(secs(self.launch_started)));
-        if let Some(id) = &self.instance_id {
-            data.insert("instanceId".to_owned(), serde_json::json!(id));
-        }
-        if let Some(failure) = self.failure {
-            data.insert("failure".to_owned(), serde_json::json!(failure.as_str()));
-        }
+        let millis =
+            |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
         LaunchProgress {
             attempt: self.attempt,
-            step: self.step.as_str().to_owned(),
+            step: self.step,
             // Whole seconds, as the apiserver stores a Time: the value read back compares equal.
-            started_at: k8s_openapi::jiff::Timestamp::from_second(secs(self.attempt_started) as i64)
+            started_at: k8s_openapi::jiff::Timestamp::from_second(millis(self.attempt_started) / 1000)
                 .ok()
                 .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+            attempt_started_ms: Some(millis(self.attempt_started)),
+            launch_started_ms: Some(millis(self.launch_started)),
+            instance_id: self.instance_id.clone(),
+            failure: self.failure,
             last_error: self.last_error.clone(),
-            driver_data: Some(data),
+            driver_data: None,
         }
     }
 
@@ -191,7 +106,8 @@ pub struct Plan {
     pub launch_retries: u32,
     pub boot_timeout: Duration,
     pub launch_timeout: Duration,
-    /// Scan SSH host keys before the node is ready (the pool's `hostKeyChecking`).
+    /// Scan SSH host keys before the node is ready: the pool's `hostKeyChecking`, for nodes
+    /// reached over SSH.
     pub host_key_checking: bool,
     pub ssh_port: u16,
     /// How long one key scan may take.
@@ -220,18 +136,8 @@ pub const RETRY: Duration = Duration::from_secs(5);
 const MAX_STEPS: usize = 16;
 
 /// Returns from `advance` with the outcome of a failed attempt, or carries on stepping.
-macro_rules! fail {
-    ($outcome:expr) => {
-        match $outcome {
-            Some(next) => return next,
-            None => continue,
-        }
-    };
-}
-
 /// Takes the launch as far as it goes without waiting.
 pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, now: SystemTime) -> Next {
-    let node = plan.spec.node.clone();
     for _ in 0..MAX_STEPS {
         if elapsed(progress.launch_started, now) > plan.launch_timeout && progress.step != Step::CleanUp {
             let message = format!("launch timeout ({:?}) reached", plan.launch_timeout);
@@ -239,166 +145,182 @@ pub async fn advance(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, no
             progress.failure = Some(LaunchResult::ServerCreateTimeout);
             return Next::Failed(message);
         }
-        match progress.step {
-            Step::Create => {
-                let mut spec = plan.spec.clone();
-                spec.token = progress.token(&node);
-                spec.attempt = progress.attempt;
-                match cloud.create(&spec).await {
-                    Ok(instance) => {
-                        tracing::info!(node = %node, instance = %instance.id, attempt = progress.attempt, "instance requested");
-                        progress.instance_id = Some(instance.id.clone());
-                        progress.step = Step::WaitRunning;
-                        if instance.state == InstanceState::Pending {
-                            return Next::Wait(POLL);
-                        }
-                    }
-                    Err(error) if error.is_quota() => {
-                        progress.last_error = Some(error.to_string());
-                        progress.failure = Some(match error {
-                            crate::CloudError::Quota(_) => LaunchResult::Quota,
-                            _ => LaunchResult::Capacity,
-                        });
-                        return Next::Aborted(error.to_string());
-                    }
-                    Err(error) if error.is_transient() => {
-                        tracing::warn!(node = %node, %error, "creating the instance failed; retrying");
-                        progress.last_error = Some(error.to_string());
-                        return Next::Wait(RETRY);
-                    }
-                    Err(error) => {
-                        fail!(fail_attempt(progress, plan, LaunchResult::Unknown, error.to_string(), now))
-                    }
-                }
-            }
-            Step::WaitRunning => {
-                let Some(id) = progress.instance_id.clone() else {
-                    progress.step = Step::Create;
-                    continue;
-                };
-                match cloud.get(&id).await {
-                    Ok(Some(instance)) if instance.state == InstanceState::Running => {
-                        if instance.interface_ip.is_none() {
-                            fail!(fail_attempt(
-                                progress,
-                                plan,
-                                LaunchResult::IpAdd,
-                                format!("instance {id} has no address"),
-                                now
-                            ))
-                        }
-                        if !plan.host_key_checking {
-                            return Next::Ready { instance: Box::new(instance), host_keys: Vec::new() };
-                        }
-                        progress.step = Step::ScanKeys;
-                    }
-                    Ok(Some(Instance { state: InstanceState::Refused(reason), .. })) => {
-                        progress.last_error = Some(reason.clone());
-                        progress.failure = Some(LaunchResult::of_refusal(&reason));
-                        return Next::Aborted(reason);
-                    }
-                    Ok(Some(Instance { state: InstanceState::Failed(reason), .. })) => {
-                        fail!(fail_attempt(
-                            progress,
-                            plan,
-                            LaunchResult::Status,
-                            format!("instance {id} failed: {reason}"),
-                            now
-                        ))
-                    }
-                    Ok(Some(Instance { state: InstanceState::Pending, .. })) => {
-                        if elapsed(progress.attempt_started, now) > plan.boot_timeout {
-                            let message = format!(
-                                "instance {id} not running after boot timeout ({:?})",
-                                plan.boot_timeout
-                            );
-                            fail!(fail_attempt(
-                                progress,
-                                plan,
-                                LaunchResult::ServerCreateTimeout,
-                                message,
-                                now
-                            ))
-                        }
-                        return Next::Wait(POLL);
-                    }
-                    Ok(_) => fail!(fail_attempt(
-                        progress,
-                        plan,
-                        LaunchResult::Status,
-                        format!("instance {id} disappeared"),
-                        now
-                    )),
-                    Err(error) => {
-                        progress.last_error = Some(error.to_string());
-                        return Next::Wait(RETRY);
-                    }
-                }
-            }
-            Step::ScanKeys => {
-                let Some(id) = progress.instance_id.clone() else {
-                    progress.step = Step::Create;
-                    continue;
-                };
-                let instance = match cloud.get(&id).await {
-                    Ok(Some(instance)) if instance.state == InstanceState::Running => instance,
-                    Ok(_) => {
-                        fail!(fail_attempt(
-                            progress,
-                            plan,
-                            LaunchResult::Status,
-                            format!("instance {id} stopped running"),
-                            now
-                        ))
-                    }
-                    Err(error) => {
-                        progress.last_error = Some(error.to_string());
-                        return Next::Wait(RETRY);
-                    }
-                };
-                let address = instance.interface_ip.clone().unwrap_or_default();
-                match nodepool_driver_static::scan_host_keys(&address, plan.ssh_port, plan.scan_timeout).await
-                {
-                    Ok(host_keys) => return Next::Ready { instance: Box::new(instance), host_keys },
-                    Err(error) if elapsed(progress.attempt_started, now) > plan.boot_timeout => {
-                        let message =
-                            format!("no SSH host keys from {address} within the boot timeout: {error}");
-                        fail!(fail_attempt(progress, plan, LaunchResult::Keyscan, message, now))
-                    }
-                    Err(error) => {
-                        progress.last_error = Some(error.to_string());
-                        return Next::Wait(POLL);
-                    }
-                }
-            }
-            Step::CleanUp => {
-                let Some(id) = progress.instance_id.clone() else {
-                    next_attempt(progress, now);
-                    continue;
-                };
-                match crate::delete::delete_and_check(cloud, &id).await {
-                    Ok(true) => {
-                        tracing::info!(node = %node, instance = %id, "failed attempt cleaned up");
-                        if progress.attempt >= plan.launch_retries {
-                            let message =
-                                progress.last_error.clone().unwrap_or_else(|| "launch failed".into());
-                            return Next::Failed(format!(
-                                "{} attempt(s) failed; last: {message}",
-                                progress.attempt
-                            ));
-                        }
-                        next_attempt(progress, now);
-                    }
-                    Ok(false) => return Next::Wait(POLL),
-                    Err(error) => {
-                        tracing::warn!(node = %node, instance = %id, %error, "cleaning up a failed attempt failed; retrying");
-                        return Next::Wait(RETRY);
-                    }
-                }
-            }
+        let next = match progress.step {
+            Step::Create => create(cloud, plan, progress, now).await,
+            Step::WaitRunning => wait_running(cloud, plan, progress, now).await,
+            Step::ScanKeys => scan_keys(cloud, plan, progress, now).await,
+            Step::CleanUp => clean_up(cloud, plan, progress, now).await,
+        };
+        if let Some(next) = next {
+            return next;
         }
     }
     Next::Wait(Duration::ZERO)
+}
+
+// Each step returns what the caller should do next, or `None` to take the next step now.
+
+/// Asks the cloud for this attempt's instance (idempotent per attempt token).
+async fn create(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, now: SystemTime) -> Option<Next> {
+    let node = &plan.spec.node;
+    let mut spec = plan.spec.clone();
+    spec.token = progress.token(node);
+    spec.attempt = progress.attempt;
+    match cloud.create(&spec).await {
+        Ok(instance) => {
+            tracing::info!(node = %node, instance = %instance.id, attempt = progress.attempt, "instance requested");
+            progress.instance_id = Some(instance.id.clone());
+            progress.step = Step::WaitRunning;
+            if instance.state == InstanceState::Pending {
+                return Some(Next::Wait(POLL));
+            }
+        }
+        Err(error) if error.is_quota() => {
+            progress.last_error = Some(error.to_string());
+            progress.failure = Some(match error {
+                crate::CloudError::Quota(_) => LaunchResult::Quota,
+                _ => LaunchResult::Capacity,
+            });
+            return Some(Next::Aborted(error.to_string()));
+        }
+        Err(error) if error.is_transient() => {
+            tracing::warn!(node = %node, %error, "creating the instance failed; retrying");
+            progress.last_error = Some(error.to_string());
+            return Some(Next::Wait(RETRY));
+        }
+        Err(error) => return fail_attempt(progress, plan, LaunchResult::Unknown, error.to_string(), now),
+    }
+    None
+}
+
+/// Waits for the instance to run and have an address; fails the attempt on an error state, a refusal, or the boot timeout.
+async fn wait_running(
+    cloud: &dyn Cloud,
+    plan: &Plan,
+    progress: &mut Progress,
+    now: SystemTime,
+) -> Option<Next> {
+    let Some(id) = progress.instance_id.clone() else {
+        progress.step = Step::Create;
+        return None;
+    };
+    match cloud.get(&id).await {
+        Ok(Some(instance)) if instance.state == InstanceState::Running => {
+            if instance.interface_ip.is_none() {
+                return fail_attempt(
+                    progress,
+                    plan,
+                    LaunchResult::IpAdd,
+                    format!("instance {id} has no address"),
+                    now,
+                );
+            }
+            if !plan.host_key_checking {
+                return Some(Next::Ready { instance: Box::new(instance), host_keys: Vec::new() });
+            }
+            progress.step = Step::ScanKeys;
+        }
+        Ok(Some(Instance { state: InstanceState::Refused(reason), .. })) => {
+            progress.last_error = Some(reason.clone());
+            progress.failure = Some(LaunchResult::of_refusal(&reason));
+            return Some(Next::Aborted(reason));
+        }
+        Ok(Some(Instance { state: InstanceState::Failed(reason), .. })) => {
+            return fail_attempt(
+                progress,
+                plan,
+                LaunchResult::Status,
+                format!("instance {id} failed: {reason}"),
+                now,
+            );
+        }
+        Ok(Some(Instance { state: InstanceState::Pending, .. })) => {
+            if elapsed(progress.attempt_started, now) > plan.boot_timeout {
+                let message =
+                    format!("instance {id} not running after boot timeout ({:?})", plan.boot_timeout);
+                return fail_attempt(progress, plan, LaunchResult::ServerCreateTimeout, message, now);
+            }
+            return Some(Next::Wait(POLL));
+        }
+        Ok(_) => {
+            return fail_attempt(
+                progress,
+                plan,
+                LaunchResult::Status,
+                format!("instance {id} disappeared"),
+                now,
+            );
+        }
+        Err(error) => {
+            progress.last_error = Some(error.to_string());
+            return Some(Next::Wait(RETRY));
+        }
+    }
+    None
+}
+
+/// Reads the running instance's SSH host keys, within the boot timeout.
+async fn scan_keys(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, now: SystemTime) -> Option<Next> {
+    let Some(id) = progress.instance_id.clone() else {
+        progress.step = Step::Create;
+        return None;
+    };
+    let instance = match cloud.get(&id).await {
+        Ok(Some(instance)) if instance.state == InstanceState::Running => instance,
+        Ok(_) => {
+            return fail_attempt(
+                progress,
+                plan,
+                LaunchResult::Status,
+                format!("instance {id} stopped running"),
+                now,
+            );
+        }
+        Err(error) => {
+            progress.last_error = Some(error.to_string());
+            return Some(Next::Wait(RETRY));
+        }
+    };
+    let address = instance.interface_ip.clone().unwrap_or_default();
+    match crate::keyscan::scan_host_keys(&address, plan.ssh_port, plan.scan_timeout).await {
+        Ok(host_keys) => Some(Next::Ready { instance: Box::new(instance), host_keys }),
+        Err(error) if elapsed(progress.attempt_started, now) > plan.boot_timeout => {
+            let message = format!("no SSH host keys from {address} within the boot timeout: {error}");
+            fail_attempt(progress, plan, LaunchResult::Keyscan, message, now)
+        }
+        Err(error) => {
+            progress.last_error = Some(error.to_string());
+            Some(Next::Wait(POLL))
+        }
+    }
+}
+
+/// Deletes a failed attempt's instance and waits until it is gone, then starts the next attempt (or fails the launch when none is left).
+async fn clean_up(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, now: SystemTime) -> Option<Next> {
+    let node = &plan.spec.node;
+    let Some(id) = progress.instance_id.clone() else {
+        next_attempt(progress, now);
+        return None;
+    };
+    match crate::delete::delete_and_check(cloud, &id).await {
+        Ok(true) => {
+            tracing::info!(node = %node, instance = %id, "failed attempt cleaned up");
+            if progress.attempt >= plan.launch_retries {
+                let message = progress.last_error.clone().unwrap_or_else(|| "launch failed".into());
+                return Some(Next::Failed(format!(
+                    "{} attempt(s) failed; last: {message}",
+                    progress.attempt
+                )));
+            }
+            next_attempt(progress, now);
+        }
+        Ok(false) => return Some(Next::Wait(POLL)),
+        Err(error) => {
+            tracing::warn!(node = %node, instance = %id, %error, "cleaning up a failed attempt failed; retrying");
+            return Some(Next::Wait(RETRY));
+        }
+    }
+    None
 }
 
 fn elapsed(since: SystemTime, now: SystemTime) -> Duration {

@@ -124,8 +124,7 @@ mod tests {
             ]),
             dynamic_tags: BTreeMap::from([("tenant".to_owned(), "{request.tenant_name}".to_owned())]),
             user_data: None,
-            aws: None,
-            gce: None,
+            driver_settings: Default::default(),
         };
         let tags = instance_tags(&label, &context());
         assert_eq!(tags[PROVIDER], "aws-east");

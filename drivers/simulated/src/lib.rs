@@ -15,12 +15,59 @@ use std::{
 };
 
 use async_trait::async_trait;
+use kube::ResourceExt;
 use nodepool_crds::{
     ImageSpec,
+    driver_blocks::{Block, DriverShape},
     pool_node::NodeResources,
-    provider::{Pool, PoolLabel, ResourceLimits, SimulatedProvider},
+    provider::{Pool, PoolLabel, ResourceLimits},
 };
-use nodepool_driver::{Cloud, CloudError, Instance, InstanceSpec, InstanceState, cloud::CloudResult};
+use nodepool_driver::{
+    Build, Cloud, CloudError, CloudUnavailable, Driver, Instance, InstanceSpec, InstanceState, QuotaSource,
+    Supply, cloud::CloudResult,
+};
+
+pub mod settings;
+pub use settings::{SimulatedImage, SimulatedProvider};
+
+/// The block of every simulated setting: `spec.simulated` of a Provider and of an Image.
+pub const BLOCK: &str = "simulated";
+
+/// The simulated driver's descriptor.
+pub struct Simulated;
+
+#[async_trait]
+impl Driver for Simulated {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+
+    fn shape(&self) -> DriverShape {
+        DriverShape {
+            name: self.name(),
+            needs_credentials: false,
+            provider: Some(Block::of::<SimulatedProvider>(BLOCK)),
+            pool: None,
+            label: None,
+            image: Some(Block::of::<SimulatedImage>(BLOCK)),
+        }
+    }
+
+    fn supply(&self) -> Supply {
+        Supply::Launched
+    }
+
+    fn quota(&self) -> QuotaSource {
+        QuotaSource::Cloud
+    }
+
+    async fn cloud(&self, build: Build<'_>) -> Result<Arc<dyn Cloud>, CloudUnavailable> {
+        let name = build.provider.name_any();
+        let settings = build.provider.spec.driver_settings.parse(BLOCK)?.unwrap_or_default();
+        let key = format!("{}/{name}", build.namespace);
+        Ok(Arc::new(SimulatedCloud::new(&key, &name, build.system_id, settings)))
+    }
+}
 
 /// Flavors the simulated cloud offers: name, vCPUs, MiB.
 pub const FLAVORS: [(&str, u32, u64); 4] =
@@ -216,8 +263,10 @@ impl Cloud for SimulatedCloud {
     }
 
     async fn resolve_image(&self, image: &ImageSpec) -> CloudResult<String> {
-        // Any image is "available"; a fixed AMI id is kept so tests can see it carried through.
-        Ok(image.aws.as_ref().and_then(|a| a.image_id.clone()).unwrap_or_else(|| "simulated-image".into()))
+        // Any image is "available"; a fixed id is kept so tests can see it carried through.
+        let image: Option<SimulatedImage> =
+            image.driver_settings.parse(BLOCK).map_err(|error| CloudError::Invalid(error.to_string()))?;
+        Ok(image.and_then(|i| i.image_id).unwrap_or_else(|| "simulated-image".into()))
     }
 }
 

@@ -78,20 +78,13 @@ async fn placement(node: &PoolNode, ctx: &Context) -> Result<Placement, String> 
 /// How Zuul logs in to a node of `label`: the Image's settings over Nodepool's defaults.
 fn connection(label: &PoolLabel, ctx: &Context) -> ConnectionSettings {
     let image = label.image.as_deref().and_then(|name| ctx.image(name)).map(|i| i.spec.connection.clone());
-    let image = image.unwrap_or_default();
-    ConnectionSettings {
-        username: image.username.or_else(|| Some("zuul".into())),
-        connection_type: image.connection_type.or_else(|| Some(Default::default())),
-        connection_port: image.connection_port.or(Some(22)),
-        python_path: image.python_path.or_else(|| Some("auto".into())),
-        shell_type: image.shell_type,
-    }
+    image.unwrap_or_default().with_defaults()
 }
 
 fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, ctx: &Context) -> Plan {
     let provider = &placement.provider;
     let context = TagContext {
-        system_id: ctx.system_id.clone(),
+        system_id: ctx.settings.system_id.clone(),
         provider: provider.name_any(),
         pool: placement.pool.name.clone(),
         node: node.name_any(),
@@ -101,7 +94,9 @@ fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, 
         requestor: status.requestor.clone(),
     };
     let image_id = super::cloud_provider::image_for(provider, &placement.label, ctx).ok().flatten();
-    let port = connection(&placement.label, ctx).connection_port.unwrap_or(22);
+    let connection = connection(&placement.label, ctx);
+    let port = connection.connection_port.unwrap_or(22);
+    let ssh = connection.connection_type.unwrap_or_default().is_ssh();
     Plan {
         spec: InstanceSpec {
             token: String::new(),
@@ -115,7 +110,7 @@ fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, 
         launch_retries: provider.spec.launch_retries,
         boot_timeout: provider.spec.boot_timeout.0,
         launch_timeout: provider.spec.launch_timeout.0,
-        host_key_checking: placement.pool.host_key_checking,
+        host_key_checking: placement.pool.host_key_checking && ssh,
         ssh_port: port,
         scan_timeout: SCAN_TIMEOUT,
     }

@@ -35,7 +35,7 @@ pub async fn probe(provider: &Provider, ctx: &Context) -> Result<Probe, Error> {
         Err(error @ (CloudUnavailable::SecretMissing(_) | CloudUnavailable::SecretKeyMissing { .. })) => {
             return Ok(not_ready("CredentialsMissing", error.to_string()));
         }
-        Err(error @ CloudUnavailable::NotBuilt(_)) => {
+        Err(error @ (CloudUnavailable::UnknownDriver(_) | CloudUnavailable::NoCloud(_))) => {
             return Ok(not_ready("DriverUnavailable", error.to_string()));
         }
         Err(error @ CloudUnavailable::BadSettings(_)) => {
@@ -119,10 +119,8 @@ pub fn image_for(
     ctx: &Context,
 ) -> Result<Option<String>, String> {
     let Some(name) = &label.image else {
-        return match provider.spec.driver {
-            nodepool_crds::Driver::Simulated => Ok(None),
-            _ => Err("the label names no image".into()),
-        };
+        let needs_image = nodepool_drivers::of(provider).is_ok_and(|driver| driver.needs_image());
+        return if needs_image { Err("the label names no image".into()) } else { Ok(None) };
     };
     let image = ctx.image(name).ok_or_else(|| format!("Image {name:?} does not exist"))?;
     let provider_name = provider.name_any();
@@ -148,7 +146,7 @@ pub fn image_for(
 /// installation that no PoolNode owns are deleted once seen on two passes in a row.
 pub async fn clean_up_leaks(provider: &Provider, ctx: &Context) {
     let name = provider.name_any();
-    let Some(previous) = ctx.clouds.leak_pass_due(&name, ctx.cleanup_interval) else { return };
+    let Some(previous) = ctx.clouds.leak_pass_due(&name, ctx.settings.cleanup_interval) else { return };
     let Ok(Some(cloud)) = ctx.cloud(provider).await else { return };
     // Fresh from the apiserver, not the cache: a node must never look leaked because a cache lags.
     let api: Api<PoolNode> = ctx.api();

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{ResourceExt, runtime::controller::Action};
-use nodepool_crds::{Driver, Image, ImageStatus, conditions, image::ResolvedImage};
+use nodepool_crds::{Image, ImageStatus, conditions, image::ResolvedImage};
 
 use super::{Error, retry_after};
 use crate::{context::Context, status};
@@ -22,7 +22,7 @@ pub async fn reconcile(image: Arc<Image>, ctx: Arc<Context>) -> Result<Action, E
         .providers
         .state()
         .into_iter()
-        .filter(|p| p.spec.driver != Driver::Static)
+        .filter(|p| nodepool_drivers::of(p).is_ok_and(|driver| driver.supply().launches()))
         .filter(|p| {
             p.spec.pools.iter().any(|pool| pool.labels.iter().any(|l| l.image.as_deref() == Some(&name)))
         })

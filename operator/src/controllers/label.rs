@@ -6,7 +6,7 @@ use kube::{ResourceExt, runtime::controller::Action};
 use nodepool_crds::{Label, LabelStatus, NodeState};
 
 use super::{Error, retry_after};
-use crate::{context::Context, scheduler::plan, status};
+use crate::{context::Context, scheduler::views, status};
 
 pub async fn reconcile(label: Arc<Label>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.caches_ready().await;
@@ -16,7 +16,7 @@ pub async fn reconcile(label: Arc<Label>, ctx: Arc<Context>) -> Result<Action, E
     let count = |state: NodeState| {
         of_label.clone().filter(|n| n.status.as_ref().is_some_and(|s| s.current_state() == state)).count()
     };
-    let mut providers: Vec<String> = plan::pools(&ctx.providers.state(), &|_, _| None)
+    let mut providers: Vec<String> = views::pools(&ctx.providers.state(), &|_, _| None)
         .into_iter()
         .filter(|pool| pool.labels.contains(&name))
         .map(|pool| pool.provider)

@@ -14,22 +14,21 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, api::DeleteParams, runtime::controller::Action};
 use nodepool_crds::{NodeRequest, NodeState, PoolNode, PoolNodeStatus, conditions};
-use nodepool_driver_static as static_driver;
 use tracing::Instrument;
 
 use super::{Error, retry_after};
-use crate::context::Context;
+use crate::{
+    context::Context,
+    slots::{self, HELD, Registration},
+};
 
-/// Condition saying whether a static host answered its last check.
-const REACHABLE: &str = "Reachable";
+/// How soon a slot whose host did not answer is tried again.
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(10);
 /// How long a request must have been gone before its ready nodes are released.
 const RELEASE_GRACE: Duration = Duration::from_secs(5);
 /// When to look again at a node whose cached copy is older than our last write to it, should
 /// no watch event come first.
 const CACHE_LAG_RETRY: Duration = Duration::from_secs(1);
-/// Condition set while a node is held because of its `spec.hold` (an operator's hold).
-const HELD: &str = "Held";
 
 pub async fn reconcile(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = nodepool_service::logging::node_span(&node);
@@ -99,7 +98,7 @@ fn now() -> Time {
 
 /// `init` → `ready` for a static slot once its host answers.
 async fn register(node: &PoolNode, status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
-    match static_registration(node, status, ctx).await {
+    match slots::register(node, status, ctx).await {
         Registration::Ready(status) => {
             ctx.write_node_status(node, &status).await?;
             Ok(Action::await_change())
@@ -115,73 +114,6 @@ async fn register(node: &PoolNode, status: PoolNodeStatus, ctx: &Context) -> Res
     }
 }
 
-/// What registering a static slot found.
-pub enum Registration {
-    /// Its host answered: the slot's status as `ready`.
-    Ready(PoolNodeStatus),
-    /// Its host did not answer a key scan: the status says so, the slot stays `init`.
-    Unreachable(PoolNodeStatus),
-    /// Its host is no longer in the Provider: the node is to be deleted.
-    HostGone,
-    /// Not a static slot, or its Provider is not known (yet).
-    NotStatic,
-}
-
-/// Registers a static slot from `status` (`init`): scans its host keys when they are checked,
-/// and fills in what Zuul needs to reach it. Nothing is written.
-pub async fn static_registration(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Registration {
-    let Some(slot) = &node.spec.static_host else { return Registration::NotStatic };
-    if status.zuul_view().is_some_and(|view| view.node_id.is_some()) {
-        // Sent back to `init` after use by an operator that did not count registrations yet:
-        // this registration's znode belongs to the last use, so this is the next one.
-        status.registration = status.registration.wrapping_add(1);
-    }
-    let Some(provider) = ctx.provider(&node.spec.provider) else { return Registration::NotStatic };
-    let Some((pool, host)) = static_driver::find_host(&provider, &node.spec.pool, &slot.host) else {
-        return Registration::HostGone;
-    };
-    let connection = static_driver::connection(host);
-    let port = connection.connection_port.unwrap_or(22);
-    let timeout = host.timeout.map(|t| t.0).unwrap_or(static_driver::DEFAULT_TIMEOUT);
-    let generation = node.metadata.generation;
-    let host_keys = if static_driver::host_key_checking(pool, host) {
-        match static_driver::scan_host_keys(&host.name, port, timeout).await {
-            Ok(keys) => keys,
-            Err(error) => {
-                tracing::warn!(host = %host.name, %error, "static host not reachable");
-                conditions::set_condition(
-                    &mut status.conditions,
-                    conditions::condition(REACHABLE, false, "KeyScanFailed", error.to_string(), generation),
-                );
-                return Registration::Unreachable(status);
-            }
-        }
-    } else {
-        host.host_keys.clone()
-    };
-    conditions::set_condition(
-        &mut status.conditions,
-        conditions::condition(
-            REACHABLE,
-            true,
-            "HostKeysScanned",
-            format!("{} host key(s)", host_keys.len()),
-            generation,
-        ),
-    );
-    status.state = NodeState::Ready;
-    status.state_time = Some(now());
-    status.interface_ip = Some(host.name.clone());
-    status.hostname = Some(host.name.clone());
-    status.external_id = Some(host.name.clone());
-    status.connection = Some(connection);
-    status.host_keys = host_keys;
-    status.attributes = pool.node_attributes.clone();
-    status.observed_generation = generation;
-    tracing::info!(host = %host.name, slot = slot.slot, registration = status.registration, "static node ready");
-    Registration::Ready(status)
-}
-
 async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
     let zookeeper = status.zuul_view().cloned().unwrap_or_default();
     // Zuul's word on in-use/used/hold is final. `in-use` and `used` are not copied into `state`
@@ -190,7 +122,7 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
     match zookeeper.zuul_state {
         // The scheduler registers such a slot afresh, and hands it to a waiting request in the
         // same write when there is one.
-        Some(NodeState::Used) if crate::scheduler::plan::is_back_from_use(node) => {
+        Some(NodeState::Used) if node.is_back_from_use() => {
             return Ok(Action::await_change());
         }
         Some(NodeState::Used) if !zookeeper.locked => return finish(node, &status, ctx, "used").await,
@@ -216,7 +148,7 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
                 (Some(hold), true) => hold.expiration.map(|e| e.0.as_secs() as i64),
                 _ => zookeeper.hold_expiration,
             };
-            match hold_remaining(&status, own_expiration, ctx.max_hold_age) {
+            match hold_remaining(&status, own_expiration, ctx.settings.max_hold_age) {
                 Some(remaining) if remaining.is_zero() => finish(node, &status, ctx, "hold expired").await,
                 Some(remaining) => Ok(Action::requeue(remaining)),
                 None => Ok(Action::await_change()),
@@ -296,30 +228,14 @@ async fn finish(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context, why: &s
         return delete(node, ctx, why).await;
     }
     tracing::info!(why, "static slot: registering it afresh");
-    register(node, next_registration(node, status), ctx).await
-}
-
-/// The status a static slot starts its next registration with (`init`, not yet checked).
-pub fn next_registration(node: &PoolNode, status: &PoolNodeStatus) -> PoolNodeStatus {
-    let mut conditions = status.conditions.clone();
-    conditions.retain(|c| c.type_ != HELD);
-    PoolNodeStatus {
-        state: NodeState::Init,
-        state_time: Some(now()),
-        registration: status.registration.wrapping_add(1),
-        observed_generation: node.metadata.generation,
-        conditions,
-        // The bridge's view of the last registration stays until the bridge replaces it.
-        zookeeper: status.zookeeper.clone(),
-        ..Default::default()
-    }
+    register(node, slots::next_registration(node, status), ctx).await
 }
 
 /// Whether the node is allocated to a request still waiting for its launches (the request's
 /// change, once declined, wakes the node).
 fn launched_for_pending_request(status: &PoolNodeStatus, ctx: &Context) -> bool {
     let request = status.allocated_to.as_deref().and_then(|id| ctx.cached(&ctx.requests, id));
-    request.is_some_and(|r| crate::scheduler::plan::is_pending(&r))
+    request.is_some_and(|r| r.is_pending())
 }
 
 /// Whether the request is in the cache (its deletion wakes the nodes allocated to it).

@@ -1,5 +1,6 @@
 //! Provider reconciler: says whether the provider can serve (`Ready`), counts its nodes, and for
-//! a static provider keeps one `PoolNode` per host slot (Nodepool's static registration, §6.8).
+//! a slotted provider (static hosts) keeps one `PoolNode` per slot (Nodepool's static
+//! registration, §6.8).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -10,12 +11,12 @@ use kube::{
     runtime::controller::Action,
 };
 use nodepool_crds::{
-    Driver, NodeState, OPERATOR_MANAGER, PoolNode, PoolNodeSpec, Provider, ZNODE_FINALIZER, conditions,
+    NodeState, OPERATOR_MANAGER, PoolNode, PoolNodeSpec, Provider, ZNODE_FINALIZER, conditions,
     labels as node_labels,
     pool_node::StaticSlot,
-    provider::{NodeCounts, ProviderStatus, QuotaStatus},
+    provider::{NodeCounts, PoolLabelStatus, PoolStatus, ProviderStatus, QuotaStatus},
 };
-use nodepool_driver_static as static_driver;
+use nodepool_driver::Slot;
 
 use super::{Error, retry_after};
 use crate::{context::Context, status};
@@ -26,7 +27,9 @@ const COUNTS_REFRESH: Duration = Duration::from_secs(5);
 pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Slots are counted from the node cache: it must hold every node before anything is created.
     ctx.caches_ready().await;
-    if provider.spec.driver != Driver::Static {
+    // A driver this build lacks is told in the status by the cloud probe (`DriverUnavailable`).
+    let slotted = nodepool_drivers::of(&provider).ok().filter(|driver| driver.supply().slots());
+    if slotted.is_none() {
         if provider.metadata.deletion_timestamp.is_some() {
             return super::provider_deletion::step(&provider, &ctx).await;
         }
@@ -36,17 +39,25 @@ pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Act
     let nodes: Vec<Arc<PoolNode>> =
         ctx.nodes.state().into_iter().filter(|n| n.spec.provider == name).collect();
     let mut status = provider.status.clone().unwrap_or_default();
-    let (ready, reason, message) = if provider.spec.driver == Driver::Static {
-        let readiness = readiness(&provider, &ctx).await?;
-        if readiness.0 {
-            sync_static_slots(&provider, &nodes, &ctx).await?;
+    let (ready, reason, message) = match slotted {
+        Some(driver) => {
+            status.pools = slotted_pools(driver, &provider);
+            let readiness = readiness(&provider, &ctx).await?;
+            match (readiness.0, driver.slots(&provider)) {
+                (true, Ok(slots)) => {
+                    sync_slots(&provider, &slots, &nodes, &ctx).await?;
+                    readiness
+                }
+                (true, Err(error)) => (false, "BadSettings", error.to_string()),
+                (false, _) => readiness,
+            }
         }
-        readiness
-    } else {
-        let probe = super::cloud_provider::probe(&provider, &ctx).await?;
-        status.pools = probe.pools;
-        status.quota.get_or_insert_with(Default::default).cloud = probe.cloud_quota;
-        (probe.ready, probe.reason, probe.message)
+        None => {
+            let probe = super::cloud_provider::probe(&provider, &ctx).await?;
+            status.pools = probe.pools;
+            status.quota.get_or_insert_with(Default::default).cloud = probe.cloud_quota;
+            (probe.ready, probe.reason, probe.message)
+        }
     };
     let generation = provider.metadata.generation;
     conditions::set_condition(
@@ -55,20 +66,20 @@ pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Act
     );
     status.observed_generation = generation;
     status.nodes = Some(count_nodes(&nodes));
-    let used = crate::scheduler::plan::footprint(nodes.iter().map(|n| n.as_ref()));
+    let used = nodepool_crds::pool_node::footprint(nodes.iter().map(|n| n.as_ref()));
     let cloud = status.quota.as_ref().and_then(|q| q.cloud.clone());
     status.quota = Some(QuotaStatus { used, limits: provider.spec.limits.clone(), cloud });
-    // Static providers are looked at again now and then; cloud providers more often, as quota,
+    // Slotted providers are looked at again now and then; cloud providers more often, as quota,
     // pauses and leaks change without any object changing.
-    let mut next = if provider.spec.driver == Driver::Static {
+    let mut next = if slotted.is_some() {
         Duration::from_secs(300)
     } else {
-        ctx.cleanup_interval.min(Duration::from_secs(30))
+        ctx.settings.cleanup_interval.min(Duration::from_secs(30))
     };
     if let Some(wait) = write_status(&provider, &status, &ctx).await? {
         next = next.min(wait);
     }
-    if provider.spec.driver != Driver::Static && ready {
+    if slotted.is_none() && ready {
         super::cloud_provider::clean_up_leaks(&provider, &ctx).await;
     }
     Ok(Action::requeue(next))
@@ -110,7 +121,27 @@ pub fn error_policy(provider: Arc<Provider>, error: &Error, _: Arc<Context>) -> 
     retry_after(error)
 }
 
-/// Whether a static provider can serve, with the reason shown in its `Ready` condition.
+/// Every pool of a slotted provider, with the labels its hosts serve (the bridge registers a
+/// pool's labels for Zuul from here; cloud pools list theirs in the spec too).
+fn slotted_pools(driver: &dyn nodepool_driver::Driver, provider: &Provider) -> Vec<PoolStatus> {
+    provider
+        .spec
+        .pools
+        .iter()
+        .map(|pool| {
+            let mut names = driver.pool_labels(pool);
+            names.sort();
+            names.dedup();
+            let labels = names
+                .into_iter()
+                .map(|name| PoolLabelStatus { name, launchable: true, ..Default::default() })
+                .collect();
+            PoolStatus { name: pool.name.clone(), labels, ..Default::default() }
+        })
+        .collect()
+}
+
+/// Whether a slotted provider can serve, with the reason shown in its `Ready` condition.
 async fn readiness(provider: &Provider, ctx: &Context) -> Result<(bool, &'static str, String), Error> {
     if let Some(secret) = &provider.spec.credentials_secret_ref {
         let secrets: Api<Secret> = ctx.api();
@@ -162,10 +193,14 @@ async fn wait_until_cached(names: &[String], ctx: &Context) {
 
 /// Creates a PoolNode for every slot that has none, updates labels in place, and removes slots
 /// no longer configured once they are idle.
-async fn sync_static_slots(provider: &Provider, nodes: &[Arc<PoolNode>], ctx: &Context) -> Result<(), Error> {
+async fn sync_slots(
+    provider: &Provider,
+    desired: &[Slot],
+    nodes: &[Arc<PoolNode>],
+    ctx: &Context,
+) -> Result<(), Error> {
     let api: Api<PoolNode> = ctx.api();
     let name = provider.name_any();
-    let desired = static_driver::desired_slots(provider);
     let live: Vec<&Arc<PoolNode>> =
         nodes.iter().filter(|n| n.metadata.deletion_timestamp.is_none()).collect();
     let slot_of = |node: &PoolNode| {
@@ -173,7 +208,7 @@ async fn sync_static_slots(provider: &Provider, nodes: &[Arc<PoolNode>], ctx: &C
     };
 
     let mut created_names = Vec::new();
-    for slot in &desired {
+    for slot in desired {
         let key = (slot.pool.clone(), slot.host.clone(), slot.slot);
         match live.iter().find(|n| slot_of(n).as_ref() == Some(&key)) {
             Some(node) if node.spec.labels != slot.labels => {

@@ -7,11 +7,11 @@ use kube::{ResourceExt, runtime::controller::Action};
 use nodepool_crds::{TenantLimit, TenantLimitStatus};
 
 use super::{Error, retry_after};
-use crate::{context::Context, scheduler::plan, status};
+use crate::{context::Context, scheduler::capacity, status};
 
 pub async fn reconcile(limit: Arc<TenantLimit>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.caches_ready().await;
-    let budgets = plan::tenant_budgets(std::slice::from_ref(&limit), &ctx.nodes.state());
+    let budgets = capacity::tenant_budgets(std::slice::from_ref(&limit), &ctx.nodes.state());
     let status = TenantLimitStatus {
         observed_generation: limit.metadata.generation,
         used: budgets.into_iter().next().map(|b| b.used).unwrap_or_default(),

@@ -21,13 +21,16 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Resource, ResourceExt};
 use nodepool_crds::{
     NodeRequest, NodeRequestState, NodeRequestStatus, NodeState, PoolNode, PoolNodeSpec, PoolNodeStatus,
-    ZNODE_FINALIZER, conditions, labels as node_labels, pool_node::NodeResources,
+    ZNODE_FINALIZER,
+    conditions::{self, WaitReason},
+    labels as node_labels,
+    pool_node::NodeResources,
 };
 use tracing::Instrument;
 
 use crate::{
     context::Context,
-    controllers::pool_node::{self, Registration},
+    slots::{self, Registration},
     status,
 };
 use nodepool_service::{
@@ -69,9 +72,9 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
         let nodes = overlay.nodes(ctx.nodes.state());
         let back_for = back_since.update(&nodes);
         let requests = overlay.requests(ctx.requests.state());
-        let mut tenants = plan::tenant_budgets(&ctx.tenant_limits.state(), &nodes);
+        let mut tenants = capacity::tenant_budgets(&ctx.tenant_limits.state(), &nodes);
         let paused = |provider: &str, pool: &str| ctx.clouds.paused(provider, pool).map(|p| p.reason);
-        let pools = plan::pools(&ctx.providers.state(), &paused);
+        let pools = views::pools(&ctx.providers.state(), &paused);
         let labels = ctx.labels.state();
         let world = plan::World {
             requests: &requests,
@@ -96,7 +99,7 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
             }
             // Most waits need no write: decided here, they hold nothing and take no turn.
             if let Decision::Wait { request, reason, message } = &decision {
-                match wait_report(&ctx, request, reason, message) {
+                match wait_report(&ctx, request, *reason, message) {
                     WaitReport::Nothing => continue,
                     WaitReport::NotYet(after) => {
                         next_pass = next_pass.min(tokio::time::Instant::now() + after);
@@ -169,7 +172,7 @@ impl BackFromUse {
     fn update(&mut self, nodes: &[Arc<PoolNode>]) -> HashMap<String, Duration> {
         let now = std::time::Instant::now();
         let back: HashSet<String> =
-            nodes.iter().filter(|n| plan::is_back_from_use(n)).map(|n| n.name_any()).collect();
+            nodes.iter().filter(|n| n.is_back_from_use()).map(|n| n.name_any()).collect();
         self.0.retain(|name, _| back.contains(name));
         back.into_iter()
             .map(|name| {
@@ -216,8 +219,8 @@ fn hold(ctx: &Context, overlay: &mut Overlay, decision: &Decision) -> Held {
             let Some(node) = ctx.cached(&ctx.nodes, name) else { continue };
             let mut intended = (*node).clone();
             let mut status = intended.status.clone().unwrap_or_default();
-            if plan::is_back_from_use(&node) {
-                status = pool_node::next_registration(&node, &status);
+            if node.is_back_from_use() {
+                status = slots::next_registration(&node, &status);
             }
             allocate(&mut status, &object, None);
             intended.status = Some(status);
@@ -230,7 +233,7 @@ fn hold(ctx: &Context, overlay: &mut Overlay, decision: &Decision) -> Held {
     {
         // Shown in `init` until the cache shows it registered: not offered on a stale copy.
         let mut intended = (*node).clone();
-        intended.status = Some(pool_node::next_registration(&node, &node.status.clone().unwrap_or_default()));
+        intended.status = Some(slots::next_registration(&node, &node.status.clone().unwrap_or_default()));
         overlay.hold_node(intended);
         nodes.push(name.clone());
     }
@@ -363,11 +366,17 @@ async fn apply(ctx: &Context, decision: Decision, after: Option<String>) -> Resu
             let generation = object.metadata.generation;
             conditions::set_condition(
                 &mut status.conditions,
-                conditions::condition(conditions::types::WAITING, true, reason, message.clone(), generation),
+                conditions::condition(
+                    conditions::types::WAITING,
+                    true,
+                    reason.as_str(),
+                    message.clone(),
+                    generation,
+                ),
             );
             status.observed_generation = generation;
             let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
-            ctx.event(&updated, false, reason, message).await;
+            ctx.event(&updated, false, reason.as_str(), message).await;
             vec![Written::Request(request, updated.resource_version().unwrap_or_default())]
         }
         Decision::Launch { request, provider, pool, reuse, launch } => {
@@ -399,13 +408,13 @@ async fn apply(ctx: &Context, decision: Decision, after: Option<String>) -> Resu
                 conditions::condition(
                     conditions::types::WAITING,
                     false,
-                    "Declined",
+                    WaitReason::Declined.as_str(),
                     message.clone(),
                     generation,
                 ),
             );
             let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
-            ctx.event(&updated, true, "Declined", message).await;
+            ctx.event(&updated, true, WaitReason::Declined.as_str(), message).await;
             written.push(Written::Request(request, updated.resource_version().unwrap_or_default()));
             written
         }
@@ -422,11 +431,11 @@ enum WaitReport {
     Due(Arc<NodeRequest>),
 }
 
-fn wait_report(ctx: &Context, request: &str, reason: &str, message: &str) -> WaitReport {
+fn wait_report(ctx: &Context, request: &str, reason: WaitReason, message: &str) -> WaitReport {
     let Some(object) = ctx.cached(&ctx.requests, request) else { return WaitReport::Nothing };
     let status = object.status.clone().unwrap_or_default();
     let current = conditions::find(&status.conditions, conditions::types::WAITING);
-    if current.is_some_and(|c| c.status == "True" && c.reason == reason && c.message == message) {
+    if current.is_some_and(|c| c.status == "True" && c.reason == reason.as_str() && c.message == message) {
         return WaitReport::Nothing;
     }
     let waited = object
@@ -451,7 +460,7 @@ async fn assign(ctx: &Context, hand_out: HandOut<'_>, names: Vec<String>) -> Res
     // Each with the copy it was based on: the write's resourceVersion then covers the registration.
     let mut registered: BTreeMap<&str, (Arc<PoolNode>, PoolNodeStatus)> = BTreeMap::new();
     for name in &names {
-        let Some(node) = ctx.cached(&ctx.nodes, name).filter(|n| plan::is_back_from_use(n)) else { continue };
+        let Some(node) = ctx.cached(&ctx.nodes, name).filter(|n| n.is_back_from_use()) else { continue };
         match register_afresh(ctx, &node).await? {
             Fresh::Ready(status) => {
                 registered.insert(name, (node, *status));
@@ -573,7 +582,7 @@ fn fulfilled_status(
         conditions::condition(
             conditions::types::WAITING,
             false,
-            "Fulfilled",
+            WaitReason::Fulfilled.as_str(),
             format!("nodes from {provider}/{pool}"),
             object.metadata.generation,
         ),
@@ -645,13 +654,13 @@ async fn revert_fulfilled(ctx: &Context, written: &NodeRequest, before: &NodeReq
 async fn undo_stranded(ctx: &Context, name: &str) -> Result<Vec<Written>> {
     let requests: kube::Api<NodeRequest> = ctx.api();
     let Some(request) = requests.get_opt(name).await? else { return Ok(vec![]) };
-    let Some(allocation) = plan::handed_out_allocation(&request) else { return Ok(vec![]) };
-    let allocation_id = allocation.1.to_owned();
+    let Some(allocation) = request.handed_out_allocation() else { return Ok(vec![]) };
+    let allocation_id = allocation.id.to_owned();
     let status = request.status.clone().unwrap_or_default();
     let nodes: kube::Api<PoolNode> = ctx.api();
     for node in &status.nodes {
         let fresh = nodes.get_opt(node).await?;
-        if fresh.as_ref().and_then(plan::node_allocation) == Some(allocation) {
+        if fresh.as_ref().and_then(|n| n.allocation()) == Some(allocation) {
             return Ok(vec![]); // the cache was behind
         }
     }
@@ -672,7 +681,7 @@ async fn undo_stranded(ctx: &Context, name: &str) -> Result<Vec<Written>> {
         conditions::condition(
             conditions::types::WAITING,
             true,
-            "HandOutUndone",
+            WaitReason::HandOutUndone.as_str(),
             format!("none of {:?} was allocated to it; deciding again", requested.nodes),
             request.metadata.generation,
         ),
@@ -708,8 +717,8 @@ enum Fresh {
 
 /// Starts a static slot's next registration: a new node to Zuul, as Nodepool does after use.
 async fn register_afresh(ctx: &Context, node: &PoolNode) -> Result<Fresh> {
-    let status = pool_node::next_registration(node, &node.status.clone().unwrap_or_default());
-    match pool_node::static_registration(node, status, ctx).await {
+    let status = slots::next_registration(node, &node.status.clone().unwrap_or_default());
+    match slots::register(node, status, ctx).await {
         Registration::Ready(status) => Ok(Fresh::Ready(Box::new(status))),
         Registration::Unreachable(status) => {
             let updated = ctx.write_node_status(node, &status).await?;
@@ -727,7 +736,7 @@ async fn register_afresh(ctx: &Context, node: &PoolNode) -> Result<Fresh> {
 
 /// Registers a static slot back from use afresh, for the requests to come.
 async fn recycle(ctx: &Context, name: &str) -> Result<Vec<Written>> {
-    let Some(node) = ctx.cached(&ctx.nodes, name).filter(|n| plan::is_back_from_use(n)) else {
+    let Some(node) = ctx.cached(&ctx.nodes, name).filter(|n| n.is_back_from_use()) else {
         return Ok(vec![]);
     };
     match register_afresh(ctx, &node).await? {
@@ -766,13 +775,13 @@ async fn static_hosts_answer(ctx: &Context, names: &[String]) -> Result<bool> {
         let node = ctx.cached(&ctx.nodes, name)?;
         let slot = node.spec.static_host.clone()?;
         let provider = ctx.provider(&node.spec.provider)?;
-        let (pool, host) = nodepool_driver_static::find_host(&provider, &node.spec.pool, &slot.host)?;
-        if !nodepool_driver_static::host_key_checking(pool, host) {
+        let host = nodepool_drivers::of(&provider).ok()?.slot_host(&provider, &node.spec.pool, &slot.host)?;
+        if !host.scans_keys() {
             return None;
         }
-        let port = nodepool_driver_static::connection(host).connection_port.unwrap_or(22);
         Some(async move {
-            let result = nodepool_driver_static::check_reachable(&slot.host, port, HAND_OUT_CHECK).await;
+            let result =
+                nodepool_driver::keyscan::check_reachable(&slot.host, host.port(), HAND_OUT_CHECK).await;
             (node, result)
         })
     });
@@ -812,7 +821,7 @@ async fn launch_for_request(
             conditions::condition(
                 conditions::types::WAITING,
                 true,
-                "Launching",
+                WaitReason::Launching.as_str(),
                 format!("launching {labels:?} in {provider}/{pool}"),
                 object.metadata.generation,
             ),
@@ -970,7 +979,7 @@ mod tests {
     }
 
     fn wait(request: &str) -> Decision {
-        Decision::Wait { request: request.into(), reason: "AtQuota", message: String::new() }
+        Decision::Wait { request: request.into(), reason: WaitReason::AtQuota, message: String::new() }
     }
 
     fn request_of(decision: &Decision) -> &str {

@@ -21,12 +21,13 @@ use std::{
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use nodepool_crds::{
-    Driver, Label, NodeRequest, NodeRequestState, NodeState, PoolNode, Provider, TenantLimit, conditions,
-    pool_node::NodeResources,
-    provider::{ResourceLimits, ResourceUsage},
+    Label, NodeRequest, NodeState, PoolNode,
+    conditions::{self, WaitReason},
+    pool_node::{Allocation, NodeResources},
+    provider::ResourceUsage,
 };
 
-use super::capacity::{self, Capacity};
+use super::capacity::{self, Capacity, TenantBudget};
 pub use super::views::{LaunchView, PoolView, footprint};
 
 /// What the scheduler does with one request in this pass.
@@ -59,7 +60,7 @@ pub enum Decision {
     /// [`RECYCLE_GRACE`]); a pass follows after `after`.
     KeepForReuse { node: String, after: Duration },
     /// Leave it waiting, saying why.
-    Wait { request: String, reason: &'static str, message: String },
+    Wait { request: String, reason: WaitReason, message: String },
     /// None of our pools can serve it (or its launch failed). `release` are nodes allocated to
     /// it that go back to the pool.
     Decline { request: String, pools: Vec<String>, message: String, release: Vec<String> },
@@ -78,151 +79,9 @@ fn launch_failed(node: &PoolNode) -> bool {
     })
 }
 
-fn usage(resources: &NodeResources) -> ResourceUsage {
-    ResourceUsage { servers: resources.instances.max(1), cores: resources.cores, ram: resources.ram }
-}
-
+/// What nodes of these resources hold against quota together.
 fn total<'a>(footprints: impl IntoIterator<Item = &'a NodeResources>) -> ResourceUsage {
-    let mut sum = ResourceUsage::default();
-    for resources in footprints {
-        let one = usage(resources);
-        sum.servers += one.servers;
-        sum.cores += one.cores;
-        sum.ram += one.ram;
-    }
-    sum
-}
-
-/// What one tenant may use and uses, as the scheduler tracks it through a pass.
-#[derive(Clone, Debug)]
-pub struct TenantBudget {
-    pub tenant: String,
-    pub limits: ResourceLimits,
-    pub used: ResourceUsage,
-}
-
-impl TenantBudget {
-    /// Whether `more` still fits.
-    fn fits(&self, more: &ResourceUsage) -> bool {
-        let within =
-            |limit: Option<u64>, used: u64, more: u64| limit.is_none_or(|limit| used + more <= limit);
-        within(self.limits.max_servers.map(u64::from), self.used.servers.into(), more.servers.into())
-            && within(self.limits.max_cores.map(u64::from), self.used.cores.into(), more.cores.into())
-            && within(self.limits.max_ram, self.used.ram, more.ram)
-    }
-
-    fn add(&mut self, more: &ResourceUsage) {
-        self.used.servers += more.servers;
-        self.used.cores += more.cores;
-        self.used.ram += more.ram;
-    }
-}
-
-/// Every tenant's limits with what its nodes hold now (any provider, any state but static slots
-/// Zuul has given back, which are on their way to the next request).
-pub fn tenant_budgets(
-    limits: &[std::sync::Arc<TenantLimit>],
-    nodes: &[std::sync::Arc<PoolNode>],
-) -> Vec<TenantBudget> {
-    limits
-        .iter()
-        .map(|limit| {
-            let tenant = limit.spec.tenant.clone();
-            let held = nodes.iter().map(|n| n.as_ref()).filter(|n| {
-                n.status.as_ref().and_then(|s| s.tenant.as_deref()) == Some(tenant.as_str())
-                    && n.status.as_ref().is_none_or(|s| s.state != NodeState::Deleted)
-                    && !is_back_from_use(n)
-            });
-            TenantBudget { used: footprint(held), limits: limit.spec.limits.clone(), tenant }
-        })
-        .collect()
-}
-
-/// Every pool of every Provider. `paused` says why a pool of a provider is paused, if it is.
-pub fn pools(
-    providers: &[std::sync::Arc<Provider>],
-    paused: &dyn Fn(&str, &str) -> Option<String>,
-) -> Vec<PoolView> {
-    let mut pools = Vec::new();
-    // A Provider being deleted takes no more work (its nodes are being torn down).
-    for provider in providers.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
-        let ready = provider
-            .status
-            .as_ref()
-            .and_then(|s| conditions::find(&s.conditions, conditions::types::READY))
-            .is_none_or(|c| c.status != "False");
-        let name = provider.name_any();
-        let cloud_quota = provider
-            .status
-            .as_ref()
-            .and_then(|s| s.quota.as_ref())
-            .and_then(|q| q.cloud.clone())
-            .unwrap_or_default();
-        let provider_limits =
-            capacity::tightest(&provider.spec.limits.clone().unwrap_or_default(), &cloud_quota);
-        for pool in &provider.spec.pools {
-            let labels = match &pool.hosts {
-                Some(hosts) => hosts.iter().flat_map(|h| h.labels.iter().cloned()).collect(),
-                None => pool.labels.iter().map(|l| l.name.clone()).collect(),
-            };
-            let launch = (provider.spec.driver != Driver::Static).then(|| {
-                let status =
-                    provider.status.as_ref().and_then(|s| s.pools.iter().find(|p| p.name == pool.name));
-                let mut view = LaunchView {
-                    pool_limits: ResourceLimits {
-                        max_servers: pool.max_servers,
-                        max_cores: pool.max_cores,
-                        max_ram: pool.max_ram,
-                    },
-                    provider_limits: provider_limits.clone(),
-                    max_concurrency: provider.spec.max_concurrency,
-                    paused: paused(&name, &pool.name),
-                    ..Default::default()
-                };
-                for label in &pool.labels {
-                    let checked = status.and_then(|s| s.labels.iter().find(|l| l.name == label.name));
-                    match checked {
-                        Some(l) if l.launchable => {
-                            view.footprints
-                                .insert(label.name.clone(), l.resources.clone().unwrap_or_default());
-                        }
-                        Some(l) => {
-                            let why = l.message.clone().unwrap_or_else(|| "cannot be launched".into());
-                            view.unlaunchable.insert(label.name.clone(), why);
-                        }
-                        None => {
-                            view.unlaunchable
-                                .insert(label.name.clone(), "not checked against the cloud yet".into());
-                        }
-                    }
-                }
-                view
-            });
-            let scanned_hosts = pool
-                .hosts
-                .iter()
-                .flatten()
-                .filter(|host| nodepool_driver_static::host_key_checking(pool, host))
-                .map(|host| host.name.clone())
-                .collect();
-            pools.push(PoolView {
-                provider: name.clone(),
-                pool: pool.name.clone(),
-                priority: pool.priority.or(provider.spec.priority).unwrap_or(100),
-                labels,
-                usable: ready && !provider.spec.paused,
-                launch,
-                scanned_hosts,
-            });
-        }
-    }
-    pools
-}
-
-/// Whether the scheduler still has to decide on `request`.
-pub fn is_open(request: &NodeRequest) -> bool {
-    request.metadata.deletion_timestamp.is_none()
-        && request.status.as_ref().is_none_or(|s| s.state == NodeRequestState::Requested)
+    footprints.into_iter().map(NodeResources::usage).sum()
 }
 
 /// Nodepool's request order: priority class, relative priority, then sequence (age).
@@ -233,36 +92,7 @@ pub fn request_order(a: &NodeRequest, b: &NodeRequest) -> Ordering {
 /// Whether a node can be handed to a request right now: a free ready node, or a static slot
 /// back from use, whose next registration and allocation are then written at once.
 pub fn is_available(node: &PoolNode) -> bool {
-    is_free(node) || is_back_from_use(node)
-}
-
-/// Whether a node is ready and free.
-pub fn is_free(node: &PoolNode) -> bool {
-    let Some(status) = &node.status else { return false };
-    node.metadata.deletion_timestamp.is_none()
-        && status.state == NodeState::Ready
-        && status.allocated_to.is_none()
-        && unclaimed_by_zuul(status)
-}
-
-/// Whether a node is a static slot Zuul has used and unlocked, to be registered afresh (under a
-/// new znode id, as Nodepool does). The scheduler does that, so that with requests waiting the
-/// slot's next registration and its allocation are one write, not two in turn.
-pub fn is_back_from_use(node: &PoolNode) -> bool {
-    let Some(status) = &node.status else { return false };
-    node.spec.static_host.is_some()
-        && node.metadata.deletion_timestamp.is_none()
-        && matches!(status.state, NodeState::Ready | NodeState::InUse | NodeState::Used)
-        && status.zuul_view().is_some_and(|z| z.zuul_state == Some(NodeState::Used) && !z.locked)
-}
-
-/// Zuul has no hold on the node's current registration. One the bridge has not put in ZooKeeper
-/// yet (a slot just back from use, a node just launched) is unclaimed: Zuul can neither lock nor
-/// use a znode that does not exist, and the bridge registers it, allocated, before it fulfils
-/// the request. Waiting for the bridge to record the new znode first would put one more
-/// apiserver write and watch hop between a node becoming ready and its hand-out.
-fn unclaimed_by_zuul(status: &nodepool_crds::PoolNodeStatus) -> bool {
-    status.zuul_view().is_none_or(|z| !z.locked && z.zuul_state.is_none())
+    node.is_free() || node.is_back_from_use()
 }
 
 /// How long a static slot back from use is kept for the next request before it is registered
@@ -296,23 +126,10 @@ pub struct World<'a> {
 /// its revert landed; Zuul never gives up on a request, so it would wait for ever.
 pub const STRANDED_AFTER: Duration = Duration::from_secs(30);
 
-/// The allocation (request id, allocation id) a `fulfilled` request's hand-out wrote on its
-/// nodes; `None` for one fulfilled after its launches, whose allocations came first.
-pub fn handed_out_allocation(request: &NodeRequest) -> Option<(&str, &str)> {
-    let status = request.status.as_ref().filter(|s| s.state == NodeRequestState::Fulfilled)?;
-    Some((request.spec.request_id.as_str(), status.allocation_id.as_deref()?))
-}
-
-/// The allocation (request id, allocation id) a node shows, if it has one with an id.
-pub fn node_allocation(node: &PoolNode) -> Option<(&str, &str)> {
-    let status = node.status.as_ref()?;
-    Some((status.allocated_to.as_deref()?, status.allocation_id.as_deref()?))
-}
-
 /// Whether `request` is a stranded hand-out: `fulfilled` for [`STRANDED_AFTER`] with an
 /// allocation that none of `allocations` (those the nodes show) is.
-fn is_stranded(request: &NodeRequest, allocations: &HashSet<(&str, &str)>, now: Timestamp) -> bool {
-    let Some(allocation) = handed_out_allocation(request) else { return false };
+fn is_stranded(request: &NodeRequest, allocations: &HashSet<Allocation>, now: Timestamp) -> bool {
+    let Some(allocation) = request.handed_out_allocation() else { return false };
     let since = request.status.as_ref().and_then(|s| s.state_time.as_ref()).map_or(now, |t| t.0);
     let old_enough = now.duration_since(since).as_secs_f64() >= STRANDED_AFTER.as_secs_f64();
     request.metadata.deletion_timestamp.is_none() && old_enough && !allocations.contains(&allocation)
@@ -341,7 +158,7 @@ pub fn plan(world: &World, tenants: &mut [TenantBudget]) -> Vec<Decision> {
     // Slots back from use that need no key scan first (see RECYCLE_GRACE), then ready nodes,
     // then slots whose registration scans keys: that scan would be on the request's path.
     pass.free.sort_by_cached_key(|n| {
-        let class = match is_back_from_use(n) {
+        let class = match n.is_back_from_use() {
             true if reregisters_without_scan(world, n) => 0,
             false => 1,
             true => 2,
@@ -350,24 +167,96 @@ pub fn plan(world: &World, tenants: &mut [TenantBudget]) -> Vec<Decision> {
     });
 
     let mut pending: Vec<&NodeRequest> =
-        world.requests.iter().map(|r| r.as_ref()).filter(|r| is_pending(r)).collect();
+        world.requests.iter().map(|r| r.as_ref()).filter(|r| r.is_pending()).collect();
     pending.sort_by(|a, b| request_order(a, b));
     for request in pending {
         pass.pending(world, request);
     }
     let mut open: Vec<&NodeRequest> =
-        world.requests.iter().map(|r| r.as_ref()).filter(|r| is_open(r)).collect();
+        world.requests.iter().map(|r| r.as_ref()).filter(|r| r.is_open()).collect();
     open.sort_by(|a, b| request_order(a, b));
     for request in open {
         pass.open(world, request, tenants);
     }
-    let allocations: HashSet<(&str, &str)> = world.nodes.iter().filter_map(|n| node_allocation(n)).collect();
+    let allocations: HashSet<Allocation> = world.nodes.iter().filter_map(|n| n.allocation()).collect();
     for request in world.requests.iter().filter(|r| is_stranded(r, &allocations, world.now)) {
         pass.decisions.push(Decision::Undo { request: request.name_any() });
     }
     pass.spares(world);
     pass.recycle(world);
     pass.decisions
+}
+
+/// What one pool can give a request now.
+struct Offer<'a> {
+    /// Free nodes it hands out.
+    reuse: Vec<&'a PoolNode>,
+    /// Labels it launches, with each node's footprint.
+    launch: Vec<(String, NodeResources)>,
+    /// What the launches hold against quota.
+    launched: ResourceUsage,
+    /// What the request holds against its tenant's limit: the free nodes and the launches.
+    need: ResourceUsage,
+}
+
+/// Why the pools tried could not serve a request now.
+#[derive(Default)]
+struct Misses {
+    /// Pools that yield to another launcher's pool of better priority.
+    yielded: Vec<String>,
+    /// Cloud pools that can never serve it (a label they cannot launch, beyond their limits).
+    never: Vec<String>,
+    /// Cloud pools that cannot launch for it now (paused, at a limit).
+    blocked: Vec<String>,
+}
+
+/// The pools that serve every label of the request, preferred provider first, then by priority;
+/// `Err` with the reason to decline when there are none.
+fn candidates<'w>(world: &World<'w>, request: &NodeRequest) -> Result<Vec<&'w PoolView>, String> {
+    let labels = &request.spec.labels;
+    let mut candidates: Vec<&PoolView> =
+        world.pools.iter().filter(|p| labels.iter().all(|label| p.labels.contains(label))).collect();
+    if candidates.is_empty() {
+        let missing: BTreeSet<&String> =
+            labels.iter().filter(|l| !world.pools.iter().any(|p| p.labels.contains(*l))).collect();
+        return Err(if missing.is_empty() {
+            format!("no single pool serves all of {labels:?}")
+        } else {
+            format!("no provider serves label(s) {missing:?}")
+        });
+    }
+    let preferred = request.spec.preferred_provider.as_deref();
+    candidates.sort_by_key(|p| {
+        (Some(p.provider.as_str()) != preferred, p.priority, p.provider.clone(), p.pool.clone())
+    });
+    Ok(candidates)
+}
+
+/// Other launchers sharing the ZooKeeper (Nodepool's, §6.3 steps 2 and 3): when we have no pool
+/// of the request's preferred provider and another launcher has, that pool takes the request.
+fn left_to_preferred_elsewhere(request: &NodeRequest, candidates: &[&PoolView]) -> Option<String> {
+    let preferred = request.spec.preferred_provider.as_deref()?;
+    if candidates.iter().any(|p| p.provider == preferred) {
+        return None;
+    }
+    let theirs = request.spec.other_launchers.iter().find(|o| o.provider == preferred)?;
+    Some(format!("left to another launcher's pool {} of the preferred provider", theirs.id))
+}
+
+/// Why a request no pool could serve now waits.
+fn why_waiting(labels: &[String], candidates: &[&PoolView], misses: Misses) -> (WaitReason, String) {
+    let usable = candidates.iter().filter(|p| p.usable).count();
+    if !misses.yielded.is_empty() && misses.yielded.len() == usable {
+        (WaitReason::OtherLauncher, misses.yielded.join("; "))
+    } else if usable == 0 {
+        let message = format!("every pool serving {labels:?} is paused or its provider is not Ready");
+        (WaitReason::ProvidersUnavailable, message)
+    } else if !misses.blocked.is_empty() {
+        (WaitReason::AtQuota, misses.blocked.join("; "))
+    } else {
+        let names: Vec<String> = candidates.iter().map(|p| format!("{}/{}", p.provider, p.pool)).collect();
+        (WaitReason::NoFreeNodes, format!("waiting for free nodes for {labels:?} in {}", names.join(", ")))
+    }
 }
 
 /// The state of one pass.
@@ -392,156 +281,138 @@ impl<'a> Pass<'a> {
         })
     }
 
+    /// Decides on an open request, in Nodepool's order: the pools that serve all its labels, in
+    /// preference order; the first that can serve it now (free nodes, else launches within
+    /// quota) takes it, if the tenant's limit allows; otherwise it is declined (no pool ever
+    /// could) or waits, with the reason.
     fn open(&mut self, world: &World, request: &NodeRequest, tenants: &mut [TenantBudget]) {
         let name = request.name_any();
-        let labels = &request.spec.labels;
-        let mut candidates: Vec<&PoolView> =
-            world.pools.iter().filter(|p| labels.iter().all(|label| p.labels.contains(label))).collect();
-        if candidates.is_empty() {
-            let missing: BTreeSet<&String> =
-                labels.iter().filter(|l| !world.pools.iter().any(|p| p.labels.contains(*l))).collect();
-            let message = if missing.is_empty() {
-                format!("no single pool serves all of {labels:?}")
-            } else {
-                format!("no provider serves label(s) {missing:?}")
-            };
-            self.decline_everywhere(world, name, message);
-            return;
+        let candidates = match candidates(world, request) {
+            Ok(candidates) => candidates,
+            Err(message) => return self.decline_everywhere(world, name, message),
+        };
+        if let Some(message) = left_to_preferred_elsewhere(request, &candidates) {
+            return self.wait(name, WaitReason::OtherLauncher, message);
         }
-        let preferred = request.spec.preferred_provider.as_deref();
-        candidates.sort_by_key(|p| {
-            (Some(p.provider.as_str()) != preferred, p.priority, p.provider.clone(), p.pool.clone())
-        });
-        // Other launchers sharing the ZooKeeper (Nodepool's, §6.3 steps 2 and 3): a pool of the
-        // preferred provider there, when we have none, takes the request; so does a pool there
-        // with a better (lower) priority than ours.
-        let others = &request.spec.other_launchers;
-        if let Some(preferred) = preferred
-            && !candidates.iter().any(|p| p.provider == preferred)
-            && let Some(theirs) = others.iter().find(|o| o.provider == preferred)
-        {
-            let message = format!("left to another launcher's pool {} of the preferred provider", theirs.id);
-            self.decisions.push(Decision::Wait { request: name, reason: "OtherLauncher", message });
-            return;
-        }
-        let better_elsewhere =
-            |pool: &PoolView| others.iter().filter(|o| o.priority < pool.priority).min_by_key(|o| o.priority);
-        let mut yielded: Vec<String> = Vec::new();
-
-        // Why each launching pool can never serve the request; all of them → decline.
-        let mut never: Vec<String> = Vec::new();
-        let mut blocked: Vec<String> = Vec::new();
-        let budget_index =
-            request.spec.tenant.as_ref().and_then(|t| tenants.iter().position(|b| &b.tenant == t));
+        let mut budget =
+            request.spec.tenant.as_ref().and_then(|t| tenants.iter_mut().find(|b| &b.tenant == t));
+        let mut misses = Misses::default();
         for pool in candidates.iter().copied() {
-            if !pool.usable {
-                continue; // paused or not Ready: it neither serves nor declines now
-            }
-            if let Some(better) = better_elsewhere(pool) {
-                yielded.push(format!(
-                    "{}/{} (priority {}) yields to another launcher's pool {} (priority {})",
-                    pool.provider, pool.pool, pool.priority, better.id, better.priority
-                ));
-                continue;
-            }
-            // Free ready nodes first (a static pool's only way; a cloud pool's when reuse is on).
-            let reuse = pool.launch.is_none() || request.spec.reuse;
-            let mut chosen: Vec<&PoolNode> = Vec::new();
-            let mut missing: Vec<String> = Vec::new();
-            for label in labels {
-                match self.free_node(pool, label, &chosen).filter(|_| reuse) {
-                    Some(node) => chosen.push(node),
-                    None => missing.push(label.clone()),
-                }
-            }
-            let launch_need: Vec<(String, NodeResources)> = match &pool.launch {
-                _ if missing.is_empty() => Vec::new(),
-                None => continue, // a static pool without free nodes: try the next pool
-                Some(launch) => {
-                    if let Some((label, why)) =
-                        missing.iter().find_map(|l| launch.unlaunchable.get_key_value(l))
-                    {
-                        never.push(format!("{}/{}: label {label}: {why}", pool.provider, pool.pool));
-                        continue;
-                    }
-                    let need: Vec<(String, NodeResources)> =
-                        missing.iter().map(|l| (l.clone(), launch.footprints[l].clone())).collect();
-                    let whole = total(labels.iter().filter_map(|l| launch.footprints.get(l)));
-                    if let Err(why) = capacity::ever_fits(launch, &whole) {
-                        never.push(format!("{}/{}: {why}", pool.provider, pool.pool));
-                        continue;
-                    }
-                    if let Some(why) = &launch.paused {
-                        blocked.push(format!("{}/{} is paused: {why}", pool.provider, pool.pool));
-                        continue;
-                    }
-                    let more = total(need.iter().map(|(_, r)| r));
-                    if let Err(why) = self.capacity.fits(pool, launch, &more, need.len() as u32) {
-                        blocked.push(why);
-                        continue;
-                    }
-                    need
-                }
-            };
+            let Some(offer) = self.offer(pool, request, &mut misses) else { continue };
             // A tenant at its limit waits (Nodepool never declines for tenant quota).
-            let mut need = footprint(chosen.iter().copied());
-            let launched = total(launch_need.iter().map(|(_, r)| r));
-            need.servers += launched.servers;
-            need.cores += launched.cores;
-            need.ram += launched.ram;
-            if let Some(budget) = budget_index.map(|i| &mut tenants[i]) {
-                if !budget.fits(&need) {
+            if let Some(budget) = budget.as_deref_mut() {
+                if !budget.fits(&offer.need) {
                     let message = format!(
                         "tenant {} is at its limit (uses {} servers, {} cores, {} MiB)",
                         budget.tenant, budget.used.servers, budget.used.cores, budget.used.ram
                     );
-                    self.decisions.push(Decision::Wait { request: name, reason: "TenantLimit", message });
-                    return;
+                    return self.wait(name, WaitReason::TenantLimit, message);
                 }
-                budget.add(&need);
+                budget.used.add(&offer.need);
             }
-            let reused: Vec<String> = chosen.iter().map(|n| n.name_any()).collect();
-            self.taken.extend(reused.iter().cloned());
-            if launch_need.is_empty() {
-                self.decisions.push(Decision::Assign {
-                    request: name,
-                    provider: pool.provider.clone(),
-                    pool: pool.pool.clone(),
-                    nodes: reused,
-                });
-            } else {
-                self.capacity.take(pool, &launched, launch_need.len() as u32);
-                self.decisions.push(Decision::Launch {
-                    request: name,
-                    provider: pool.provider.clone(),
-                    pool: pool.pool.clone(),
-                    reuse: reused,
-                    launch: launch_need,
-                });
+            return self.take(name, pool, offer);
+        }
+        let slotted_candidates = candidates.iter().any(|p| p.launch.is_none());
+        if !slotted_candidates && misses.never.len() == candidates.len() {
+            return self.decline_everywhere(world, name, misses.never.join("; "));
+        }
+        let (reason, message) = why_waiting(&request.spec.labels, &candidates, misses);
+        self.wait(name, reason, message);
+    }
+
+    /// What `pool` can do for the request now: free nodes for its labels, launches for the rest.
+    /// `None`, with the reason in `misses`, when it cannot.
+    fn offer(&self, pool: &PoolView, request: &NodeRequest, misses: &mut Misses) -> Option<Offer<'a>> {
+        if !pool.usable {
+            return None; // paused or not Ready: it neither serves nor declines now
+        }
+        let others = &request.spec.other_launchers;
+        if let Some(better) = others.iter().filter(|o| o.priority < pool.priority).min_by_key(|o| o.priority)
+        {
+            misses.yielded.push(format!(
+                "{}/{} (priority {}) yields to another launcher's pool {} (priority {})",
+                pool.provider, pool.pool, pool.priority, better.id, better.priority
+            ));
+            return None;
+        }
+        // Free ready nodes first (a slotted pool's only way; a cloud pool's when reuse is on).
+        let labels = &request.spec.labels;
+        let reuse = pool.launch.is_none() || request.spec.reuse;
+        let mut chosen: Vec<&'a PoolNode> = Vec::new();
+        let mut missing: Vec<String> = Vec::new();
+        for label in labels {
+            match self.free_node(pool, label, &chosen).filter(|_| reuse) {
+                Some(node) => chosen.push(node),
+                None => missing.push(label.clone()),
             }
-            return;
         }
-        let static_candidates = candidates.iter().any(|p| p.launch.is_none());
-        if !static_candidates && never.len() == candidates.len() {
-            self.decline_everywhere(world, name, never.join("; "));
-            return;
+        let launch = match &pool.launch {
+            _ if missing.is_empty() => Vec::new(),
+            None => return None, // a slotted pool without free nodes: try the next pool
+            Some(launch) => self.launches(pool, launch, labels, &missing, misses)?,
+        };
+        let launched = total(launch.iter().map(|(_, r)| r));
+        let mut need = footprint(chosen.iter().copied());
+        need.add(&launched);
+        Some(Offer { reuse: chosen, launch, launched, need })
+    }
+
+    /// The launches for the `missing` labels in a cloud pool, if they fit now; `None`, with why
+    /// they never or not now fit in `misses`, otherwise.
+    fn launches(
+        &self,
+        pool: &PoolView,
+        launch: &LaunchView,
+        labels: &[String],
+        missing: &[String],
+        misses: &mut Misses,
+    ) -> Option<Vec<(String, NodeResources)>> {
+        let at = format!("{}/{}", pool.provider, pool.pool);
+        if let Some((label, why)) = missing.iter().find_map(|l| launch.unlaunchable.get_key_value(l)) {
+            misses.never.push(format!("{at}: label {label}: {why}"));
+            return None;
         }
-        let (reason, message) =
-            if !yielded.is_empty() && yielded.len() == candidates.iter().filter(|p| p.usable).count() {
-                ("OtherLauncher", yielded.join("; "))
-            } else if candidates.iter().all(|p| !p.usable) {
-                (
-                    "ProvidersUnavailable",
-                    format!("every pool serving {labels:?} is paused or its provider is not Ready"),
-                )
-            } else if !blocked.is_empty() {
-                ("AtQuota", blocked.join("; "))
-            } else {
-                let names: Vec<String> =
-                    candidates.iter().map(|p| format!("{}/{}", p.provider, p.pool)).collect();
-                ("NoFreeNodes", format!("waiting for free nodes for {labels:?} in {}", names.join(", ")))
-            };
-        self.decisions.push(Decision::Wait { request: name, reason, message });
+        let whole = total(labels.iter().filter_map(|l| launch.footprints.get(l)));
+        if let Err(why) = capacity::ever_fits(launch, &whole) {
+            misses.never.push(format!("{at}: {why}"));
+            return None;
+        }
+        if let Some(why) = &launch.paused {
+            misses.blocked.push(format!("{at} is paused: {why}"));
+            return None;
+        }
+        let need: Vec<(String, NodeResources)> =
+            missing.iter().map(|l| (l.clone(), launch.footprints[l].clone())).collect();
+        let more = total(need.iter().map(|(_, r)| r));
+        if let Err(why) = self.capacity.fits(pool, launch, &more, need.len() as u32) {
+            misses.blocked.push(why);
+            return None;
+        }
+        Some(need)
+    }
+
+    /// Hands the request what `pool` offered: its free nodes, and launches where it needs them.
+    fn take(&mut self, request: String, pool: &PoolView, offer: Offer) {
+        let reused: Vec<String> = offer.reuse.iter().map(|n| n.name_any()).collect();
+        self.taken.extend(reused.iter().cloned());
+        let (provider, pool_name) = (pool.provider.clone(), pool.pool.clone());
+        if offer.launch.is_empty() {
+            self.decisions.push(Decision::Assign { request, provider, pool: pool_name, nodes: reused });
+        } else {
+            self.capacity.take(pool, &offer.launched, offer.launch.len() as u32);
+            let launch = offer.launch;
+            self.decisions.push(Decision::Launch {
+                request,
+                provider,
+                pool: pool_name,
+                reuse: reused,
+                launch,
+            });
+        }
+    }
+
+    fn wait(&mut self, request: String, reason: WaitReason, message: String) {
+        self.decisions.push(Decision::Wait { request, reason, message });
     }
 
     fn decline_everywhere(&mut self, world: &World, request: String, message: String) {
@@ -618,7 +489,7 @@ impl<'a> Pass<'a> {
         if missing.is_empty() {
             let ready = matched.iter().all(|n| {
                 let status = n.status.as_ref();
-                status.is_some_and(|s| s.state == NodeState::Ready && unclaimed_by_zuul(s))
+                status.is_some_and(|s| s.state == NodeState::Ready && s.unclaimed_by_zuul())
             });
             if ready {
                 self.decisions.push(Decision::Assign {
@@ -676,7 +547,7 @@ impl<'a> Pass<'a> {
                     let status = n.status.as_ref();
                     status.is_none_or(|s| {
                         s.allocated_to.is_none()
-                            && unclaimed_by_zuul(s)
+                            && s.unclaimed_by_zuul()
                             && matches!(s.state, NodeState::Init | NodeState::Building | NodeState::Ready)
                     })
                 })
@@ -700,8 +571,8 @@ impl<'a> Pass<'a> {
                 let launch = pool.launch.as_ref().expect("filtered on launch");
                 let resources = launch.footprints[&name].clone();
                 let mut count = 0;
-                while count < short && self.capacity.fits(pool, launch, &usage(&resources), 1).is_ok() {
-                    self.capacity.take(pool, &usage(&resources), 1);
+                while count < short && self.capacity.fits(pool, launch, &resources.usage(), 1).is_ok() {
+                    self.capacity.take(pool, &resources.usage(), 1);
                     count += 1;
                 }
                 if count > 0 {
@@ -727,7 +598,7 @@ impl Pass<'_> {
     /// Static slots back from use that no request took in this pass are registered afresh: at
     /// once if that scans their keys, else once no request took them for [`RECYCLE_GRACE`].
     fn recycle(&mut self, world: &World) {
-        for node in world.nodes.iter().filter(|n| is_back_from_use(n)) {
+        for node in world.nodes.iter().filter(|n| n.is_back_from_use()) {
             let name = node.name_any();
             if self.taken.contains(&name) {
                 continue;
@@ -742,19 +613,17 @@ impl Pass<'_> {
     }
 }
 
-/// Whether `request` was accepted by us and is waiting for its launches.
-pub fn is_pending(request: &NodeRequest) -> bool {
-    request.metadata.deletion_timestamp.is_none()
-        && request.status.as_ref().is_some_and(|s| s.state == NodeRequestState::Pending)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use nodepool_crds::{NodeRequestSpec, PoolNodeSpec, PoolNodeStatus, ZooKeeperView};
+    use nodepool_crds::{
+        NodeRequestSpec, NodeRequestState, PoolNodeSpec, PoolNodeStatus, TenantLimit, ZooKeeperView,
+        provider::ResourceLimits,
+    };
 
     use super::*;
+    use crate::scheduler::capacity::tenant_budgets;
 
     fn request(id: &str, labels: &[&str], relative_priority: i64) -> Arc<NodeRequest> {
         let spec = NodeRequestSpec {
@@ -826,7 +695,7 @@ mod tests {
             })
             .collect();
         assert_eq!(served, ["200-0000000003", "200-0000000004"]);
-        assert!(matches!(&decisions[2], Decision::Wait { reason: "NoFreeNodes", .. }));
+        assert!(matches!(&decisions[2], Decision::Wait { reason: WaitReason::NoFreeNodes, .. }));
     }
 
     #[test]
@@ -899,7 +768,10 @@ mod tests {
         ];
         let decisions = plan(&requests, &nodes, &[pool("p", 100, &["l"])], &mut budgets);
         assert!(matches!(&decisions[0], Decision::Assign { .. }), "{decisions:?}");
-        assert!(matches!(&decisions[1], Decision::Wait { reason: "TenantLimit", .. }), "{decisions:?}");
+        assert!(
+            matches!(&decisions[1], Decision::Wait { reason: WaitReason::TenantLimit, .. }),
+            "{decisions:?}"
+        );
         assert!(matches!(&decisions[2], Decision::Assign { .. }), "t2 has no limit: {decisions:?}");
     }
 
@@ -907,14 +779,14 @@ mod tests {
     fn locked_or_allocated_nodes_are_not_free() {
         let mut locked = (*node("n", "p", &["l"])).clone();
         locked.status.as_mut().unwrap().zookeeper.as_mut().unwrap().locked = true;
-        assert!(!is_free(&locked));
+        assert!(!locked.is_free());
         let mut allocated = (*node("n", "p", &["l"])).clone();
         allocated.status.as_mut().unwrap().allocated_to = Some("100-0000000009".into());
-        assert!(!is_free(&allocated));
+        assert!(!allocated.is_free());
         let mut used = (*node("n", "p", &["l"])).clone();
         used.status.as_mut().unwrap().zookeeper.as_mut().unwrap().zuul_state = Some(NodeState::Used);
-        assert!(!is_free(&used));
-        assert!(is_free(&node("n", "p", &["l"])));
+        assert!(!used.is_free());
+        assert!(node("n", "p", &["l"]).is_free());
     }
 
     /// A static slot Zuul has used; `locked` while Zuul still holds it.
@@ -931,8 +803,8 @@ mod tests {
     #[test]
     fn a_static_slot_back_from_use_goes_to_a_waiting_request_or_is_registered_afresh() {
         let (done, still_locked) = (back_from_use("done", false), back_from_use("locked", true));
-        assert!(is_back_from_use(&done) && !is_free(&done));
-        assert!(!is_back_from_use(&still_locked), "Zuul has not given it back yet");
+        assert!(done.is_back_from_use() && !done.is_free());
+        assert!(!still_locked.is_back_from_use(), "Zuul has not given it back yet");
         let nodes = [done.clone(), still_locked.clone()];
         let pools = [pool("p", 100, &["l"])];
 
@@ -1039,14 +911,14 @@ mod tests {
     fn a_node_not_yet_in_zookeeper_is_free() {
         let mut unregistered = (*node("n", "p", &["l"])).clone();
         unregistered.status.as_mut().unwrap().zookeeper = None;
-        assert!(is_free(&unregistered), "a node just launched");
+        assert!(unregistered.is_free(), "a node just launched");
         // A static slot back from use: the view is of its last registration (Zuul used it).
         let mut reregistered = (*node("n", "p", &["l"])).clone();
         let status = reregistered.status.as_mut().unwrap();
         status.registration = 1;
         let view = status.zookeeper.as_mut().unwrap();
         (view.registration, view.zuul_state, view.locked) = (0, Some(NodeState::Used), true);
-        assert!(is_free(&reregistered), "the view of the last use says nothing of this one");
+        assert!(reregistered.is_free(), "the view of the last use says nothing of this one");
     }
 
     fn cloud_pool(max_servers: Option<u32>, labels: &[&str]) -> PoolView {
@@ -1093,7 +965,7 @@ mod tests {
                 if request == "100-0000000001" && launch.len() == 1 && reuse.is_empty()),
             "{decisions:?}"
         );
-        assert!(matches!(&decisions[1], Decision::Wait { reason: "AtQuota", .. }), "{decisions:?}");
+        assert!(matches!(&decisions[1], Decision::Wait { reason: WaitReason::AtQuota, .. }), "{decisions:?}");
     }
 
     #[test]
@@ -1157,7 +1029,7 @@ mod tests {
         let decisions =
             plan(&[with_others("100-0000000001", vec![other("np", 10)])], &nodes, &pools, &mut []);
         assert!(
-            matches!(&decisions[0], Decision::Wait { reason: "OtherLauncher", message, .. } if message.contains("nodepool-np (priority 10)")),
+            matches!(&decisions[0], Decision::Wait { reason: WaitReason::OtherLauncher, message, .. } if message.contains("nodepool-np (priority 10)")),
             "{decisions:?}"
         );
         // A worse (or equal) one does not.
@@ -1171,7 +1043,10 @@ mod tests {
         let mut preferring = (*with_others("100-0000000003", vec![other("np", 90)])).clone();
         preferring.spec.preferred_provider = Some("np".into());
         let decisions = plan(&[Arc::new(preferring)], &nodes, &pools, &mut []);
-        assert!(matches!(&decisions[0], Decision::Wait { reason: "OtherLauncher", .. }), "{decisions:?}");
+        assert!(
+            matches!(&decisions[0], Decision::Wait { reason: WaitReason::OtherLauncher, .. }),
+            "{decisions:?}"
+        );
     }
 
     #[test]

@@ -3,10 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kube::ResourceExt;
 use nodepool_crds::{
-    PoolNode,
+    Provider, conditions,
     pool_node::NodeResources,
-    provider::{ResourceLimits, ResourceUsage},
+    provider::{Pool, ResourceLimits},
 };
 
 /// A pool of ours, as the scheduler sees it.
@@ -40,15 +41,84 @@ pub struct LaunchView {
     pub paused: Option<String>,
 }
 
-/// What a set of nodes holds against quota: one server each, plus their cores and memory.
-pub fn footprint<'a>(nodes: impl IntoIterator<Item = &'a PoolNode>) -> ResourceUsage {
-    let mut usage = ResourceUsage::default();
-    for node in nodes {
-        usage.servers += 1;
-        if let Some(resources) = node.status.as_ref().and_then(|s| s.resources.as_ref()) {
-            usage.cores += resources.cores;
-            usage.ram += resources.ram;
+pub use nodepool_crds::pool_node::footprint;
+
+/// Every pool of every Provider. `paused` says why a pool of a provider is paused, if it is.
+pub fn pools(
+    providers: &[std::sync::Arc<Provider>],
+    paused: &dyn Fn(&str, &str) -> Option<String>,
+) -> Vec<PoolView> {
+    let mut pools = Vec::new();
+    // A Provider being deleted takes no more work (its nodes are being torn down).
+    for provider in providers.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        let ready = provider
+            .status
+            .as_ref()
+            .and_then(|s| conditions::find(&s.conditions, conditions::types::READY))
+            .is_none_or(|c| c.status != "False");
+        let name = provider.name_any();
+        let cloud_quota = provider
+            .status
+            .as_ref()
+            .and_then(|s| s.quota.as_ref())
+            .and_then(|q| q.cloud.clone())
+            .unwrap_or_default();
+        let provider_limits = provider.spec.limits.clone().unwrap_or_default().tightest(&cloud_quota);
+        // A provider whose driver this build lacks serves nothing (its status says why).
+        let Ok(driver) = nodepool_drivers::of(provider) else { continue };
+        for pool in &provider.spec.pools {
+            let labels = driver.pool_labels(pool).into_iter().collect();
+            let launch = driver.supply().launches().then(|| {
+                let status =
+                    provider.status.as_ref().and_then(|s| s.pools.iter().find(|p| p.name == pool.name));
+                let mut view = LaunchView {
+                    pool_limits: ResourceLimits {
+                        max_servers: pool.max_servers,
+                        max_cores: pool.max_cores,
+                        max_ram: pool.max_ram,
+                    },
+                    provider_limits: provider_limits.clone(),
+                    max_concurrency: provider.spec.max_concurrency,
+                    paused: paused(&name, &pool.name),
+                    ..Default::default()
+                };
+                for label in &pool.labels {
+                    let checked = status.and_then(|s| s.labels.iter().find(|l| l.name == label.name));
+                    match checked {
+                        Some(l) if l.launchable => {
+                            view.footprints
+                                .insert(label.name.clone(), l.resources.clone().unwrap_or_default());
+                        }
+                        Some(l) => {
+                            let why = l.message.clone().unwrap_or_else(|| "cannot be launched".into());
+                            view.unlaunchable.insert(label.name.clone(), why);
+                        }
+                        None => {
+                            view.unlaunchable
+                                .insert(label.name.clone(), "not checked against the cloud yet".into());
+                        }
+                    }
+                }
+                view
+            });
+            let scanned_hosts = scanned_hosts(driver, pool);
+            pools.push(PoolView {
+                provider: name.clone(),
+                pool: pool.name.clone(),
+                priority: pool.priority.or(provider.spec.priority).unwrap_or(100),
+                labels,
+                usable: ready && !provider.spec.paused,
+                launch,
+                scanned_hosts,
+            });
         }
     }
-    usage
+    pools
+}
+
+/// The hosts of a slotted pool whose keys are scanned (a slot of theirs is handed out only once
+/// registered, see [`PoolView::scanned_hosts`]).
+fn scanned_hosts(driver: &dyn nodepool_driver::Driver, pool: &Pool) -> BTreeSet<String> {
+    let hosts = driver.slot_hosts(pool).unwrap_or_default();
+    hosts.into_iter().filter(|(_, host)| host.scans_keys()).map(|(name, _)| name).collect()
 }

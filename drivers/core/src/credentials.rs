@@ -1,5 +1,4 @@
-//! A provider's credentials Secret, and why a provider has no cloud to talk to: shared by the
-//! cloud registry (`clouds`) and the drivers it builds (`cloud_drivers`).
+//! A provider's credentials Secret, and why a provider has no cloud to talk to.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -11,8 +10,10 @@ pub enum CloudUnavailable {
     SecretMissing(String),
     #[error("Secret {secret:?} has no key {key:?}")]
     SecretKeyMissing { secret: String, key: String },
-    #[error("the {0} driver is not part of this build of nodepool-operator")]
-    NotBuilt(&'static str),
+    #[error("no driver {0:?} is part of this build of nodepool-operator")]
+    UnknownDriver(String),
+    #[error("the {0} driver launches nothing: it has no cloud")]
+    NoCloud(&'static str),
     #[error("{0}")]
     BadSettings(String),
     #[error("reading the credentials Secret: {0}")]
@@ -26,4 +27,15 @@ pub fn secret_value(secret: &Secret, key: &str) -> Result<String, CloudUnavailab
         return String::from_utf8(value.0.clone()).map_err(|_| missing());
     }
     secret.string_data.as_ref().and_then(|d| d.get(key)).cloned().ok_or_else(missing)
+}
+
+/// A setting the driver cannot do without (the apiserver's rules normally ensure it).
+pub fn required<'a, T>(value: Option<&'a T>, missing: &str) -> Result<&'a T, CloudUnavailable> {
+    value.ok_or_else(|| CloudUnavailable::BadSettings(missing.to_owned()))
+}
+
+impl From<nodepool_crds::driver_blocks::BadBlock> for CloudUnavailable {
+    fn from(error: nodepool_crds::driver_blocks::BadBlock) -> Self {
+        Self::BadSettings(error.to_string())
+    }
 }

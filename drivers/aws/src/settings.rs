@@ -1,0 +1,82 @@
+//! The AWS driver's settings blocks: `spec.aws` (account), `pools[].aws`, `pools[].labels[].aws`,
+//! and an Image's `spec.aws`.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// AWS account-level settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsProvider {
+    /// Region, e.g. `us-east-1`.
+    #[schemars(length(min = 1), regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
+    pub region: String,
+    /// Endpoint override (tests, or private endpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// AWS pool settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsPool {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_group_ids: Vec<String>,
+    /// Give instances a public IP address. Default true.
+    #[serde(default = "default_true")]
+    pub public_ip_address: bool,
+    /// Connect to the private address even when a public one exists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_private_ip: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+}
+
+/// AWS label settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsLabel {
+    /// EC2 key pair name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    /// IAM instance profile name or ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam_instance_profile: Option<String>,
+    /// Require IMDSv2 tokens. Default true.
+    #[serde(default = "default_true")]
+    pub imdsv2: bool,
+}
+
+/// An AWS image: a fixed AMI id, or the newest AMI that matches filters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.imageId) != (has(self.filters) && size(self.filters) > 0)")
+    .message("spec.aws takes either imageId or filters, not both and not neither"))]
+#[serde(rename_all = "camelCase")]
+pub struct AwsImage {
+    /// A fixed AMI id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^ami-[0-9a-f]+$"))]
+    pub image_id: Option<String>,
+    /// `DescribeImages` filters; the newest matching image wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<AwsImageFilter>,
+    /// Image owners to search (account ids, `self`, `amazon`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<String>,
+}
+
+/// One `DescribeImages` filter, e.g. `name` = `ubuntu/images/*noble*`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AwsImageFilter {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub values: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
