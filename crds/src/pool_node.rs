@@ -228,6 +228,23 @@ fn is_zero(value: &u32) -> bool {
 }
 
 impl PoolNodeStatus {
+    /// Reserves the node for `request` (charged to its tenant); `allocation_id` ties it to the
+    /// hand-out written with it, if any.
+    pub fn allocate(&mut self, request: &crate::NodeRequest, allocation_id: Option<&str>) {
+        self.allocated_to = Some(request.spec.request_id.clone());
+        self.allocation_id = allocation_id.map(str::to_owned);
+        self.tenant = request.spec.tenant.clone();
+        self.requestor = request.spec.requestor.clone();
+    }
+
+    /// Frees the node of its request, tenant and requestor.
+    pub fn release(&mut self) {
+        self.allocated_to = None;
+        self.allocation_id = None;
+        self.tenant = None;
+        self.requestor = None;
+    }
+
     /// Zuul has no hold on the node's current registration. One the bridge has not put in
     /// ZooKeeper yet (a slot just back from use, a node just launched) is unclaimed: Zuul can
     /// neither lock nor use a znode that does not exist, and the bridge registers it, allocated,

@@ -127,6 +127,25 @@ impl From<&str> for DriverName {
     }
 }
 
+/// One pool of one provider, by name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolRef {
+    pub provider: String,
+    pub pool: String,
+}
+
+impl PoolRef {
+    pub fn new(provider: &str, pool: &str) -> Self {
+        Self { provider: provider.to_owned(), pool: pool.to_owned() }
+    }
+}
+
+impl std::fmt::Display for PoolRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.provider, self.pool)
+    }
+}
+
 /// A token bucket for calls to the cloud API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -290,8 +309,10 @@ pub struct PoolLabelStatus {
 #[serde(rename_all = "camelCase")]
 pub struct NodeCounts {
     pub total: u32,
+    /// Nodes per state (Nodepool's states, as `kubectl get poolnodes` shows them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub by_state: BTreeMap<String, u32>,
+    #[schemars(with = "BTreeMap<String, u32>")]
+    pub by_state: BTreeMap<crate::NodeState, u32>,
 }
 
 /// Resources in use against limits.

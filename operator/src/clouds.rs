@@ -10,8 +10,12 @@ use std::{
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
-use nodepool_crds::{Provider, pool_node::NodeResources, provider::ResourceLimits};
-use nodepool_driver::{Build, Cloud, Throttled};
+use nodepool_crds::{
+    Provider,
+    pool_node::NodeResources,
+    provider::{PoolRef, ResourceLimits},
+};
+use nodepool_driver::{Build, Cloud, Throttled, leaks::ResourceRef};
 
 pub use nodepool_driver::CloudUnavailable;
 
@@ -31,8 +35,8 @@ pub struct Pause {
 /// How long a pool stays paused at most when no node of its provider goes away.
 pub const PAUSE_RETRY: Duration = Duration::from_secs(30);
 
-/// Resources seen leaked on the last pass: (kind, id).
-type LeakSuspects = BTreeSet<(String, String)>;
+/// Resources seen leaked on the last pass.
+type LeakSuspects = BTreeSet<ResourceRef>;
 
 /// Cloud answers that rarely change (the cloud's quota, what a label's flavor costs), kept
 /// per provider generation for [`ANSWER_TTL`]. A provider reconciles on every change of its
@@ -74,7 +78,7 @@ pub struct Clouds {
     /// Where every cloud call is counted (none in unit tests).
     api_metrics: Option<nodepool_driver::CloudApiMetrics>,
     built: Mutex<HashMap<String, Built>>,
-    pauses: Mutex<HashMap<(String, String), Pause>>,
+    pauses: Mutex<HashMap<PoolRef, Pause>>,
     leak_suspects: Mutex<HashMap<String, (Instant, LeakSuspects)>>,
     /// The cloud's quota per provider.
     pub quotas: Answers<String, ResourceLimits>,
@@ -138,7 +142,7 @@ impl Clouds {
 
     /// Pauses a pool after the cloud refused a launch for quota or capacity.
     pub fn pause(&self, provider: &str, pool: &str, reason: String) {
-        let key = (provider.to_owned(), pool.to_owned());
+        let key = PoolRef::new(provider, pool);
         let mut pauses = self.pauses.lock().expect("pauses lock");
         if !pauses.contains_key(&key) {
             tracing::warn!(%provider, %pool, %reason, "pausing pool");
@@ -149,7 +153,7 @@ impl Clouds {
     /// Drops everything kept for a provider that is gone.
     pub fn forget(&self, provider: &str) {
         self.built.lock().expect("clouds lock").remove(provider);
-        self.pauses.lock().expect("pauses lock").retain(|(p, _), _| p != provider);
+        self.pauses.lock().expect("pauses lock").retain(|key, _| key.provider != provider);
         self.leak_suspects.lock().expect("leak suspects lock").remove(provider);
         self.quotas.forget(|name| name == provider);
         self.label_resources.forget(|(name, _, _)| name == provider);
@@ -157,10 +161,10 @@ impl Clouds {
 
     /// Resumes every pool of a provider (a node went away, so quota freed up).
     pub fn resume(&self, provider: &str) {
-        self.pauses.lock().expect("pauses lock").retain(|(p, pool), _| {
-            let keep = p != provider;
+        self.pauses.lock().expect("pauses lock").retain(|key, _| {
+            let keep = key.provider != provider;
             if !keep {
-                tracing::info!(%provider, %pool, "resuming pool");
+                tracing::info!(%provider, pool = %key.pool, "resuming pool");
             }
             keep
         });
@@ -169,7 +173,7 @@ impl Clouds {
     /// Why the pool is paused, if it is (pauses end by themselves after [`PAUSE_RETRY`]).
     pub fn paused(&self, provider: &str, pool: &str) -> Option<Pause> {
         let mut pauses = self.pauses.lock().expect("pauses lock");
-        let key = (provider.to_owned(), pool.to_owned());
+        let key = PoolRef::new(provider, pool);
         match pauses.get(&key) {
             Some(pause) if pause.since.elapsed() >= PAUSE_RETRY => {
                 pauses.remove(&key);
@@ -181,7 +185,7 @@ impl Clouds {
 
     /// The provider's leak suspects from its last pass, if that pass is at least `interval` old
     /// (otherwise `None`: no pass is due).
-    pub fn leak_pass_due(&self, provider: &str, interval: Duration) -> Option<BTreeSet<(String, String)>> {
+    pub fn leak_pass_due(&self, provider: &str, interval: Duration) -> Option<LeakSuspects> {
         let suspects = self.leak_suspects.lock().expect("leak lock");
         match suspects.get(provider) {
             Some((at, _)) if at.elapsed() < interval => None,
@@ -190,7 +194,7 @@ impl Clouds {
         }
     }
 
-    pub fn record_leak_pass(&self, provider: &str, suspects: BTreeSet<(String, String)>) {
+    pub fn record_leak_pass(&self, provider: &str, suspects: LeakSuspects) {
         self.leak_suspects.lock().expect("leak lock").insert(provider.to_owned(), (Instant::now(), suspects));
     }
 }

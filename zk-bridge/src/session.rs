@@ -13,7 +13,7 @@ use kube::{
     runtime::{Controller, watcher},
 };
 use nodepool_crds::{NodeRequest, PoolNode, Provider};
-use zookeeper_client::{AddWatchMode, EventType, SessionState};
+use zookeeper_client::{AddWatchMode, EventType, PersistentWatcher, SessionState, StateWatcher};
 
 use nodepool_service::Health;
 
@@ -76,8 +76,8 @@ impl Session {
         let namespace = settings.namespace.clone();
 
         // Watch first, then resync, so nothing that happens in between is missed.
-        let mut zk_events = zk.watch("/nodepool", AddWatchMode::PersistentRecursive).await?;
-        let mut state = zk.state_watcher();
+        let zk_events = zk.watch("/nodepool", AddWatchMode::PersistentRecursive).await?;
+        let state = zk.state_watcher();
 
         // One watch per kind feeds both the cache the handlers read and the controller.
         let node_cache = nodepool_service::watch::shared_cache(
@@ -128,61 +128,9 @@ impl Session {
             shared.resync_done();
             tracing::info!("resync done; following events");
             settings.health.pass(ZOOKEEPER_CHECK);
-            let mut dispatcher = Dispatcher::new(shared.clone());
-            loop {
-                let event = zk_events.changed().await;
-                if event.event_type == EventType::Session {
-                    if event.session_state.is_terminated() {
-                        return Ok::<_, anyhow::Error>(());
-                    }
-                    if event.session_state == SessionState::SyncConnected {
-                        // Reconnected within the session: the watch is back, but what changed
-                        // while we were disconnected was not delivered. Read everything again.
-                        tracing::info!("reconnected to ZooKeeper; resyncing");
-                        for id in shared.zk.list_children(paths::NODES).await? {
-                            dispatcher.submit(Key::Node(id));
-                        }
-                        submit_requests(&shared, &mut dispatcher).await?;
-                        settings.health.pass(ZOOKEEPER_CHECK);
-                    }
-                    continue;
-                }
-                match paths::classify(&event.path) {
-                    paths::Znode::Component => {
-                        // A launcher (this bridge included) registered, left, paused or resumed
-                        // a pool: requests passed over may be ours now, and whether ours yield
-                        // may have changed.
-                        *shared.components.lock().await = None;
-                        if let Err(error) = submit_requests(&shared, &mut dispatcher).await {
-                            tracing::warn!(error = format!("{error:#}"), "listing requests failed");
-                        }
-                    }
-                    paths::Znode::Request(id) => dispatcher.submit(Key::Request(id.to_owned())),
-                    paths::Znode::Node(id) => dispatcher.submit(Key::Node(id.to_owned())),
-                    // Who holds a node's lock changes only with a contender of someone else's;
-                    // the lock directory itself and our own brief locks leave it as it was.
-                    paths::Znode::NodeLock { node, contender: Some(contender) }
-                        if !shared.is_or_was_our_lock(contender) =>
-                    {
-                        dispatcher.submit(Key::Node(node.to_owned()))
-                    }
-                    paths::Znode::NodeLock { .. } => {}
-                    paths::Znode::Other => {}
-                }
-            }
+            follow_events(&shared, zk_events, &settings.health).await
         };
-        let session_end = async {
-            loop {
-                let state = state.changed().await;
-                settings.metrics.zookeeper_connected(state == SessionState::SyncConnected);
-                if state != SessionState::SyncConnected {
-                    settings.health.fail(ZOOKEEPER_CHECK, format!("ZooKeeper session {state:?}"));
-                }
-                if state.is_terminated() || state == SessionState::Expired {
-                    return;
-                }
-            }
-        };
+        let session_end = session_ended(state, &settings);
         tokio::select! {
             () = nodes_task => tracing::warn!("PoolNode controller stopped"),
             () = requests_task => tracing::warn!("NodeRequest controller stopped"),
@@ -193,6 +141,72 @@ impl Session {
             () = session_end => tracing::warn!("ZooKeeper session ended"),
         }
         Ok(())
+    }
+}
+
+/// Follows ZooKeeper's events once the session is resynced: each changed request or node znode
+/// goes to the dispatcher; a reconnect within the session reads everything again. Returns when
+/// the session is closed.
+async fn follow_events(
+    shared: &Arc<Shared>,
+    mut zk_events: PersistentWatcher,
+    health: &Health,
+) -> Result<()> {
+    let mut dispatcher = Dispatcher::new(shared.clone());
+    loop {
+        let event = zk_events.changed().await;
+        if event.event_type == EventType::Session {
+            if event.session_state.is_terminated() {
+                return Ok(());
+            }
+            if event.session_state == SessionState::SyncConnected {
+                // Reconnected within the session: the watch is back, but what changed
+                // while we were disconnected was not delivered. Read everything again.
+                tracing::info!("reconnected to ZooKeeper; resyncing");
+                for id in shared.zk.list_children(paths::NODES).await? {
+                    dispatcher.submit(Key::Node(id));
+                }
+                submit_requests(shared, &mut dispatcher).await?;
+                health.pass(ZOOKEEPER_CHECK);
+            }
+            continue;
+        }
+        match paths::classify(&event.path) {
+            paths::Znode::Component => {
+                // A launcher (this bridge included) registered, left, paused or resumed
+                // a pool: requests passed over may be ours now, and whether ours yield
+                // may have changed.
+                *shared.components.lock().await = None;
+                if let Err(error) = submit_requests(shared, &mut dispatcher).await {
+                    tracing::warn!(error = format!("{error:#}"), "listing requests failed");
+                }
+            }
+            paths::Znode::Request(id) => dispatcher.submit(Key::Request(id.to_owned())),
+            paths::Znode::Node(id) => dispatcher.submit(Key::Node(id.to_owned())),
+            // Who holds a node's lock changes only with a contender of someone else's;
+            // the lock directory itself and our own brief locks leave it as it was.
+            paths::Znode::NodeLock { node, contender: Some(contender) }
+                if !shared.is_or_was_our_lock(contender) =>
+            {
+                dispatcher.submit(Key::Node(node.to_owned()))
+            }
+            paths::Znode::NodeLock { .. } => {}
+            paths::Znode::Other => {}
+        }
+    }
+}
+
+/// Reports the session's state in the metrics and health checks; returns when it ended.
+async fn session_ended(mut state: StateWatcher, settings: &Settings) {
+    loop {
+        let state = state.changed().await;
+        settings.metrics.zookeeper_connected(state == SessionState::SyncConnected);
+        if state != SessionState::SyncConnected {
+            settings.health.fail(ZOOKEEPER_CHECK, format!("ZooKeeper session {state:?}"));
+        }
+        if state.is_terminated() || state == SessionState::Expired {
+            return;
+        }
     }
 }
 

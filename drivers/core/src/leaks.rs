@@ -6,11 +6,18 @@ use std::collections::{BTreeSet, HashSet};
 
 use crate::cloud::{Cloud, CloudError, InstanceState, LeakedResource};
 
+/// A cloud resource by kind and id (`instance` `i-0abc`, `volume` `vol-0def`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceRef {
+    pub kind: String,
+    pub id: String,
+}
+
 /// What one pass found and did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pass {
     /// Resources seen leaked for the first time (deleted next pass if still leaked).
-    pub suspected: BTreeSet<(String, String)>,
+    pub suspected: BTreeSet<ResourceRef>,
     /// Resources deleted this pass.
     pub deleted: Vec<LeakedResource>,
 }
@@ -21,7 +28,7 @@ pub struct Pass {
 pub async fn pass(
     cloud: &dyn Cloud,
     known_nodes: &HashSet<String>,
-    previous: &BTreeSet<(String, String)>,
+    previous: &BTreeSet<ResourceRef>,
 ) -> Result<Pass, CloudError> {
     let mut resources: Vec<LeakedResource> = cloud
         .list_instances()
@@ -40,7 +47,7 @@ pub async fn pass(
         if owned {
             continue;
         }
-        let key = (resource.kind.to_owned(), resource.id.clone());
+        let key = ResourceRef { kind: resource.kind.to_owned(), id: resource.id.clone() };
         if !previous.contains(&key) {
             result.suspected.insert(key);
             continue;

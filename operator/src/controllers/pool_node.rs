@@ -198,10 +198,7 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
                     return Ok(Action::await_change()); // Zuul has it
                 }
                 tracing::info!(%request, "request gone; releasing its node");
-                status.allocated_to = None;
-                status.allocation_id = None;
-                status.tenant = None;
-                status.requestor = None;
+                status.release();
                 ctx.write_node_status(&fresh, &status).await?;
                 return Ok(Action::await_change());
             }

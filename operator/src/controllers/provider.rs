@@ -166,7 +166,7 @@ fn count_nodes(nodes: &[Arc<PoolNode>]) -> NodeCounts {
     let mut by_state = BTreeMap::new();
     for node in nodes {
         let state = node.status.as_ref().map(|s| s.state).unwrap_or_default();
-        *by_state.entry(state.as_str().to_owned()).or_insert(0) += 1;
+        *by_state.entry(state).or_insert(0) += 1;
     }
     NodeCounts { total: nodes.len() as u32, by_state }
 }

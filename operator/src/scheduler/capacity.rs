@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use nodepool_crds::{
     NodeState, PoolNode, TenantLimit,
     pool_node::footprint,
-    provider::{ResourceLimits, ResourceUsage},
+    provider::{PoolRef, ResourceLimits, ResourceUsage},
 };
 
 use super::views::{LaunchView, PoolView};
@@ -17,7 +17,7 @@ use super::views::{LaunchView, PoolView};
 #[derive(Debug, Default)]
 pub struct Capacity {
     providers: HashMap<String, ResourceUsage>,
-    pools: HashMap<(String, String), ResourceUsage>,
+    pools: HashMap<PoolRef, ResourceUsage>,
     /// Launches in flight per provider (nodes in `init` or `building`).
     launching: HashMap<String, u32>,
 }
@@ -31,7 +31,7 @@ impl Capacity {
             let footprint = node.footprint();
             let provider = node.spec.provider.clone();
             capacity.providers.entry(provider.clone()).or_default().add(&footprint);
-            capacity.pools.entry((provider.clone(), node.spec.pool.clone())).or_default().add(&footprint);
+            capacity.pools.entry(PoolRef::new(&provider, &node.spec.pool)).or_default().add(&footprint);
             let state = node.status.as_ref().map(|s| s.state).unwrap_or_default();
             if matches!(state, NodeState::Init | NodeState::Building) && node.spec.static_host.is_none() {
                 *capacity.launching.entry(provider).or_default() += 1;
@@ -49,7 +49,7 @@ impl Capacity {
         launches: u32,
     ) -> Result<(), String> {
         let pool_used =
-            self.pools.get(&(pool.provider.clone(), pool.pool.clone())).cloned().unwrap_or_default();
+            self.pools.get(&PoolRef::new(&pool.provider, &pool.pool)).cloned().unwrap_or_default();
         launch
             .pool_limits
             .admit(&pool_used, need)
@@ -74,7 +74,7 @@ impl Capacity {
     /// Records launches planned in this pass.
     pub fn take(&mut self, pool: &PoolView, need: &ResourceUsage, launches: u32) {
         self.providers.entry(pool.provider.clone()).or_default().add(need);
-        self.pools.entry((pool.provider.clone(), pool.pool.clone())).or_default().add(need);
+        self.pools.entry(PoolRef::new(&pool.provider, &pool.pool)).or_default().add(need);
         *self.launching.entry(pool.provider.clone()).or_default() += launches;
     }
 }

@@ -222,7 +222,7 @@ fn hold(ctx: &Context, overlay: &mut Overlay, decision: &Decision) -> Held {
             if node.is_back_from_use() {
                 status = slots::next_registration(&node, &status);
             }
-            allocate(&mut status, &object, None);
+            status.allocate(&object, None);
             intended.status = Some(status);
             overlay.hold_node(intended);
             nodes.push(name.clone());
@@ -264,9 +264,9 @@ fn finish(
     for object in &written {
         match object {
             Written::Node(node) => overlay.node_written((**node).clone()),
-            Written::Request(name, version) => overlay.request_written(name, version.clone()),
-            Written::Recycled(name, version) => overlay.keep_until_cached(name, version.clone()),
-            Written::NewNode(..) => {}
+            Written::Request { name, version } => overlay.request_written(name, version.clone()),
+            Written::Recycled { name, version } => overlay.keep_until_cached(name, version.clone()),
+            Written::NewNode { .. } => {}
         }
     }
     overlay.abandon(finished.held.request.as_deref(), &finished.held.nodes);
@@ -342,10 +342,19 @@ impl From<Vec<Written>> for Applied {
 enum Written {
     Node(Box<PoolNode>),
     /// A node created in this pass: the cache must show it before the next pass.
-    NewNode(String, String),
+    NewNode {
+        name: String,
+        version: String,
+    },
     /// A static slot registered afresh: offered once the cache shows this version.
-    Recycled(String, String),
-    Request(String, String),
+    Recycled {
+        name: String,
+        version: String,
+    },
+    Request {
+        name: String,
+        version: String,
+    },
 }
 
 /// Applies `decision`; a hand-out names the request handed out before it (`after`).
@@ -377,7 +386,7 @@ async fn apply(ctx: &Context, decision: Decision, after: Option<String>) -> Resu
             status.observed_generation = generation;
             let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
             ctx.event(&updated, false, reason.as_str(), message).await;
-            vec![Written::Request(request, updated.resource_version().unwrap_or_default())]
+            vec![Written::Request { name: request, version: updated.resource_version().unwrap_or_default() }]
         }
         Decision::Launch { request, provider, pool, reuse, launch } => {
             launch_for_request(ctx, &request, provider, pool, reuse, launch).await?
@@ -387,7 +396,10 @@ async fn apply(ctx: &Context, decision: Decision, after: Option<String>) -> Resu
             for _ in 0..count {
                 let node = new_node(ctx, &provider, &pool, &label, resources.clone(), None).await?;
                 tracing::info!(node = %node.name_any(), ?spares, "launching a spare node for min-ready");
-                written.push(Written::NewNode(node.name_any(), node.resource_version().unwrap_or_default()));
+                written.push(Written::NewNode {
+                    name: node.name_any(),
+                    version: node.resource_version().unwrap_or_default(),
+                });
             }
             written
         }
@@ -415,7 +427,10 @@ async fn apply(ctx: &Context, decision: Decision, after: Option<String>) -> Resu
             );
             let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
             ctx.event(&updated, true, WaitReason::Declined.as_str(), message).await;
-            written.push(Written::Request(request, updated.resource_version().unwrap_or_default()));
+            written.push(Written::Request {
+                name: request,
+                version: updated.resource_version().unwrap_or_default(),
+            });
             written
         }
     };
@@ -496,7 +511,7 @@ async fn assign(ctx: &Context, hand_out: HandOut<'_>, names: Vec<String>) -> Res
         if status.allocated_to.as_deref() == Some(object.spec.request_id.as_str()) {
             continue; // launched for this request
         }
-        allocate(&mut status, &object, Some(&allocation_id));
+        status.allocate(&object, Some(&allocation_id));
         allocations.push((node, status));
     }
     let together = allocations.len() == names.len();
@@ -529,8 +544,10 @@ async fn assign(ctx: &Context, hand_out: HandOut<'_>, names: Vec<String>) -> Res
     let error = match (failure, fulfilled) {
         (None, Ok(updated)) => {
             written.extend(nodes_written.into_iter().map(|node| Written::Node(Box::new(node))));
-            written
-                .push(Written::Request(request.to_owned(), updated.resource_version().unwrap_or_default()));
+            written.push(Written::Request {
+                name: request.to_owned(),
+                version: updated.resource_version().unwrap_or_default(),
+            });
             failpoint::hit(Failpoint::OperatorHandOutWritten);
             tracing::info!(nodes = ?names, %provider, %pool, "request assigned");
             return Ok(written);
@@ -543,8 +560,7 @@ async fn assign(ctx: &Context, hand_out: HandOut<'_>, names: Vec<String>) -> Res
     };
     for node in nodes_written {
         let mut status = node.status.clone().unwrap_or_default();
-        status.allocated_to = None;
-        status.allocation_id = None;
+        status.release();
         if let Err(undo) = ctx.write_node_status(&node, &status).await {
             tracing::error!(node = %node.name_any(), error = format!("{undo:#}"), "could not undo an allocation");
         }
@@ -688,7 +704,10 @@ async fn undo_stranded(ctx: &Context, name: &str) -> Result<Vec<Written>> {
     );
     requested.nodes.clear();
     let updated = status::apply_request_status(&requests, &request, &requested).await?;
-    Ok(vec![Written::Request(name.to_owned(), updated.resource_version().unwrap_or_default())])
+    Ok(vec![Written::Request {
+        name: name.to_owned(),
+        version: updated.resource_version().unwrap_or_default(),
+    }])
 }
 
 /// How [`revert_fulfilled`] ended.
@@ -723,7 +742,7 @@ async fn register_afresh(ctx: &Context, node: &PoolNode) -> Result<Fresh> {
         Registration::Unreachable(status) => {
             let updated = ctx.write_node_status(node, &status).await?;
             let version = updated.resource_version().unwrap_or_default();
-            Ok(Fresh::NotReady(vec![Written::Recycled(node.name_any(), version)]))
+            Ok(Fresh::NotReady(vec![Written::Recycled { name: node.name_any(), version }]))
         }
         Registration::HostGone => {
             tracing::info!(node = %node.name_any(), "host no longer configured; deleting the node");
@@ -743,7 +762,10 @@ async fn recycle(ctx: &Context, name: &str) -> Result<Vec<Written>> {
         Fresh::Ready(status) => {
             let updated = ctx.write_node_status(&node, &status).await?;
             failpoint::hit(Failpoint::OperatorSlotRecycled);
-            Ok(vec![Written::Recycled(name.to_owned(), updated.resource_version().unwrap_or_default())])
+            Ok(vec![Written::Recycled {
+                name: name.to_owned(),
+                version: updated.resource_version().unwrap_or_default(),
+            }])
         }
         Fresh::NotReady(written) => Ok(written),
     }
@@ -756,14 +778,6 @@ async fn delete_node(ctx: &Context, node: &PoolNode) -> Result<()> {
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(error) => Err(error.into()),
     }
-}
-
-/// Reserves a node for `request` (and charges it to the request's tenant).
-fn allocate(status: &mut PoolNodeStatus, request: &NodeRequest, allocation_id: Option<&str>) {
-    status.allocated_to = Some(request.spec.request_id.clone());
-    status.allocation_id = allocation_id.map(str::to_owned);
-    status.tenant = request.spec.tenant.clone();
-    status.requestor = request.spec.requestor.clone();
 }
 
 /// Checks, just before hand-out, that the static hosts among `names` still answer (when their
@@ -827,19 +841,25 @@ async fn launch_for_request(
             ),
         );
         let updated = status::apply_request_status(&ctx.api(), &object, &status).await?;
-        written.push(Written::Request(request.to_owned(), updated.resource_version().unwrap_or_default()));
+        written.push(Written::Request {
+            name: request.to_owned(),
+            version: updated.resource_version().unwrap_or_default(),
+        });
     }
     for name in &reuse {
         let Some(node) = ctx.cached(&ctx.nodes, name) else { continue };
         let mut node_status = node.status.clone().unwrap_or_default();
-        allocate(&mut node_status, &object, None);
+        node_status.allocate(&object, None);
         let updated = ctx.write_node_status(&node, &node_status).await?;
         written.push(Written::Node(Box::new(updated)));
     }
     for (label, resources) in launch {
         let node = new_node(ctx, &provider, &pool, &label, resources, Some(&object)).await?;
         tracing::info!(node = %node.name_any(), %provider, %pool, %label, "launching node");
-        written.push(Written::NewNode(node.name_any(), node.resource_version().unwrap_or_default()));
+        written.push(Written::NewNode {
+            name: node.name_any(),
+            version: node.resource_version().unwrap_or_default(),
+        });
     }
     Ok(written)
 }
@@ -885,7 +905,7 @@ async fn new_node(
         ..Default::default()
     };
     if let Some(request) = request {
-        allocate(&mut status, request, None);
+        status.allocate(request, None);
     }
     match status::apply_new_node_status(&api, &created.name_any(), &status).await {
         Ok(updated) => {
@@ -906,10 +926,7 @@ async fn release_nodes(ctx: &Context, names: &[String]) -> Result<Vec<Written>> 
     for name in names {
         let Some(node) = ctx.cached(&ctx.nodes, name) else { continue };
         let mut status = node.status.clone().unwrap_or_default();
-        status.allocated_to = None;
-        status.allocation_id = None;
-        status.tenant = None;
-        status.requestor = None;
+        status.release();
         let updated = ctx.write_node_status(&node, &status).await?;
         written.push(Written::Node(Box::new(updated)));
     }
@@ -926,16 +943,16 @@ async fn wait_for_caches(ctx: &Context, written: &[Written]) {
             Written::Node(node) => ctx.cached(&ctx.nodes, &node.name_any()).is_none_or(|n| {
                 at_least(n.resource_version().as_deref(), &node.resource_version().unwrap_or_default())
             }),
-            Written::Recycled(name, version) => ctx
+            Written::Recycled { name, version } => ctx
                 .cached(&ctx.nodes, name)
                 .is_none_or(|n| at_least(n.resource_version().as_deref(), version)),
-            Written::NewNode(name, version) => match ctx.cached(&ctx.nodes, name) {
+            Written::NewNode { name, version } => match ctx.cached(&ctx.nodes, name) {
                 Some(node) => at_least(node.resource_version().as_deref(), version),
                 // Deleted again already (a launch that failed at once): waiting for it to
                 // show would stall every request for the whole catch-up time.
                 None => ctx.nodes_watched.passed(version),
             },
-            Written::Request(name, version) => ctx
+            Written::Request { name, version } => ctx
                 .cached(&ctx.requests, name)
                 .is_none_or(|r| at_least(r.resource_version().as_deref(), version)),
         })
