@@ -9,12 +9,15 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    ResourceExt,
+    Api, ResourceExt,
     api::{Patch, PatchParams},
     runtime::controller::Action,
 };
-use nodepool_crds::{BRIDGE_MANAGER, NodeState, PoolNode, ZNODE_FINALIZER, ZooKeeperView};
+use nodepool_crds::{
+    BRIDGE_MANAGER, NodeState, PoolNode, ZNODE_FINALIZER, ZooKeeperView, pool_node::KubernetesAccess,
+};
 use nodepool_service::failpoint::{self, Failpoint};
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -256,7 +259,7 @@ pub async fn sync(shared: &Arc<Shared>, node: &PoolNode, record: RecordId) -> Re
     let Some((current, version)) = read_doc(shared, &path).await? else {
         return create(shared, node, &uid).await; // the znode was deleted: register anew
     };
-    let desired = desired_doc(shared, node, Some(&current)).await;
+    let desired = desired_doc(shared, node, Some(&current)).await?;
     if same_document(&desired, &current) {
         record_node_id(shared, node, &uid, &node_id, record).await?;
         return Ok(SyncOutcome::Mirrored(node_id));
@@ -284,7 +287,7 @@ async fn write_under_lock(
 ) -> Result<bool> {
     let (mut current, mut version) = read;
     loop {
-        let desired = desired_doc(shared, node, Some(&current)).await;
+        let desired = desired_doc(shared, node, Some(&current)).await?;
         let error = match shared.write_and_unlock(lock, path, desired.to_string().as_bytes(), version).await {
             Ok(()) => {
                 failpoint::hit(Failpoint::BridgeNodeWritten);
@@ -378,7 +381,7 @@ fn marked_deleted(data: &[u8]) -> Option<Vec<u8>> {
 }
 
 async fn create(shared: &Arc<Shared>, node: &PoolNode, uid: &str) -> Result<SyncOutcome> {
-    let doc = desired_doc(shared, node, None).await;
+    let doc = desired_doc(shared, node, None).await?;
     let options = CreateMode::PersistentSequential.with_acls(Acls::anyone_all());
     let prefix = format!("{}/", paths::NODES);
     let (_, sequence) = shared
@@ -436,7 +439,7 @@ fn zuul_owned(state: NodeState) -> bool {
 }
 
 /// The znode document for `node`, keeping Zuul's fields (and Zuul's state) from `current`.
-async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) -> Value {
+async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) -> Result<Value> {
     let status = node.status.clone().unwrap_or_default();
     let get = |key: &str| current.and_then(|doc| doc.get(key)).cloned().unwrap_or(Value::Null);
     let current_state = get("state").as_str().and_then(NodeState::parse);
@@ -458,7 +461,12 @@ async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) 
             .unwrap_or_else(now)
     });
     let connection = status.connection.clone().unwrap_or_default();
-    let port = connection.connection_port.unwrap_or(22);
+    // A Kubernetes-type node's "port" is the credentials object Zuul builds its kubeconfig from
+    // (Nodepool writes it to both fields).
+    let port = match &status.kubernetes {
+        Some(access) => kubernetes_credentials(shared, access).await?,
+        None => json!(connection.connection_port.unwrap_or(22)),
+    };
     let launcher = match &node.spec.static_host {
         Some(_) => Some("static driver".to_owned()),
         None => shared
@@ -487,9 +495,13 @@ async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) 
         public_ipv6: status.public_ipv6.clone(),
         hostname: status.hostname.clone(),
         connection_type: Some(connection.connection_type.unwrap_or_default().as_str().to_owned()),
-        connection_port: json!(port),
-        ssh_port: json!(port),
-        username: Some(connection.username.unwrap_or_else(|| "zuul".into())),
+        connection_port: port.clone(),
+        ssh_port: port,
+        // Nodepool's default user, except for a Kubernetes-type node, which has none.
+        username: match status.kubernetes {
+            Some(_) => connection.username,
+            None => Some(connection.username.unwrap_or_else(|| "zuul".into())),
+        },
         python_path: Some(connection.python_path.unwrap_or_else(|| "auto".into())),
         shell_type: connection.shell_type,
         host_keys: status.host_keys.clone(),
@@ -520,7 +532,35 @@ async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) 
         },
         hold_expiration: get("hold_expiration"),
     };
-    serde_json::to_value(doc).expect("a node document always serializes")
+    Ok(serde_json::to_value(doc).expect("a node document always serializes"))
+}
+
+/// The `connection_port` object of a Kubernetes-type node, as Nodepool writes it: where the API
+/// is, the namespace, the service account and its token (read from the Secret the node owns).
+async fn kubernetes_credentials(shared: &Shared, access: &KubernetesAccess) -> Result<Value> {
+    let secrets: Api<Secret> = Api::namespaced(shared.kube.clone(), &shared.namespace);
+    let secret = secrets
+        .get_opt(&access.token_secret)
+        .await
+        .with_context(|| format!("reading Secret {}", access.token_secret))?
+        .with_context(|| format!("the token Secret {} does not exist", access.token_secret))?;
+    let token = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get("token"))
+        .map(|token| String::from_utf8_lossy(&token.0).into_owned())
+        .with_context(|| format!("Secret {} has no token", access.token_secret))?;
+    let mut credentials = json!({
+        "name": access.namespace, "namespace": access.namespace, "host": access.host,
+        "skiptls": access.skip_tls, "token": token, "user": access.user,
+    });
+    if let Some(ca) = access.ca_crt.as_ref().filter(|_| !access.skip_tls) {
+        credentials["ca_crt"] = json!(ca);
+    }
+    if let Some(pod) = &access.pod {
+        credentials["pod"] = json!(pod);
+    }
+    Ok(credentials)
 }
 
 /// Records the znode id of the node's current registration in `status.zookeeper` if it is not

@@ -182,6 +182,7 @@ impl AwsCloud {
             az: instance.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
             image_id: instance.image_id().map(str::to_owned),
             tags,
+            access: None,
         }
     }
 

@@ -63,6 +63,50 @@ pub struct Instance {
     pub image_id: Option<String>,
     /// The instance's tags (labels on GCE), as stored.
     pub tags: BTreeMap<String, String>,
+    /// How Zuul reaches a node that is not a machine it logs in to with the image's settings (a
+    /// Kubernetes namespace or pod); `None` for machines.
+    pub access: Option<NodeAccess>,
+}
+
+/// How Zuul reaches a node the driver describes itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAccess {
+    /// Connection type (`namespace`, `kubectl`, ...), Python path and shell type.
+    pub connection: nodepool_crds::ConnectionSettings,
+    /// For Kubernetes-type nodes: the credentials Zuul builds its kubeconfig from.
+    pub kubernetes: Option<KubernetesCredentials>,
+}
+
+/// Where and as whom Zuul reaches a Kubernetes namespace or pod. The operator keeps the token in
+/// a Secret the node owns and the rest in the node's status.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KubernetesCredentials {
+    /// API server URL.
+    pub host: String,
+    pub namespace: String,
+    /// Service account name.
+    pub user: String,
+    pub skip_tls: bool,
+    /// CA bundle, base64 PEM.
+    pub ca_crt: Option<String>,
+    /// The pod of a `kubectl` node.
+    pub pod: Option<String>,
+    /// The service account's token.
+    pub token: String,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for KubernetesCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesCredentials")
+            .field("host", &self.host)
+            .field("namespace", &self.namespace)
+            .field("user", &self.user)
+            .field("skip_tls", &self.skip_tls)
+            .field("pod", &self.pod)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Instance {

@@ -206,7 +206,8 @@ async fn wait_running(
     };
     match cloud.get(&id).await {
         Ok(Some(instance)) if instance.state == InstanceState::Running => {
-            if instance.interface_ip.is_none() {
+            // A machine needs an address; a node the driver describes (a namespace) may have none.
+            if instance.interface_ip.is_none() && instance.access.is_none() {
                 return fail_attempt(
                     progress,
                     plan,
@@ -215,7 +216,8 @@ async fn wait_running(
                     now,
                 );
             }
-            if !plan.host_key_checking {
+            // Host keys are an SSH machine's; a node the driver describes has none.
+            if !plan.host_key_checking || instance.access.is_some() {
                 return Some(Next::Ready { instance: Box::new(instance), host_keys: Vec::new() });
             }
             progress.step = Step::ScanKeys;

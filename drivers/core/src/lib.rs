@@ -32,7 +32,10 @@ pub mod metrics;
 pub mod tags;
 pub mod throttle;
 
-pub use cloud::{Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource};
+pub use cloud::{
+    Cloud, CloudError, Instance, InstanceSpec, InstanceState, KubernetesCredentials, LeakedResource,
+    NodeAccess,
+};
 pub use credentials::{CloudUnavailable, secret_value};
 pub use driver::{Build, Driver, QuotaSource, Slot, SlotHost, Supply};
 pub use metrics::CloudApiMetrics;

@@ -154,6 +154,7 @@ impl GceCloud {
             az: Some(zone.to_owned()),
             image_id: None,
             tags: instance.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            access: None,
         }
     }
 
@@ -244,6 +245,7 @@ impl GceCloud {
             az: Some(zone.to_owned()),
             image_id: None,
             tags: BTreeMap::new(),
+            access: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub static DRIVERS: &[&dyn Driver] = &[
     &nodepool_driver_static::Static,
     &nodepool_driver_aws::Aws,
     &nodepool_driver_gce::Gce,
+    &nodepool_driver_kubernetes::Kubernetes,
     &nodepool_driver_simulated::Simulated,
 ];
 

@@ -210,6 +210,7 @@ impl Cloud for SimulatedCloud {
             az: Some("simulated-a".into()),
             image_id: spec.image_id.clone(),
             tags: spec.tags.clone(),
+            access: None,
         };
         account.instances.insert(
             id,

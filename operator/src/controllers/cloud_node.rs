@@ -6,14 +6,26 @@
 //! anything finished → `deleting` (delete state machine) → the object is deleted.
 
 use std::{
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{Api, ResourceExt, api::DeleteParams, runtime::controller::Action};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::controller::Action,
+};
 use nodepool_crds::{
-    ConnectionSettings, NodeState, PoolNode, PoolNodeStatus, Provider, conditions,
+    ConnectionSettings, NodeState, OPERATOR_MANAGER, PoolNode, PoolNodeStatus, Provider, conditions,
+    labels as node_labels,
+    pool_node::KubernetesAccess,
     provider::{Pool, PoolLabel},
 };
 use nodepool_driver::{
@@ -114,6 +126,47 @@ fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, 
         ssh_port: port,
         scan_timeout: SCAN_TIMEOUT,
     }
+}
+
+/// The Secret that holds a Kubernetes-type node's token: owned by the node, so it goes with it.
+fn token_secret_name(node: &PoolNode) -> String {
+    format!("{}-kubernetes", node.name_any())
+}
+
+/// Keeps the token of a Kubernetes-type node in a Secret the node owns, and returns what the
+/// status says of its access (everything but the token).
+async fn keep_token(
+    node: &PoolNode,
+    credentials: &nodepool_driver::KubernetesCredentials,
+    ctx: &Context,
+) -> Result<KubernetesAccess, Error> {
+    let name = token_secret_name(node);
+    let mut secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            owner_references: node.controller_owner_ref(&()).map(|owner| vec![owner]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            "token".to_owned(),
+            ByteString(credentials.token.clone().into_bytes()),
+        )])),
+        ..Default::default()
+    };
+    secret.metadata.labels =
+        Some(BTreeMap::from([(node_labels::PROVIDER.to_owned(), node.spec.provider.clone())]));
+    let params = PatchParams::apply(OPERATOR_MANAGER).force();
+    ctx.api::<Secret>().patch(&name, &params, &Patch::Apply(&secret)).await?;
+    Ok(KubernetesAccess {
+        host: credentials.host.clone(),
+        namespace: credentials.namespace.clone(),
+        user: credentials.user.clone(),
+        skip_tls: credentials.skip_tls,
+        ca_crt: credentials.ca_crt.clone(),
+        pod: credentials.pod.clone(),
+        token_secret: name,
+    })
 }
 
 /// Writes the status a launch step produced (remembered as ours, see [`nodepool_service::written`]).
@@ -225,7 +278,15 @@ pub async fn launch(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) 
             status.region = instance.region.clone();
             status.az = instance.az.clone();
             status.image_id = instance.image_id.clone().or(plan.spec.image_id.clone());
-            status.connection = Some(connection(&placement.label, ctx));
+            let access = instance.access.as_ref();
+            status.connection = Some(match access {
+                // As the driver says: a namespace or pod has no login user or port.
+                Some(access) => access.connection.clone(),
+                None => connection(&placement.label, ctx),
+            });
+            if let Some(credentials) = access.and_then(|a| a.kubernetes.as_ref()) {
+                status.kubernetes = Some(keep_token(node, credentials, ctx).await?);
+            }
             status.host_keys = host_keys;
             status.attributes = placement.pool.node_attributes.clone();
             status.launch = Some(progress.to_status());

@@ -1,0 +1,273 @@
+//! [`nodepool_driver::Cloud`] over a Kubernetes cluster: an "instance" is a node's namespace.
+
+use async_trait::async_trait;
+use base64::Engine;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Secret, ServiceAccount},
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::{
+    Api, Client, Resource,
+    api::{DeleteParams, ListParams, PostParams, PropagationPolicy},
+};
+use nodepool_crds::{
+    ConnectionSettings, ImageSpec,
+    pool_node::NodeResources,
+    provider::{Pool, PoolLabel, ResourceLimits},
+};
+use nodepool_driver::{
+    Cloud, CloudError, Instance, InstanceSpec, InstanceState, KubernetesCredentials, NodeAccess,
+    cloud::CloudResult, tags,
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    BLOCK, SERVICE_ACCOUNT, objects,
+    settings::{KubernetesLabel, LabelKind},
+};
+
+/// One provider's cluster.
+pub struct KubernetesCloud {
+    client: Client,
+    provider: String,
+    system_id: String,
+    /// The API server URL handed to Zuul.
+    api_url: String,
+    /// Whether Zuul skips verifying the API server's certificate (as the kubeconfig says).
+    skip_tls: bool,
+}
+
+impl KubernetesCloud {
+    pub fn new(client: Client, provider: &str, system_id: &str, api_url: String, skip_tls: bool) -> Self {
+        Self { client, provider: provider.to_owned(), system_id: system_id.to_owned(), api_url, skip_tls }
+    }
+
+    fn label(label: &PoolLabel) -> CloudResult<KubernetesLabel> {
+        label
+            .driver_settings
+            .parse(BLOCK)
+            .map_err(|error| CloudError::Invalid(error.to_string()))?
+            .ok_or_else(|| CloudError::Invalid(format!("label {} has no kubernetes block", label.name)))
+    }
+
+    /// Where the node of `namespace` stands, read from its objects.
+    async fn look(&self, namespace: Namespace) -> CloudResult<Instance> {
+        let name = namespace.metadata.name.clone().unwrap_or_default();
+        let annotations = namespace.metadata.annotations.clone().unwrap_or_default();
+        let mut instance = Instance {
+            id: name.clone(),
+            state: InstanceState::Pending,
+            interface_ip: None,
+            public_ipv4: None,
+            private_ipv4: None,
+            public_ipv6: None,
+            region: None,
+            az: None,
+            image_id: None,
+            tags: namespace.metadata.labels.clone().unwrap_or_default(),
+            access: None,
+        };
+        let terminating = namespace.metadata.deletion_timestamp.is_some()
+            || namespace.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
+        if terminating {
+            instance.state = InstanceState::Stopping;
+            return Ok(instance);
+        }
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &name);
+        let secret =
+            secrets.get_opt(SERVICE_ACCOUNT).await.map_err(|e| classify("reading the token Secret", e))?;
+        let data = secret.and_then(|s| s.data).unwrap_or_default();
+        let (Some(token), Some(ca)) = (data.get("token"), data.get("ca.crt")) else {
+            return Ok(instance); // the token controller has not filled it in yet
+        };
+        let pod = annotations.get(objects::POD_ANNOTATION).cloned();
+        let kind = if pod.is_some() { LabelKind::Pod } else { LabelKind::Namespace };
+        if let Some(pod_name) = &pod {
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), &name);
+            let Some(found) = pods.get_opt(pod_name).await.map_err(|e| classify("reading the pod", e))?
+            else {
+                instance.state = InstanceState::Failed(format!("pod {pod_name} is gone"));
+                return Ok(instance);
+            };
+            let status = found.status.unwrap_or_default();
+            match status.phase.as_deref() {
+                Some("Running") => {}
+                Some("Failed") | Some("Succeeded") => {
+                    let why = status.message.or(status.reason).unwrap_or_else(|| "it stopped".into());
+                    instance.state = InstanceState::Failed(format!("pod {pod_name}: {why}"));
+                    return Ok(instance);
+                }
+                _ => return Ok(instance),
+            }
+            instance.interface_ip = Some(pod_name.clone());
+        }
+        let connection = ConnectionSettings {
+            connection_type: Some(objects::connection_type(kind)),
+            python_path: Some(
+                annotations.get(objects::PYTHON_PATH_ANNOTATION).cloned().unwrap_or_else(|| "auto".into()),
+            ),
+            shell_type: annotations.get(objects::SHELL_TYPE_ANNOTATION).cloned(),
+            ..Default::default()
+        };
+        let credentials = KubernetesCredentials {
+            host: self.api_url.clone(),
+            namespace: name.clone(),
+            user: SERVICE_ACCOUNT.into(),
+            skip_tls: self.skip_tls,
+            // As Nodepool hands it over: the Secret's base64 text, kubeconfig's
+            // `certificate-authority-data`.
+            ca_crt: (!self.skip_tls).then(|| base64::engine::general_purpose::STANDARD.encode(&ca.0)),
+            pod,
+            token: String::from_utf8_lossy(&token.0).into_owned(),
+        };
+        instance.state = InstanceState::Running;
+        instance.access = Some(NodeAccess { connection, kubernetes: Some(credentials) });
+        Ok(instance)
+    }
+}
+
+#[async_trait]
+impl Cloud for KubernetesCloud {
+    /// Creates the node's namespace, service account and token Secret, role and binding, and
+    /// the pod of a pod label; whatever exists already is kept.
+    async fn create(&self, spec: &InstanceSpec) -> CloudResult<Instance> {
+        let label = Self::label(&spec.label)?;
+        if label.kind == LabelKind::Pod && label.image.is_none() {
+            return Err(CloudError::Invalid(format!("pod label {} names no image", spec.label.name)));
+        }
+        let name = objects::namespace_name(&spec.token);
+        let pod = (label.kind == LabelKind::Pod).then(|| objects::pod_name(&spec.label.name));
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let namespace = objects::namespace(&name, &spec.tags, &label, pod.as_deref());
+        let namespace = create_or_get(&namespaces, &name, &namespace, "creating the namespace").await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &name);
+        let account = objects::service_account(&name);
+        create_or_get(&accounts, SERVICE_ACCOUNT, &account, "creating the service account").await?;
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &name);
+        create_or_get(&secrets, SERVICE_ACCOUNT, &objects::token_secret(&name), "creating the token Secret")
+            .await?;
+        let role = objects::role(&name, label.kind);
+        let roles: Api<Role> = Api::namespaced(self.client.clone(), &name);
+        create_or_get(&roles, &object_name(&role), &role, "creating the role").await?;
+        let binding = objects::role_binding(&name, label.kind);
+        let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), &name);
+        create_or_get(&bindings, &object_name(&binding), &binding, "creating the role binding").await?;
+        if let Some(pod) = &pod {
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), &name);
+            create_or_get(&pods, pod, &objects::pod(&name, pod, &spec.tags, &label), "creating the pod")
+                .await?;
+        }
+        tracing::info!(provider = %self.provider, namespace = %name, node = %spec.node, "namespace created");
+        self.look(namespace).await
+    }
+
+    async fn get(&self, id: &str) -> CloudResult<Option<Instance>> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        match namespaces.get_opt(id).await.map_err(|e| classify("reading the namespace", e))? {
+            Some(namespace) => self.look(namespace).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes the namespace; everything in it goes with it.
+    async fn delete(&self, id: &str) -> CloudResult<()> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let params =
+            DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+        match namespaces.delete(id, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(error) => Err(classify("deleting the namespace", error)),
+        }
+    }
+
+    async fn list_instances(&self) -> CloudResult<Vec<Instance>> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let selector = format!(
+            "{}={},{}={}",
+            tags::PROVIDER,
+            objects::label_value(&self.provider),
+            tags::SYSTEM_ID,
+            objects::label_value(&self.system_id)
+        );
+        let listed = namespaces
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| classify("listing namespaces", e))?;
+        Ok(listed
+            .items
+            .into_iter()
+            .map(|namespace| {
+                let gone = namespace.metadata.deletion_timestamp.is_some();
+                Instance {
+                    id: namespace.metadata.name.clone().unwrap_or_default(),
+                    state: if gone { InstanceState::Stopping } else { InstanceState::Running },
+                    interface_ip: None,
+                    public_ipv4: None,
+                    private_ipv4: None,
+                    public_ipv6: None,
+                    region: None,
+                    az: None,
+                    image_id: None,
+                    tags: namespace.metadata.labels.unwrap_or_default(),
+                    access: None,
+                }
+            })
+            .collect())
+    }
+
+    /// A cluster has no quota to report here (limits are the pool's and the provider's); the
+    /// call proves the cluster answers with these credentials.
+    async fn quota_limits(&self) -> CloudResult<ResourceLimits> {
+        self.client.apiserver_version().await.map_err(|e| classify("asking the cluster's version", e))?;
+        Ok(ResourceLimits::default())
+    }
+
+    /// A node holds what its container requests (a namespace label: what the label says).
+    async fn label_resources(&self, _pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
+        let settings = Self::label(label)?;
+        Ok(NodeResources {
+            cores: settings.cpu.unwrap_or(0),
+            ram: settings.memory.unwrap_or(0),
+            instances: 1,
+        })
+    }
+
+    async fn resolve_image(&self, _image: &ImageSpec) -> CloudResult<String> {
+        Err(CloudError::Invalid(
+            "kubernetes labels name their container image in pools[].labels[].kubernetes.image".into(),
+        ))
+    }
+}
+
+fn object_name<K: Resource>(object: &K) -> String {
+    object.meta().name.clone().unwrap_or_default()
+}
+
+/// Creates `object` unless one of its name exists; returns what the cluster holds.
+async fn create_or_get<K>(api: &Api<K>, name: &str, object: &K, operation: &'static str) -> CloudResult<K>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(created) => Ok(created),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            api.get(name).await.map_err(|e| classify(operation, e))
+        }
+        Err(error) => Err(classify(operation, error)),
+    }
+}
+
+/// What a failed call means for the launch.
+fn classify(operation: &'static str, error: kube::Error) -> CloudError {
+    match &error {
+        kube::Error::Api(status) => match status.code {
+            403 if status.message.contains("exceeded quota") => CloudError::Quota(status.message.clone()),
+            401 | 403 => CloudError::Auth(format!("{operation}: {}", status.message)),
+            429 => CloudError::Throttled(status.message.clone()),
+            400 | 422 => CloudError::Invalid(format!("{operation}: {}", status.message)),
+            _ => CloudError::api(operation, &error),
+        },
+        _ => CloudError::api(operation, &error),
+    }
+}

@@ -1,0 +1,89 @@
+//! The Kubernetes driver's settings blocks: `spec.kubernetes` (the cluster) and
+//! `pools[].labels[].kubernetes` (a namespace, or a pod and its container).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The cluster nodes are made in. Its kubeconfig is in the credentials Secret (key `kubeconfig`
+/// unless `credentialsSecretRef.key` says otherwise); without a Secret the operator's own
+/// in-cluster account is used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesProvider {
+    /// The kubeconfig context to use (Nodepool's `context`). Default: the current context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// The API server URL handed to Zuul. Default: the one the operator uses, which executors
+    /// outside the cluster may not reach (an in-cluster service address, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+}
+
+/// What a node of a label is: a namespace of its own, or a pod in a namespace of its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesLabel {
+    /// `namespace`: Zuul gets a namespace and a service account that may manage it (connection
+    /// type `namespace`). `pod`: Zuul gets a running pod it can exec into (connection type
+    /// `kubectl`), with a service account restricted to that.
+    #[serde(rename = "type")]
+    pub kind: LabelKind,
+    /// Container image of a pod label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `imagePullPolicy` of the container. Default `IfNotPresent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull: Option<String>,
+    /// CPUs the container requests (also the node's quota footprint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+    /// Memory the container requests, MiB (also the node's quota footprint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// CPU limit. Default: the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit: Option<u32>,
+    /// Memory limit, MiB. Default: the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
+    /// Environment of the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// `nodeSelector` of the pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// `schedulerName` of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_name: Option<String>,
+    /// Run the container privileged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<bool>,
+    /// Kubernetes labels put on the namespace and the pod (besides Nodepool's own).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations put on the pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// `ansible_python_interpreter` for Zuul. Default `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python_path: Option<String>,
+    /// `ansible_shell_type` for Zuul.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell_type: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelKind {
+    Namespace,
+    Pod,
+}
+
+/// One environment variable of the container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}

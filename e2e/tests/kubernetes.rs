@@ -1,0 +1,195 @@
+//! The Kubernetes driver against the test environment's real kube-apiserver and
+//! kube-controller-manager (which fills in service-account tokens and deletes namespaces): Zuul's
+//! own client gets a namespace node, the credentials it is handed work in that namespace and
+//! nowhere else, and the namespace, its token Secret and the node go after use. A pod label's
+//! pod cannot run here (there is no kubelet in this environment), so its launch fails at the
+//! boot timeout and is cleaned up.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::{Api, api::PostParams};
+use nodepool_crds::{NodeState, PoolNode};
+use nodepool_e2e::{stack::Stack, zuul::Zuul};
+use serde_json::json;
+
+const WAIT: u64 = 90;
+
+/// The environment's admin kubeconfig with its files inlined, as a user would put it in a Secret.
+fn inline_kubeconfig(stack: &Stack) -> Result<String> {
+    let text = std::fs::read_to_string(&stack.env.info.kubeconfig)?;
+    let mut out = String::new();
+    for line in text.lines() {
+        let inlined = ["certificate-authority", "client-certificate", "client-key"].iter().find_map(|key| {
+            let path = line.trim_start().strip_prefix(&format!("{key}: "))?;
+            let indent = &line[..line.len() - line.trim_start().len()];
+            let data = std::fs::read(path).ok()?;
+            Some(format!("{indent}{key}-data: {}", base64::engine::general_purpose::STANDARD.encode(data)))
+        });
+        out.push_str(&inlined.unwrap_or_else(|| line.to_owned()));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+async fn wait_until<T>(what: &str, mut check: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what}: not reached after {WAIT}s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn provider(stack: &Stack) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(stack.client.clone(), &stack.namespace);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "cluster"},
+        "stringData": {"kubeconfig": inline_kubeconfig(stack)?},
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    stack
+        .apply_provider(json!({
+            "apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider",
+            "metadata": {"name": "k8s"},
+            "spec": {
+                "driver": "kubernetes",
+                "credentialsSecretRef": {"name": "cluster"},
+                "launchRetries": 1, "bootTimeout": "5s",
+                "kubernetes": {},
+                "pools": [{"name": "main", "labels": [
+                    {"name": "k8s-namespace", "kubernetes": {"type": "namespace", "cpu": 1, "memory": 512}},
+                    {"name": "k8s-pod", "kubernetes": {"type": "pod", "image": "debian:bookworm", "shellType": "sh"}},
+                ]}],
+            },
+        }))
+        .await?;
+    stack.launchable("k8s").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn zuul_gets_a_namespace_whose_credentials_work_there_only_and_it_goes_after_use() -> Result<()> {
+    let stack = Stack::start("k8s-namespace").await?;
+    provider(&stack).await?;
+    let labels = stack.provider("k8s").await?.status.context("status")?.pools[0].labels.clone();
+    let namespace_label = labels.iter().find(|l| l.name == "k8s-namespace").context("label status")?;
+    assert!(namespace_label.launchable, "{namespace_label:?}");
+    assert_eq!(namespace_label.resources.as_ref().map(|r| (r.cores, r.ram)), Some((1, 512)));
+
+    let mut zuul = Zuul::connect(&stack).await?;
+    let request = zuul.request(&["k8s-namespace"]).await?;
+    let outcome = zuul.wait(&request, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    let accepted = zuul.call("accept", json!({"request_id": request})).await?;
+    let node = accepted["nodes"][0].clone();
+    assert_eq!(node["connection_type"], "namespace", "{node}");
+    assert_eq!(node["interface_ip"], serde_json::Value::Null, "{node}");
+    assert_eq!(node["username"], serde_json::Value::Null, "{node}");
+    assert_eq!(node["python_path"], "auto", "{node}");
+    let credentials = &node["connection_port"];
+    let namespace = credentials["namespace"].as_str().context("namespace in the credentials")?.to_owned();
+    assert_eq!(credentials["name"], namespace.as_str());
+    assert_eq!(credentials["user"], "zuul-worker");
+    assert_eq!(credentials["skiptls"], false);
+    assert_eq!(credentials["host"], stack.env.info.apiserver.trim_end_matches('/'), "{credentials}");
+    let token = credentials["token"].as_str().context("token")?.to_owned();
+    let ca = credentials["ca_crt"].as_str().context("ca_crt")?;
+
+    // The PoolNode says where the token is, never the token itself.
+    let nodes = stack.nodes().await?;
+    let status = nodes[0].status.clone().context("node status")?;
+    let access = status.kubernetes.clone().context("status.kubernetes")?;
+    assert_eq!(access.namespace, namespace);
+    assert_eq!(status.external_id.as_deref(), Some(namespace.as_str()));
+    assert!(!serde_json::to_string(&status)?.contains(&token), "the token is in the node's status");
+
+    // Zuul's credentials, used as Zuul builds its kubeconfig from them: allowed in the node's
+    // namespace, refused anywhere else.
+    let mut config = kube::Config::new(credentials["host"].as_str().context("host")?.parse()?);
+    config.auth_info.token = Some(token.clone().into());
+    config.root_cert = Some(vec![rustls_pem(&base64::engine::general_purpose::STANDARD.decode(ca)?)?]);
+    let as_zuul = kube::Client::try_from(config)?;
+    let config_map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "from-the-job"}}))?;
+    Api::<ConfigMap>::namespaced(as_zuul.clone(), &namespace)
+        .create(&PostParams::default(), &config_map)
+        .await?;
+    let elsewhere = Api::<ConfigMap>::namespaced(as_zuul.clone(), &stack.namespace)
+        .create(&PostParams::default(), &config_map)
+        .await;
+    assert!(matches!(elsewhere, Err(kube::Error::Api(ref e)) if e.code == 403), "{elsewhere:?}");
+
+    // After use the node, its namespace and its token Secret go.
+    let build = accepted["build"].clone();
+    zuul.call("use", json!({"build": build})).await?;
+    zuul.call("return", json!({"build": build})).await?;
+    let namespaces: Api<Namespace> = Api::all(stack.client.clone());
+    wait_until("the node's namespace deleted", async || {
+        let gone =
+            namespaces.get_opt(&namespace).await?.is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+        Ok(gone.then_some(()))
+    })
+    .await?;
+    wait_until("the node deleted", async || Ok(stack.nodes().await?.is_empty().then_some(()))).await?;
+    let secrets: Api<Secret> = Api::namespaced(stack.client.clone(), &stack.namespace);
+    wait_until("the token Secret deleted with its node", async || {
+        Ok(secrets.get_opt(&access.token_secret).await?.is_none().then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_that_never_runs_fails_its_launch_at_the_boot_timeout_and_is_cleaned_up() -> Result<()> {
+    let stack = Stack::start("k8s-pod").await?;
+    provider(&stack).await?;
+    let mut zuul = Zuul::connect(&stack).await?;
+    let request = zuul.request(&["k8s-pod"]).await?;
+    // The pod is made as Nodepool makes it, in a namespace of its own; without a kubelet it
+    // stays pending.
+    let namespaces: Api<Namespace> = Api::all(stack.client.clone());
+    let selector = "nodepool_provider_name=k8s,nodepool_node_label=k8s-pod";
+    let namespace = wait_until("the pod's namespace", async || {
+        let listed = namespaces.list(&kube::api::ListParams::default().labels(selector)).await?;
+        Ok(listed.items.into_iter().next().and_then(|n| n.metadata.name))
+    })
+    .await?;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(stack.client.clone(), &namespace);
+    let pod = wait_until("the pod", async || Ok(pods.get_opt("k8s-pod").await?)).await?;
+    let spec = pod.spec.context("pod spec")?;
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(spec.containers[0].image.as_deref(), Some("debian:bookworm"));
+    assert_eq!(spec.containers[0].args, Some(vec!["while true; do sleep 30; done;".to_owned()]));
+
+    let outcome = zuul.wait(&request, WAIT).await?;
+    assert_eq!(outcome["state"], "failed", "{outcome}");
+    wait_until("the failed attempt's namespace deleted", async || {
+        let listed = namespaces.list(&kube::api::ListParams::default().labels(selector)).await?;
+        Ok(listed.items.iter().all(|n| n.metadata.deletion_timestamp.is_some()).then_some(()))
+    })
+    .await?;
+    wait_until("the failed node deleted", async || {
+        let nodes: Vec<PoolNode> = stack.nodes().await?;
+        Ok(nodes.iter().all(|n| n.status.as_ref().is_none_or(|s| s.state != NodeState::Ready)).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+/// DER of the first certificate in a PEM bundle.
+fn rustls_pem(pem: &[u8]) -> Result<Vec<u8>> {
+    let text = std::str::from_utf8(pem)?;
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
+}
