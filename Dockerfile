@@ -31,8 +31,9 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,id=nodepool-operator-target,sharing=locked \
-    cargo build --release --locked -p nodepool-operator -p nodepool-zk-bridge \
- && install -D -m 0755 -t /out target/release/nodepool-operator target/release/nodepool-zk-bridge
+    cargo build --release --locked -p nodepool-operator -p nodepool-zk-bridge -p nodepool-cli \
+ && install -D -m 0755 -t /out target/release/nodepool-operator target/release/nodepool-zk-bridge \
+      target/release/nodepool target/release/kubectl-nodepool
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # openssh-client: ssh-keyscan for host keys; ca-certificates: the cloud APIs' TLS roots
@@ -46,7 +47,7 @@ RUN apt-get update \
       --shell /usr/sbin/nologin nonroot
 COPY --from=builder /out/ /usr/local/bin/
 LABEL org.opencontainers.image.title="nodepool-operator" \
-      org.opencontainers.image.description="Zuul's Nodepool as a Kubernetes operator: nodepool-operator and nodepool-zk-bridge" \
+      org.opencontainers.image.description="Zuul's Nodepool as a Kubernetes operator: nodepool-operator, nodepool-zk-bridge and the nodepool command" \
       org.opencontainers.image.licenses="Apache-2.0"
 USER 65532:65532
 WORKDIR /home/nonroot

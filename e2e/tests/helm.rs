@@ -46,14 +46,17 @@ fn helm(args: &[&str], kubeconfig: Option<&Path>) -> Result<String> {
 #[test]
 fn the_bridge_reads_secrets_only_when_kubernetes_nodes_need_it() -> Result<()> {
     let reads_secrets = |objects: &[Value]| {
-        objects.iter().filter(|o| o["kind"] == "Role" && o["metadata"]["name"].as_str().is_some_and(|n| n.contains("bridge"))).any(
-            |role| {
+        objects
+            .iter()
+            .filter(|o| {
+                o["kind"] == "Role" && o["metadata"]["name"].as_str().is_some_and(|n| n.contains("bridge"))
+            })
+            .any(|role| {
                 role["rules"].as_array().into_iter().flatten().any(|rule| {
                     rule["resources"].as_array().into_iter().flatten().any(|r| r == "secrets")
                         && rule["verbs"].as_array().into_iter().flatten().any(|v| v == "get")
                 })
-            },
-        )
+            })
     };
     assert!(!reads_secrets(&render(&[])?), "by default the bridge reads no Secret");
     assert!(reads_secrets(&render(&["--set=bridge.readsNodeTokens=true"])?), "readsNodeTokens grants it");

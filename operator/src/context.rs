@@ -31,6 +31,8 @@ pub struct Settings {
     pub cleanup_interval: Duration,
     /// Where the controllers record what they do.
     pub metrics: Arc<Metrics>,
+    /// What Nodepool's web endpoints show (`web`), given the caches once they exist.
+    pub listings: Arc<crate::web::Listings>,
 }
 
 pub struct Context {

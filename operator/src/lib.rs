@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod scheduler;
 pub mod slots;
 pub mod status;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -82,6 +83,12 @@ pub async fn run(settings: Settings) -> Result<()> {
         scheduler_wake,
     ));
 
+    context.settings.listings.observe(web::Stores {
+        nodes: node_store.clone(),
+        requests: request_store.clone(),
+        labels: context.labels.clone(),
+        images: context.images.clone(),
+    });
     context.metrics.observe(metrics::Caches {
         providers: provider_store.clone(),
         nodes: node_store.clone(),

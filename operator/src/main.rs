@@ -1,10 +1,10 @@
 //! `nodepool-operator`: runs the nodepool.dev controllers.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Result;
 use clap::Parser;
-use nodepool_operator::{Settings, metrics::Metrics};
+use nodepool_operator::{Settings, metrics::Metrics, web::Listings};
 use nodepool_service::{ServiceArgs, cli::Started};
 
 #[derive(Parser)]
@@ -32,7 +32,9 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let Started { client, metrics, .. } = cli.service.start(Metrics::register).await?;
+    let listings = Arc::new(Listings::default());
+    let routes = nodepool_operator::web::router(listings.clone());
+    let Started { client, metrics, .. } = cli.service.start(Metrics::register, routes).await?;
     tracing::info!(namespace = %cli.namespace, "starting nodepool-operator");
 
     let settings = Settings {
@@ -42,6 +44,7 @@ async fn main() -> Result<()> {
         namespace: cli.namespace.clone(),
         max_hold_age: cli.max_hold_age.map(Duration::from_secs),
         metrics,
+        listings,
     };
     // The controllers hold nothing outside the apiserver: on shutdown they simply stop.
     let work = |mut shutdown: nodepool_service::cli::Shutdown| async move {

@@ -54,11 +54,12 @@ pub struct Started<M> {
 
 impl ServiceArgs {
     /// What both binaries do first: logging, the watch mode, the TLS crypto provider, the
-    /// Kubernetes client, and `/metrics` (with what `register` adds), `/healthz` and `/readyz`
-    /// served on [`ServiceArgs::http_address`].
+    /// Kubernetes client, and `/metrics` (with what `register` adds), `/healthz`, `/readyz` and
+    /// the binary's own `routes` served on [`ServiceArgs::http_address`].
     pub async fn start<M>(
         &self,
         register: impl FnOnce(&mut prometheus_client::registry::Registry) -> M,
+        routes: axum::Router,
     ) -> Result<Started<M>> {
         crate::logging::init(self.log_json);
         crate::watch::set_streaming_lists(self.streaming_lists);
@@ -67,7 +68,7 @@ impl ServiceArgs {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = register(&mut registry);
         let health = crate::Health::new(client.clone());
-        crate::http::serve(self.http_address, registry, health.clone()).await?;
+        crate::http::serve(self.http_address, registry, health.clone(), routes).await?;
         Ok(Started { client, metrics, health })
     }
 

@@ -26,9 +26,15 @@ struct Shared {
     health: Health,
 }
 
-/// Binds `address` and serves the endpoints in a background task. Binding errors are returned
-/// at once (a port in use is a configuration error worth failing start-up for).
-pub async fn serve(address: SocketAddr, registry: Registry, health: Health) -> Result<SocketAddr> {
+/// Binds `address` and serves the endpoints, and the binary's own `routes`, in a background
+/// task. Binding errors are returned at once (a port in use is a configuration error worth
+/// failing start-up for).
+pub async fn serve(
+    address: SocketAddr,
+    registry: Registry,
+    health: Health,
+    routes: Router,
+) -> Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("binding the metrics and health listener to {address}"))?;
@@ -37,8 +43,9 @@ pub async fn serve(address: SocketAddr, registry: Registry, health: Health) -> R
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Arc::new(Shared { registry, health }));
-    tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+        .with_state(Arc::new(Shared { registry, health }))
+        .merge(routes);
+    tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz and the binary's own pages");
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "the metrics and health listener stopped");

@@ -9,6 +9,8 @@
 //! - [`metrics`]: metrics both binaries record alike (reconcile time and errors).
 //! - [`logging`]: `tracing` output as text or JSON lines.
 //! - [`watch`]: how Kubernetes watches are opened (streaming lists, or list-then-watch).
+//! - [`listing`], [`table`]: Nodepool's lists of nodes, requests, labels and images, as tables
+//!   or JSON (the `nodepool` command and the operator's web endpoints).
 //! - [`shutdown`]: the signals Kubernetes sends before it stops a pod.
 
 pub mod cli;
@@ -17,9 +19,11 @@ pub mod finalizers;
 pub mod health;
 pub mod http;
 pub mod leader;
+pub mod listing;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
+pub mod table;
 pub mod watch;
 pub mod written;
 

@@ -35,7 +35,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let Started { client: kube, metrics, health } = cli.service.start(Metrics::register).await?;
+    let Started { client: kube, metrics, health } =
+        cli.service.start(Metrics::register, Default::default()).await?;
     let hostname = cli.hostname.unwrap_or_else(nodepool_service::cli::hostname);
     tracing::info!(namespace = %cli.namespace, zookeeper = %cli.zookeeper.hosts, "starting nodepool-zk-bridge");
 

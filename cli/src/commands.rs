@@ -1,0 +1,118 @@
+//! One function per command: read the custom resources, print Nodepool's columns, or change a
+//! node as Nodepool's command would.
+
+use anyhow::{Context, Result, bail};
+use kube::{
+    ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use nodepool_crds::{GoDuration, Image, Label, NodeRequest, PoolNode, pool_node::AdminHold};
+use serde_json::json;
+
+use nodepool_service::{
+    listing,
+    table::{self, Output},
+};
+
+use crate::{Cli, Command, cluster::Cluster};
+
+pub async fn run(cli: &Cli) -> Result<String> {
+    let cluster = Cluster::connect(cli).await?;
+    let output = match cli.output {
+        crate::Output::Table => Output::Table,
+        crate::Output::Json => Output::Json,
+        crate::Output::Yaml => Output::Yaml,
+    };
+    match &cli.command {
+        Command::List { detail, provider, label, state } => {
+            let nodes = list_nodes(&cluster).await?;
+            let nodes = nodes.iter().filter(|node| {
+                provider.as_ref().is_none_or(|p| &node.spec.provider == p)
+                    && label.as_ref().is_none_or(|l| node.spec.labels.contains(l))
+                    && state.as_ref().is_none_or(|s| listing::node_state(node) == *s)
+            });
+            listing::nodes(nodes, *detail).render(output)
+        }
+        Command::Info { node } => {
+            let node = find_node(&cluster, node).await?;
+            match output {
+                Output::Table => listing::nodes([&node], true).render(Output::Yaml),
+                output => table::document(&node, output),
+            }
+        }
+        Command::Hold { node, reason, expires } => {
+            let expiration = expires
+                .as_deref()
+                .map(|e| e.parse::<GoDuration>().map_err(anyhow::Error::from))
+                .transpose()
+                .context("--expires")?;
+            let node = find_node(&cluster, node).await?;
+            let hold = AdminHold { comment: Some(reason.clone()), expiration };
+            patch_node(&cluster, &node, json!({"spec": {"hold": hold}})).await?;
+            Ok(format!("node {} ({}) held\n", node.name_any(), listing::zk_id(&node)))
+        }
+        Command::Release { node } => {
+            let node = find_node(&cluster, node).await?;
+            if node.spec.hold.is_none() {
+                bail!("node {} is not held by an operator", node.name_any());
+            }
+            patch_node(&cluster, &node, json!({"spec": {"hold": null}})).await?;
+            Ok(format!("node {} ({}) released\n", node.name_any(), listing::zk_id(&node)))
+        }
+        Command::Delete { node } => {
+            let node = find_node(&cluster, node).await?;
+            let api = node_api(&cluster, &node);
+            api.delete(&node.name_any(), &DeleteParams::default()).await?;
+            let locked = node.status.as_ref().and_then(|s| s.zookeeper.as_ref()).is_some_and(|z| z.locked);
+            let when = if locked { "once Zuul unlocks it" } else { "now" };
+            Ok(format!("node {} ({}) is deleted {when}\n", node.name_any(), listing::zk_id(&node)))
+        }
+        Command::RequestList => {
+            let requests = cluster
+                .api::<NodeRequest>()
+                .list(&ListParams::default())
+                .await
+                .context("listing NodeRequests")?;
+            listing::requests(&requests.items).render(output)
+        }
+        Command::LabelList => {
+            let labels =
+                cluster.api::<Label>().list(&ListParams::default()).await.context("listing Labels")?;
+            listing::labels(&labels.items).render(output)
+        }
+        Command::ImageList => {
+            let images =
+                cluster.api::<Image>().list(&ListParams::default()).await.context("listing Images")?;
+            listing::images(&images.items).render(output)
+        }
+    }
+}
+
+async fn list_nodes(cluster: &Cluster) -> Result<Vec<PoolNode>> {
+    let mut nodes =
+        cluster.api::<PoolNode>().list(&ListParams::default()).await.context("listing PoolNodes")?.items;
+    nodes.sort_by(|a, b| {
+        listing::zk_id(a).cmp(&listing::zk_id(b)).then_with(|| a.name_any().cmp(&b.name_any()))
+    });
+    Ok(nodes)
+}
+
+/// A node by its PoolNode name or its ZooKeeper id (what Zuul and Nodepool's users know).
+async fn find_node(cluster: &Cluster, wanted: &str) -> Result<PoolNode> {
+    let nodes = list_nodes(cluster).await?;
+    let mut found = nodes.into_iter().filter(|n| n.name_any() == wanted || listing::zk_id(n) == wanted);
+    let node = found.next().with_context(|| format!("no node {wanted:?}"))?;
+    if found.next().is_some() {
+        bail!("several nodes are {wanted:?} (in different namespaces); say which with -n");
+    }
+    Ok(node)
+}
+
+fn node_api(cluster: &Cluster, node: &PoolNode) -> kube::Api<PoolNode> {
+    kube::Api::namespaced(cluster.client.clone(), &node.namespace().unwrap_or_default())
+}
+
+async fn patch_node(cluster: &Cluster, node: &PoolNode, patch: serde_json::Value) -> Result<()> {
+    node_api(cluster, node).patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! `nodepool`: Nodepool's operator commands (`list`, `info`, `hold`, `release`, `delete`,
+//! `request-list`, `label-list`, `image-list`) over nodepool-operator's custom resources, with
+//! Nodepool's names and columns. Installed as `kubectl-nodepool` too, so `kubectl nodepool list`
+//! works: both binaries call [`main`].
+
+mod cluster;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Operate nodepool-operator as Nodepool's command line does.
+#[derive(Parser)]
+#[command(name = "nodepool", version, about)]
+pub struct Cli {
+    /// Path to the kubeconfig file (default: `$KUBECONFIG`, else `~/.kube/config`, else the
+    /// in-cluster account).
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The namespace nodepool-operator watches (default: the context's).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long, global = true)]
+    all_namespaces: bool,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List nodes (Nodepool's `nodepool list`).
+    List {
+        /// More columns: pool, addresses, allocation, hold.
+        #[arg(long)]
+        detail: bool,
+        /// Only nodes of this provider.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only nodes of this label.
+        #[arg(long)]
+        label: Option<String>,
+        /// Only nodes in this state (`ready`, `in-use`, `hold`, ...).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Everything known of one node, by name or ZooKeeper id.
+    Info { node: String },
+    /// Hold a node for inspection: it is handed to no job until released.
+    Hold {
+        node: String,
+        /// Why (shown as the node's comment).
+        #[arg(long)]
+        reason: String,
+        /// Release the hold after this long (`90m`, `24h`); default: until released or the
+        /// operator's maximum hold age.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Release an operator's hold: the node is deleted (a static slot comes back fresh).
+    Release { node: String },
+    /// Delete a node. A node Zuul has locked (a job runs on it) goes once Zuul unlocks it.
+    Delete { node: String },
+    /// List node requests (Nodepool's `request-list`).
+    RequestList,
+    /// List labels with their ready and in-use nodes (Nodepool's `/label-list`).
+    LabelList,
+    /// List images and what each provider resolved them to (Nodepool's `image-list`).
+    ImageList,
+}
+
+/// Runs the command line (the `nodepool` and `kubectl-nodepool` binaries both call this).
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match commands::run(&cli).await {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("nodepool: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
