@@ -63,6 +63,17 @@ pub mod labels {
     pub const POOL: &str = "nodepool.dev/pool";
     pub const STATIC_HOST: &str = "nodepool.dev/static-host";
     pub const SLOT: &str = "nodepool.dev/slot";
+
+    /// `text` as a Kubernetes label value: `[A-Za-z0-9_.-]` only (others become `_`), at most
+    /// 63 characters, starting and ending alphanumeric.
+    pub fn value(text: &str) -> String {
+        let value: String = text
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+            .take(63)
+            .collect();
+        value.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
+    }
 }
 
 /// Every CustomResourceDefinition, in the order they are installed, without the drivers' blocks:

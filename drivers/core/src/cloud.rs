@@ -110,6 +110,23 @@ impl std::fmt::Debug for KubernetesCredentials {
 }
 
 impl Instance {
+    /// An instance known only by its id, state and tags (drivers fill in what else they know).
+    pub fn new(id: String, state: InstanceState, tags: BTreeMap<String, String>) -> Self {
+        Self {
+            id,
+            state,
+            interface_ip: None,
+            public_ipv4: None,
+            private_ipv4: None,
+            public_ipv6: None,
+            region: None,
+            az: None,
+            image_id: None,
+            tags,
+            access: None,
+        }
+    }
+
     /// The `PoolNode` the instance was created for, from its tags.
     pub fn node(&self) -> Option<&str> {
         self.tags.get(crate::tags::NODE_ID).map(String::as_str)

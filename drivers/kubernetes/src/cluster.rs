@@ -54,19 +54,8 @@ impl KubernetesCloud {
     async fn look(&self, namespace: Namespace) -> CloudResult<Instance> {
         let name = namespace.metadata.name.clone().unwrap_or_default();
         let annotations = namespace.metadata.annotations.clone().unwrap_or_default();
-        let mut instance = Instance {
-            id: name.clone(),
-            state: InstanceState::Pending,
-            interface_ip: None,
-            public_ipv4: None,
-            private_ipv4: None,
-            public_ipv6: None,
-            region: None,
-            az: None,
-            image_id: None,
-            tags: namespace.metadata.labels.clone().unwrap_or_default(),
-            access: None,
-        };
+        let tags = namespace.metadata.labels.clone().unwrap_or_default();
+        let mut instance = Instance::new(name.clone(), InstanceState::Pending, tags);
         let terminating = namespace.metadata.deletion_timestamp.is_some()
             || namespace.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
         if terminating {
@@ -199,19 +188,9 @@ impl Cloud for KubernetesCloud {
             .into_iter()
             .map(|namespace| {
                 let gone = namespace.metadata.deletion_timestamp.is_some();
-                Instance {
-                    id: namespace.metadata.name.clone().unwrap_or_default(),
-                    state: if gone { InstanceState::Stopping } else { InstanceState::Running },
-                    interface_ip: None,
-                    public_ipv4: None,
-                    private_ipv4: None,
-                    public_ipv6: None,
-                    region: None,
-                    az: None,
-                    image_id: None,
-                    tags: namespace.metadata.labels.unwrap_or_default(),
-                    access: None,
-                }
+                let state = if gone { InstanceState::Stopping } else { InstanceState::Running };
+                let name = namespace.metadata.name.clone().unwrap_or_default();
+                Instance::new(name, state, namespace.metadata.labels.unwrap_or_default())
             })
             .collect())
     }

@@ -58,15 +58,7 @@ pub fn pod_name(label: &str) -> String {
     namespace_name(label)
 }
 
-/// Kubernetes label values allow `[A-Za-z0-9_.-]`, at most 63, starting and ending alphanumeric.
-pub fn label_value(text: &str) -> String {
-    let value: String = text
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
-        .take(63)
-        .collect();
-    value.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
-}
+pub use nodepool_crds::labels::value as label_value;
 
 /// The node's namespace; `pod` names the pod of a pod label.
 pub fn namespace(

@@ -171,16 +171,6 @@ fn count_nodes(nodes: &[Arc<PoolNode>]) -> NodeCounts {
     NodeCounts { total: nodes.len() as u32, by_state }
 }
 
-/// A Kubernetes label value for a host name (label values allow `[A-Za-z0-9_.-]`, 63 long).
-fn label_value(text: &str) -> String {
-    let value: String = text
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
-        .take(63)
-        .collect();
-    value.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
-}
-
 /// Waits until the node cache holds the nodes just created. Slots are matched against the
 /// cache, and the provider reconciles again on its nodes' events, which come through another
 /// watch than the cache's: a run before the cache caught up registered the same slot twice.
@@ -234,7 +224,7 @@ async fn sync_slots(
                 node.metadata.labels = Some(BTreeMap::from([
                     (node_labels::PROVIDER.to_owned(), name.clone()),
                     (node_labels::POOL.to_owned(), slot.pool.clone()),
-                    (node_labels::STATIC_HOST.to_owned(), label_value(&slot.host)),
+                    (node_labels::STATIC_HOST.to_owned(), node_labels::value(&slot.host)),
                     (node_labels::SLOT.to_owned(), slot.slot.to_string()),
                 ]));
                 node.metadata.owner_references = provider.controller_owner_ref(&()).map(|owner| vec![owner]);
@@ -265,7 +255,7 @@ async fn sync_slots(
 
 #[cfg(test)]
 mod tests {
-    use super::{ProviderStatus, QuotaStatus, label_value, without_counts};
+    use super::{ProviderStatus, QuotaStatus, node_labels::value as label_value, without_counts};
     use nodepool_crds::provider::{NodeCounts, ResourceLimits, ResourceUsage};
 
     #[test]
