@@ -80,6 +80,12 @@ pub async fn run(cli: &Cli) -> Result<String> {
                 cluster.api::<Label>().list(&ListParams::default()).await.context("listing Labels")?;
             listing::labels(&labels.items).render(output)
         }
+        Command::ImageStatus => {
+            let images =
+                cluster.api::<Image>().list(&ListParams::default()).await.context("listing Images")?;
+            listing::image_status(&images.items).render(output)
+        }
+        Command::Completions { .. } => unreachable!("printed before connecting"),
         Command::ImageList => {
             let images =
                 cluster.api::<Image>().list(&ListParams::default()).await.context("listing Images")?;

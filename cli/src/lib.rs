@@ -81,11 +81,30 @@ enum Command {
     LabelList,
     /// List images and what each provider resolved them to (Nodepool's `image-list`).
     ImageList,
+    /// Whether each image is resolved everywhere it is used, and why not (Nodepool's
+    /// `image-status`).
+    ImageStatus,
+    /// Print the shell completion script, e.g. `source <(nodepool completions bash)`.
+    Completions { shell: clap_complete::Shell },
 }
 
 /// Runs the command line (the `nodepool` and `kubectl-nodepool` binaries both call this).
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        // Named as invoked, so `kubectl-nodepool` gets completions of its own name.
+        let name = std::env::args().next().and_then(|arg0| {
+            std::path::Path::new(&arg0).file_name().map(|n| n.to_string_lossy().into_owned())
+        });
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(
+            shell,
+            &mut command,
+            name.unwrap_or_else(|| "nodepool".into()),
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match commands::run(&cli).await {
         Ok(output) => {

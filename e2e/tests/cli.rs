@@ -162,6 +162,23 @@ async fn an_operator_lists_holds_releases_and_deletes_nodes_with_nodepools_comma
     })
     .await?;
 
+    // `image-status`: every Image, with whether it is resolved where it is used.
+    stack
+        .apply::<nodepool_crds::Image>(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Image",
+            "metadata": {"name": "debian"}, "spec": {"simulated": {"imageId": "debian-12"}}}))
+        .await?;
+    let images = json_of(&stack, &["image-status"])?;
+    assert_eq!(images[0]["image"], "debian", "{images}");
+
+    // Completion scripts for the shells, knowing the commands.
+    for shell in ["bash", "zsh"] {
+        let script =
+            std::process::Command::new(stack::binary("nodepool")?).args(["completions", shell]).output()?;
+        assert!(script.status.success(), "completions {shell}");
+        let script = String::from_utf8(script.stdout)?;
+        assert!(script.contains("request-list") && script.contains("nodepool"), "{shell}: {script}");
+    }
+
     // The same program as a kubectl plugin.
     let plugin_dir = stack::binary("kubectl-nodepool")?.parent().context("binary dir")?.to_path_buf();
     let path = format!("{}:{}", plugin_dir.display(), std::env::var("PATH").unwrap_or_default());

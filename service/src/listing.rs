@@ -176,3 +176,24 @@ pub fn images<'a>(images: impl IntoIterator<Item = &'a Image>) -> Table {
     }
     table
 }
+
+/// Whether each image is resolved for every provider that boots it (Nodepool's `image-status`).
+pub fn image_status<'a>(images: impl IntoIterator<Item = &'a Image>) -> Table {
+    let mut images: Vec<&Image> = images.into_iter().collect();
+    images.sort_by_key(|i| i.name_any());
+    let mut table = Table::new(&["Image", "Ready", "Reason", "Message", "Providers"]);
+    for image in images {
+        let status = image.status.clone().unwrap_or_default();
+        let ready =
+            nodepool_crds::conditions::find(&status.conditions, nodepool_crds::conditions::types::READY);
+        let providers: Vec<&str> = status.resolved.iter().map(|r| r.provider.as_str()).collect();
+        table.row(vec![
+            image.name_any(),
+            ready.map(|c| c.status.clone()).unwrap_or_else(|| "Unknown".into()),
+            ready.map(|c| c.reason.clone()).unwrap_or_default(),
+            ready.map(|c| c.message.clone()).unwrap_or_default(),
+            providers.join(","),
+        ]);
+    }
+    table
+}
