@@ -10,8 +10,9 @@ mkdir -p "$cache/tools/bin"
 stage() { printf '\n==> %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: ZooKeeper (Java, Netty), sshd for host-key scanning, Prometheus.
-apt_packages=(zookeeper openssh-server openssh-client prometheus)
+# Debian packages: ZooKeeper (Java, Netty), sshd for host-key scanning, Prometheus, and Chromium
+# (headless) for the status page test.
+apt_packages=(zookeeper openssh-server openssh-client prometheus chromium)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")

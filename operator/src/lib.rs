@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod scheduler;
 pub mod slots;
 pub mod status;
+pub mod status_page;
 pub mod web;
 
 use std::sync::Arc;
@@ -84,6 +85,8 @@ pub async fn run(settings: Settings) -> Result<()> {
     ));
 
     context.settings.listings.observe(web::Stores {
+        namespace: namespace.clone(),
+        providers: provider_store.clone(),
         nodes: node_store.clone(),
         requests: request_store.clone(),
         labels: context.labels.clone(),

@@ -1,5 +1,6 @@
 //! Nodepool's web endpoints, served from the operator's caches (no apiserver read per page):
-//! `/node-list`, `/request-list`, `/label-list`, `/image-list`, `/dib-image-list` and `/ready`.
+//! `/node-list`, `/request-list`, `/label-list`, `/image-list`, `/dib-image-list` and `/ready`;
+//! and the status page for people at `/`.
 //! A plain-text table by default, JSON with `Accept: application/json` or a `.json` suffix, and
 //! Nodepool's query parameters `fields=` (columns by JSON key) and, on `/node-list`, `node_id=`.
 
@@ -16,7 +17,7 @@ use axum::{
     routing::get,
 };
 use kube::runtime::reflector::Store;
-use nodepool_crds::{Image, Label, NodeRequest, PoolNode};
+use nodepool_crds::{Image, Label, NodeRequest, PoolNode, Provider};
 use nodepool_service::{
     listing,
     table::{Output, Table},
@@ -27,6 +28,8 @@ use nodepool_service::{
 pub struct Listings(OnceLock<Stores>);
 
 pub struct Stores {
+    pub namespace: String,
+    pub providers: Store<Provider>,
     pub nodes: Store<PoolNode>,
     pub requests: Store<NodeRequest>,
     pub labels: Store<Label>,
@@ -41,7 +44,11 @@ impl Listings {
 
 /// The routes, to serve beside `/metrics` and the probes.
 pub fn router(listings: Arc<Listings>) -> Router {
-    Router::new().route("/ready", get(ready)).route("/{page}", get(page)).with_state(listings)
+    Router::new()
+        .route("/", get(status_page))
+        .route("/ready", get(ready))
+        .route("/{page}", get(page))
+        .with_state(listings)
 }
 
 async fn ready(State(listings): State<Arc<Listings>>) -> Response {
@@ -49,6 +56,24 @@ async fn ready(State(listings): State<Arc<Listings>>) -> Response {
         Some(_) => (StatusCode::OK, "OK\n").into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response(),
     }
+}
+
+/// The status page for people (`crate::status_page`).
+async fn status_page(State(listings): State<Arc<Listings>>) -> Response {
+    let Some(stores) = listings.0.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();
+    };
+    let (providers, labels, requests, nodes) =
+        (stores.providers.state(), stores.labels.state(), stores.requests.state(), stores.nodes.state());
+    let snapshot = crate::status_page::Snapshot {
+        namespace: &stores.namespace,
+        providers: providers.iter().map(|p| p.as_ref()).collect(),
+        labels: labels.iter().map(|l| l.as_ref()).collect(),
+        requests: requests.iter().map(|r| r.as_ref()).collect(),
+        nodes: nodes.iter().map(|n| n.as_ref()).collect(),
+    };
+    let body = crate::status_page::render(&snapshot);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
 }
 
 async fn page(
