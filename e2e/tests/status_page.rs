@@ -82,6 +82,9 @@ async fn the_status_page_shows_providers_labels_and_why_requests_wait_in_a_real_
         assert!(dom.contains(expected), "the rendered page lacks {expected:?}:\n{dom}");
     }
     assert!(dom.contains(&format!("<td>{request}</td>")), "the waiting request is not listed:\n{dom}");
+    // static-label: one slot ready (counted from the nodes), min-ready 1, none in use.
+    let label_row = "<tr><td>static-label</td><td><span class=\"ok\">1</span></td><td>1</td><td>0</td>";
+    assert!(dom.contains(label_row), "the label's counts are not current:\n{dom}");
     assert!(dom.contains("<b>TenantLimit</b>: tenant tenant-one is at its limit"), "no reason:\n{dom}");
     assert!(dom.contains("http-equiv=\"refresh\""), "the page does not refresh itself");
 

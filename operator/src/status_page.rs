@@ -99,13 +99,15 @@ fn labels(page: &mut String, labels: &[&Label], nodes: &[&PoolNode]) {
     for label in labels {
         let name = label.name_any();
         let status = label.status.clone().unwrap_or_default();
-        let in_use = nodes
-            .iter()
-            .filter(|n| n.spec.labels.contains(&name))
-            .filter(|n| n.status.as_ref().is_some_and(|s| s.current_state() == NodeState::InUse))
-            .count();
-        let short = status.ready < label.spec.min_ready;
-        let ready = format!("<span class=\"{}\">{}</span>", if short { "bad" } else { "ok" }, status.ready);
+        // Counted from the node cache, so the page is current (the Label's status is
+        // refreshed every few seconds).
+        let of_label = nodes.iter().filter(|n| n.spec.labels.contains(&name));
+        let count = |state: NodeState| {
+            of_label.clone().filter(|n| n.status.as_ref().is_some_and(|s| s.current_state() == state)).count()
+        };
+        let (ready, in_use) = (count(NodeState::Ready) as u32, count(NodeState::InUse));
+        let short = ready < label.spec.min_ready;
+        let ready = format!("<span class=\"{}\">{ready}</span>", if short { "bad" } else { "ok" });
         row(
             page,
             &[
