@@ -24,7 +24,7 @@ use nodepool_crds::{
     ZNODE_FINALIZER,
     conditions::{self, WaitReason},
     labels as node_labels,
-    pool_node::NodeResources,
+    pool_node::{Allocation, NodeResources},
 };
 use tracing::Instrument;
 
@@ -558,14 +558,50 @@ async fn assign(ctx: &Context, hand_out: HandOut<'_>, names: Vec<String>) -> Res
         }
         (Some(error), Err(_)) | (None, Err(error)) => error,
     };
-    for node in nodes_written {
+    futures::future::join_all(nodes_written.into_iter().map(|node| undo_allocation(ctx, node))).await;
+    Err(error)
+}
+
+/// Clears an allocation this hand-out wrote on a node, as long as the node still shows it: the
+/// first try writes on the copy just written, later ones on a fresh read. A write that meets
+/// a conflict (the bridge recorded Zuul's view in between) is tried again rather than leaving
+/// the node reserved for a request it was never handed to until the stranded-hand-out check.
+async fn undo_allocation(ctx: &Context, written: PoolNode) {
+    let name = written.name_any();
+    let Some(Allocation { request_id, id }) = written.allocation() else { return };
+    let (request_id, id) = (request_id.to_owned(), id.to_owned());
+    let first_copy = std::sync::Mutex::new(Some(written));
+    let undo = || async {
+        let copy = first_copy.lock().expect("undo copy lock").take();
+        let node = match copy {
+            Some(node) => node,
+            None => match ctx.api::<PoolNode>().get_opt(&name).await? {
+                Some(node) => node,
+                None => return Ok(false), // gone
+            },
+        };
+        if node.allocation() != Some(Allocation { request_id: &request_id, id: &id }) {
+            return Ok(false); // changed since: not ours to clear any more
+        }
         let mut status = node.status.clone().unwrap_or_default();
         status.release();
-        if let Err(undo) = ctx.write_node_status(&node, &status).await {
-            tracing::error!(node = %node.name_any(), error = format!("{undo:#}"), "could not undo an allocation");
+        ctx.write_node_status(&node, &status).await?;
+        Ok::<_, anyhow::Error>(true)
+    };
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .with_max_times(10);
+    match undo.retry(backoff).when(revert_retryable).await {
+        Ok(true) => tracing::info!(node = %name, request = %request_id, "allocation undone"),
+        Ok(false) => {
+            tracing::info!(node = %name, request = %request_id, "allocation changed since; left as it is")
+        }
+        Err(error) => {
+            tracing::error!(node = %name, error = format!("{error:#}"), "could not undo an allocation")
         }
     }
-    Err(error)
 }
 
 /// A request to be handed out, from which pool, and the request handed out before it.
