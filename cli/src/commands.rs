@@ -67,6 +67,7 @@ pub async fn run(cli: &Cli) -> Result<String> {
             let when = if locked { "once Zuul unlocks it" } else { "now" };
             Ok(format!("node {} ({}) is deleted {when}\n", node.name_any(), listing::zk_id(&node)))
         }
+        Command::Erase { provider } => erase(&cluster, provider).await,
         Command::RequestList => {
             let requests = cluster
                 .api::<NodeRequest>()
@@ -92,6 +93,23 @@ pub async fn run(cli: &Cli) -> Result<String> {
             listing::images(&images.items).render(output)
         }
     }
+}
+
+/// Deletes the nodes of a provider that is gone. A provider that exists is refused: deleting it
+/// tears its nodes down properly (its instances included).
+async fn erase(cluster: &Cluster, provider: &str) -> Result<String> {
+    let providers = cluster.api::<nodepool_crds::Provider>().list(&ListParams::default()).await?;
+    if providers.items.iter().any(|p| p.name_any() == provider) {
+        bail!(
+            "provider {provider:?} exists; delete it (kubectl delete provider {provider}) instead of erasing it"
+        );
+    }
+    let nodes = list_nodes(cluster).await?;
+    let leftovers: Vec<&PoolNode> = nodes.iter().filter(|n| n.spec.provider == provider).collect();
+    for node in &leftovers {
+        node_api(cluster, node).delete(&node.name_any(), &DeleteParams::default()).await?;
+    }
+    Ok(format!("erased {} node(s) of provider {provider}\n", leftovers.len()))
 }
 
 async fn list_nodes(cluster: &Cluster) -> Result<Vec<PoolNode>> {

@@ -75,6 +75,8 @@ enum Command {
     Release { node: String },
     /// Delete a node. A node Zuul has locked (a job runs on it) goes once Zuul unlocks it.
     Delete { node: String },
+    /// Delete what is left of a provider that no longer exists: its nodes (Nodepool's `erase`).
+    Erase { provider: String },
     /// List node requests (Nodepool's `request-list`).
     RequestList,
     /// List labels with their ready and in-use nodes (Nodepool's `/label-list`).

@@ -179,6 +179,22 @@ async fn an_operator_lists_holds_releases_and_deletes_nodes_with_nodepools_comma
         assert!(script.contains("request-list") && script.contains("nodepool"), "{shell}: {script}");
     }
 
+    // `erase`: refused for a provider that exists; a gone provider's leftover nodes are deleted.
+    let refused = nodepool(&stack, &["erase", "lab"])?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("provider \"lab\" exists"), "{refused:?}");
+    stack
+        .apply::<PoolNode>(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "PoolNode",
+            "metadata": {"name": "left-over"}, "spec": {"provider": "gone", "pool": "main", "labels": ["x"]}}))
+        .await?;
+    let said = ok(&stack, &["erase", "gone"])?;
+    assert_eq!(said.trim(), "erased 1 node(s) of provider gone");
+    until("the left-over node gone", async || {
+        let nodes = Api::<PoolNode>::namespaced(stack.client.clone(), &stack.namespace);
+        Ok(nodes.get_opt("left-over").await?.is_none())
+    })
+    .await?;
+
     // The same program as a kubectl plugin.
     let plugin_dir = stack::binary("kubectl-nodepool")?.parent().context("binary dir")?.to_path_buf();
     let path = format!("{}:{}", plugin_dir.display(), std::env::var("PATH").unwrap_or_default());
