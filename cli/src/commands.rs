@@ -112,13 +112,9 @@ async fn erase(cluster: &Cluster, provider: &str) -> Result<String> {
     Ok(format!("erased {} node(s) of provider {provider}\n", leftovers.len()))
 }
 
+/// Every node (in the chosen namespace or all); `listing::nodes` orders them for printing.
 async fn list_nodes(cluster: &Cluster) -> Result<Vec<PoolNode>> {
-    let mut nodes =
-        cluster.api::<PoolNode>().list(&ListParams::default()).await.context("listing PoolNodes")?.items;
-    nodes.sort_by(|a, b| {
-        listing::zk_id(a).cmp(&listing::zk_id(b)).then_with(|| a.name_any().cmp(&b.name_any()))
-    });
-    Ok(nodes)
+    Ok(cluster.api::<PoolNode>().list(&ListParams::default()).await.context("listing PoolNodes")?.items)
 }
 
 /// A node by its PoolNode name or its ZooKeeper id (what Zuul and Nodepool's users know).

@@ -41,16 +41,6 @@ impl DriverBlocks {
             .transpose()
             .map_err(|source| BadBlock { key: key.to_owned(), source })
     }
-
-    /// Whether the block `key` is set.
-    pub fn has(&self, key: &str) -> bool {
-        self.0.get(key).is_some_and(|value| !value.is_null())
-    }
-
-    /// Sets the block `key` (objects built in code, tests).
-    pub fn set<T: Serialize>(&mut self, key: &str, value: &T) {
-        self.0.insert(key.to_owned(), serde_json::to_value(value).expect("settings serialize"));
-    }
 }
 
 /// The blocks add no properties of their own: [`with_driver_blocks`] writes one per driver.

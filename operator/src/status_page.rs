@@ -101,10 +101,7 @@ fn labels(page: &mut String, labels: &[&Label], nodes: &[&PoolNode]) {
         let status = label.status.clone().unwrap_or_default();
         // Counted from the node cache, so the page is current (the Label's status is
         // refreshed every few seconds).
-        let of_label = nodes.iter().filter(|n| n.spec.labels.contains(&name));
-        let count = |state: NodeState| {
-            of_label.clone().filter(|n| n.status.as_ref().is_some_and(|s| s.current_state() == state)).count()
-        };
+        let count = |state| crate::scheduler::views::count_in_state(nodes.iter().copied(), &name, state);
         let (ready, in_use) = (count(NodeState::Ready) as u32, count(NodeState::InUse));
         let short = ready < label.spec.min_ready;
         let ready = format!("<span class=\"{}\">{ready}</span>", if short { "bad" } else { "ok" });

@@ -464,7 +464,7 @@ async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) 
     // A Kubernetes-type node's "port" is the credentials object Zuul builds its kubeconfig from
     // (Nodepool writes it to both fields).
     let port = match &status.kubernetes {
-        Some(access) => kubernetes_credentials(shared, access).await?,
+        Some(access) => kubernetes_credentials(shared, node, access).await?,
         None => json!(connection.connection_port.unwrap_or(22)),
     };
     let launcher = match &node.spec.static_host {
@@ -535,21 +535,39 @@ async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) 
     Ok(serde_json::to_value(doc).expect("a node document always serializes"))
 }
 
-/// The `connection_port` object of a Kubernetes-type node, as Nodepool writes it: where the API
-/// is, the namespace, the service account and its token (read from the Secret the node owns).
-async fn kubernetes_credentials(shared: &Shared, access: &KubernetesAccess) -> Result<Value> {
+/// The service-account token in a node's token Secret.
+async fn read_token(shared: &Shared, name: &str) -> Result<String> {
     let secrets: Api<Secret> = Api::namespaced(shared.kube.clone(), &shared.namespace);
     let secret = secrets
-        .get_opt(&access.token_secret)
+        .get_opt(name)
         .await
-        .with_context(|| format!("reading Secret {}", access.token_secret))?
-        .with_context(|| format!("the token Secret {} does not exist", access.token_secret))?;
-    let token = secret
+        .with_context(|| format!("reading Secret {name}"))?
+        .with_context(|| format!("the token Secret {name} does not exist"))?;
+    secret
         .data
         .as_ref()
         .and_then(|data| data.get("token"))
         .map(|token| String::from_utf8_lossy(&token.0).into_owned())
-        .with_context(|| format!("Secret {} has no token", access.token_secret))?;
+        .with_context(|| format!("Secret {name} has no token"))
+}
+
+/// The `connection_port` object of a Kubernetes-type node, as Nodepool writes it: where the API
+/// is, the namespace, the service account and its token (read from the Secret the node owns).
+async fn kubernetes_credentials(
+    shared: &Shared,
+    node: &PoolNode,
+    access: &KubernetesAccess,
+) -> Result<Value> {
+    let uid = node.uid().unwrap_or_default();
+    let cached = shared.node_tokens.lock().unwrap().get(&uid).cloned();
+    let token = match cached {
+        Some(token) => token,
+        None => {
+            let token = read_token(shared, &access.token_secret).await?;
+            shared.node_tokens.lock().unwrap().insert(uid, token.clone());
+            token
+        }
+    };
     let mut credentials = json!({
         "name": access.namespace, "namespace": access.namespace, "host": access.host,
         "skiptls": access.skip_tls, "token": token, "user": access.user,
@@ -621,6 +639,7 @@ async fn finalize(shared: &Arc<Shared>, node: &PoolNode) -> Result<Action> {
         tracing::info!(%node_id, "removed node from ZooKeeper");
     }
     shared.znodes_by_uid.lock().unwrap().remove(&uid);
+    shared.node_tokens.lock().unwrap().remove(&uid);
     let finalizers: Vec<String> =
         node.finalizers().iter().filter(|f| *f != ZNODE_FINALIZER).cloned().collect();
     match set_finalizers(shared, node, finalizers).await {

@@ -32,6 +32,9 @@ pub struct Shared {
     /// Lock contenders of ours, so our brief locks never count as "locked by Zuul".
     own_locks: zk::lock::OwnLocks,
     pub pool_nodes: Store<PoolNode>,
+    /// The token of each Kubernetes-type node (by PoolNode uid), read once from the Secret the
+    /// node owns: a node's znode is written many times, its token never changes.
+    pub node_tokens: Mutex<HashMap<String, String>>,
     pub node_requests: Store<NodeRequest>,
     /// The znode of each PoolNode (by uid), from the `driver_data` of every node znode seen and
     /// every znode created this session, so a PoolNode whose id was never recorded (a crash
@@ -193,6 +196,7 @@ impl Shared {
             node_mutexes: Default::default(),
             own_locks: Default::default(),
             pool_nodes,
+            node_tokens: Default::default(),
             node_requests,
             znodes_by_uid: Default::default(),
             node_versions: Default::default(),

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kube::ResourceExt;
 use nodepool_crds::driver_blocks::{Block, DriverShape};
-use nodepool_driver::{
-    Build, Cloud, CloudUnavailable, Driver, QuotaSource, Supply, credentials::required, secret_value,
-};
+use nodepool_driver::{Build, Cloud, CloudUnavailable, Driver, Supply, credentials::required, secret_value};
 
 use crate::{
     AwsCloud, AwsCredentials, AwsSettings, BLOCK,
@@ -37,10 +35,6 @@ impl Driver for Aws {
 
     fn supply(&self) -> Supply {
         Supply::Launched
-    }
-
-    fn quota(&self) -> QuotaSource {
-        QuotaSource::Cloud
     }
 
     fn connection_types(&self) -> &'static [nodepool_crds::ConnectionType] {

@@ -14,7 +14,8 @@ use nodepool_crds::{
 
 use crate::{Cloud, credentials::CloudUnavailable};
 
-/// How a driver's nodes come to be.
+/// How a driver's nodes come to be, and so where their limits come from: a launching driver's
+/// cloud reports its quota ([`Cloud::quota_limits`]), a slot is one node at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Supply {
     /// Each node is launched for the request (or min-ready) and deleted after use: clouds.
@@ -34,15 +35,6 @@ impl Supply {
     }
 }
 
-/// Where the limits on a driver's nodes come from, besides the provider's and pools' own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QuotaSource {
-    /// The cloud's quota API ([`Cloud::quota_limits`]), and what each label's flavor costs.
-    Cloud,
-    /// The slots themselves: a slot is one node at a time.
-    Slots,
-}
-
 /// Everything a driver needs to build the client of one provider's cloud.
 pub struct Build<'a> {
     pub provider: &'a Provider,
@@ -52,6 +44,15 @@ pub struct Build<'a> {
     pub system_id: &'a str,
     /// The Secret `spec.credentialsSecretRef` names, read by the operator.
     pub credentials: Option<&'a Secret>,
+}
+
+impl Build<'_> {
+    /// The key of the credentials Secret to read: `credentialsSecretRef.key`, else the driver's
+    /// documented default.
+    pub fn credentials_key(&self, default: &str) -> String {
+        let reference = self.provider.spec.credentials_secret_ref.as_ref();
+        reference.and_then(|r| r.key.clone()).unwrap_or_else(|| default.to_owned())
+    }
 }
 
 /// One node a slotted provider should have: slot `slot` of `host` in `pool`.
@@ -102,9 +103,6 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Whether nodes are launched or slotted.
     fn supply(&self) -> Supply;
-
-    /// Where its quota comes from.
-    fn quota(&self) -> QuotaSource;
 
     /// The connection types its nodes can have; the first is what a node gets when nothing says
     /// otherwise.

@@ -37,6 +37,6 @@ pub use cloud::{
     NodeAccess,
 };
 pub use credentials::{CloudUnavailable, secret_value};
-pub use driver::{Build, Driver, QuotaSource, Slot, SlotHost, Supply};
+pub use driver::{Build, Driver, Slot, SlotHost, Supply};
 pub use metrics::CloudApiMetrics;
 pub use throttle::{RateLimiter, Throttled};

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kube::ResourceExt;
 use nodepool_crds::driver_blocks::{Block, DriverShape};
-use nodepool_driver::{
-    Build, Cloud, CloudUnavailable, Driver, QuotaSource, Supply, credentials::required, secret_value,
-};
+use nodepool_driver::{Build, Cloud, CloudUnavailable, Driver, Supply, credentials::required, secret_value};
 
 use crate::{
     BLOCK, GceCloud, GceSettings,
@@ -43,10 +41,6 @@ impl Driver for Gce {
         Supply::Launched
     }
 
-    fn quota(&self) -> QuotaSource {
-        QuotaSource::Cloud
-    }
-
     fn connection_types(&self) -> &'static [nodepool_crds::ConnectionType] {
         use nodepool_crds::ConnectionType::*;
         &[Ssh, Winrm, NetworkCli]
@@ -63,12 +57,7 @@ impl Driver for Gce {
         let settings: Option<GceProvider> = provider.spec.driver_settings.parse(BLOCK)?;
         let settings = required(settings.as_ref(), "a gce provider needs spec.gce")?;
         let secret = required(build.credentials, "a gce provider needs credentialsSecretRef")?;
-        let key_name = provider
-            .spec
-            .credentials_secret_ref
-            .as_ref()
-            .and_then(|r| r.key.clone())
-            .unwrap_or_else(|| DEFAULT_KEY.into());
+        let key_name = build.credentials_key(DEFAULT_KEY);
         let key: serde_json::Value =
             serde_json::from_str(&secret_value(secret, &key_name)?).map_err(|error| {
                 CloudUnavailable::BadSettings(format!(

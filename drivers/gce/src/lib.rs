@@ -235,17 +235,9 @@ impl GceCloud {
     /// An instance the API does not list (yet, or ever): what we know of it from our insert.
     fn not_yet_listed(&self, id: &str, zone: &str, state: InstanceState) -> Instance {
         Instance {
-            id: id.to_owned(),
-            state,
-            interface_ip: None,
-            public_ipv4: None,
-            private_ipv4: None,
-            public_ipv6: None,
             region: Some(self.settings.region.clone()),
             az: Some(zone.to_owned()),
-            image_id: None,
-            tags: BTreeMap::new(),
-            access: None,
+            ..Instance::new(id.to_owned(), state, BTreeMap::new())
         }
     }
 

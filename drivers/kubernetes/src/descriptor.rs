@@ -12,7 +12,7 @@ use nodepool_crds::{
     ConnectionType,
     driver_blocks::{Block, DriverShape},
 };
-use nodepool_driver::{Build, Cloud, CloudUnavailable, Driver, QuotaSource, Supply, secret_value};
+use nodepool_driver::{Build, Cloud, CloudUnavailable, Driver, Supply, secret_value};
 
 use crate::{
     BLOCK, KubernetesCloud,
@@ -47,10 +47,6 @@ impl Driver for Kubernetes {
         Supply::Launched
     }
 
-    fn quota(&self) -> QuotaSource {
-        QuotaSource::Cloud
-    }
-
     fn connection_types(&self) -> &'static [ConnectionType] {
         &[ConnectionType::Namespace, ConnectionType::Kubectl]
     }
@@ -60,12 +56,7 @@ impl Driver for Kubernetes {
         let settings: KubernetesProvider = provider.spec.driver_settings.parse(BLOCK)?.unwrap_or_default();
         let config = match build.credentials {
             Some(secret) => {
-                let key = provider
-                    .spec
-                    .credentials_secret_ref
-                    .as_ref()
-                    .and_then(|r| r.key.clone())
-                    .unwrap_or_else(|| DEFAULT_KEY.into());
+                let key = build.credentials_key(DEFAULT_KEY);
                 let bad = |error: String| {
                     CloudUnavailable::BadSettings(format!(
                         "Secret {:?} key {key:?} is not a usable kubeconfig: {error}",

@@ -23,8 +23,8 @@ use nodepool_crds::{
     provider::{Pool, PoolLabel, ResourceLimits},
 };
 use nodepool_driver::{
-    Build, Cloud, CloudError, CloudUnavailable, Driver, Instance, InstanceSpec, InstanceState, QuotaSource,
-    Supply, cloud::CloudResult,
+    Build, Cloud, CloudError, CloudUnavailable, Driver, Instance, InstanceSpec, InstanceState, Supply,
+    cloud::CloudResult,
 };
 
 pub mod settings;
@@ -55,10 +55,6 @@ impl Driver for Simulated {
 
     fn supply(&self) -> Supply {
         Supply::Launched
-    }
-
-    fn quota(&self) -> QuotaSource {
-        QuotaSource::Cloud
     }
 
     async fn cloud(&self, build: Build<'_>) -> Result<Arc<dyn Cloud>, CloudUnavailable> {

@@ -10,7 +10,7 @@ use nodepool_crds::{
     driver_blocks::{BadBlock, Block, DriverShape},
     provider::Pool,
 };
-use nodepool_driver::{Driver, QuotaSource, Slot, SlotHost, Supply};
+use nodepool_driver::{Driver, Slot, SlotHost, Supply};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -98,10 +98,6 @@ impl Driver for Static {
 
     fn supply(&self) -> Supply {
         Supply::Slotted
-    }
-
-    fn quota(&self) -> QuotaSource {
-        QuotaSource::Slots
     }
 
     fn pool_labels(&self, pool: &Pool) -> Vec<String> {

@@ -12,10 +12,7 @@ pub async fn reconcile(label: Arc<Label>, ctx: Arc<Context>) -> Result<Action, E
     ctx.caches_ready().await;
     let name = label.name_any();
     let nodes = ctx.nodes.state();
-    let of_label = nodes.iter().filter(|n| n.spec.labels.contains(&name));
-    let count = |state: NodeState| {
-        of_label.clone().filter(|n| n.status.as_ref().is_some_and(|s| s.current_state() == state)).count()
-    };
+    let count = |state| views::count_in_state(nodes.iter().map(|n| n.as_ref()), &name, state) as u32;
     let mut providers: Vec<String> = views::pools(&ctx.providers.state(), &|_, _| None)
         .into_iter()
         .filter(|pool| pool.labels.contains(&name))
@@ -24,8 +21,8 @@ pub async fn reconcile(label: Arc<Label>, ctx: Arc<Context>) -> Result<Action, E
     providers.dedup();
     let status = LabelStatus {
         observed_generation: label.metadata.generation,
-        ready: count(NodeState::Ready) as u32,
-        in_use: count(NodeState::InUse) as u32,
+        ready: count(NodeState::Ready),
+        in_use: count(NodeState::InUse),
         providers,
     };
     if label.status.as_ref() != Some(&status) {

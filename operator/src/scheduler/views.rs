@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 use nodepool_crds::{
-    Provider, conditions,
+    NodeState, PoolNode, Provider, conditions,
     pool_node::NodeResources,
     provider::{Pool, ResourceLimits},
 };
@@ -121,4 +121,17 @@ pub fn pools(
 fn scanned_hosts(driver: &dyn nodepool_driver::Driver, pool: &Pool) -> BTreeSet<String> {
     let hosts = driver.slot_hosts(pool).unwrap_or_default();
     hosts.into_iter().filter(|(_, host)| host.scans_keys()).map(|(name, _)| name).collect()
+}
+
+/// How many of `nodes` serve `label` and are in `state` as Zuul sees it.
+pub fn count_in_state<'a>(
+    nodes: impl IntoIterator<Item = &'a PoolNode>,
+    label: &str,
+    state: NodeState,
+) -> usize {
+    nodes
+        .into_iter()
+        .filter(|n| n.spec.labels.iter().any(|l| l == label))
+        .filter(|n| n.status.as_ref().is_some_and(|s| s.current_state() == state))
+        .count()
 }
