@@ -17,6 +17,9 @@ use nodepool_service::{
 use crate::{Cli, Command, cluster::Cluster};
 
 pub async fn run(cli: &Cli) -> Result<String> {
+    if let Command::Import { file, apply, dry_run } = &cli.command {
+        return import(cli, file, *apply, *dry_run).await;
+    }
     let cluster = Cluster::connect(cli).await?;
     let output = match cli.output {
         crate::Output::Table => Output::Table,
@@ -59,13 +62,27 @@ pub async fn run(cli: &Cli) -> Result<String> {
             patch_node(&cluster, &node, json!({"spec": {"hold": null}})).await?;
             Ok(format!("node {} ({}) released\n", node.name_any(), listing::zk_id(&node)))
         }
-        Command::Delete { node } => {
+        Command::Delete { node, now, timeout } => {
             let node = find_node(&cluster, node).await?;
-            let api = node_api(&cluster, &node);
-            api.delete(&node.name_any(), &DeleteParams::default()).await?;
             let locked = node.status.as_ref().and_then(|s| s.zookeeper.as_ref()).is_some_and(|z| z.locked);
+            let name = node.name_any();
+            if *now && locked {
+                bail!(
+                    "node {name} is locked by Zuul (a job runs on it); without --now it is deleted once Zuul unlocks it"
+                );
+            }
+            // Through the operator's delete path (instance first), as Nodepool's `delete` marks
+            // the node `deleting` for its launcher; deleting the object would skip that.
+            patch_node(&cluster, &node, json!({"spec": {"delete": true}})).await?;
+            let api = node_api(&cluster, &node);
+            if *now {
+                let timeout =
+                    timeout.parse::<GoDuration>().map_err(anyhow::Error::from).context("--timeout")?;
+                wait_gone(&api, &name, timeout.0).await?;
+                return Ok(format!("node {name} ({}) deleted\n", listing::zk_id(&node)));
+            }
             let when = if locked { "once Zuul unlocks it" } else { "now" };
-            Ok(format!("node {} ({}) is deleted {when}\n", node.name_any(), listing::zk_id(&node)))
+            Ok(format!("node {name} ({}) is deleted {when}\n", listing::zk_id(&node)))
         }
         Command::Erase { provider } => erase(&cluster, provider).await,
         Command::RequestList => {
@@ -87,12 +104,45 @@ pub async fn run(cli: &Cli) -> Result<String> {
             listing::image_status(&images.items).render(output)
         }
         Command::Completions { .. } => unreachable!("printed before connecting"),
+        Command::Import { .. } => unreachable!("run before connecting"),
         Command::ImageList => {
             let images =
                 cluster.api::<Image>().list(&ListParams::default()).await.context("listing Images")?;
             listing::images(&images.items).render(output)
         }
     }
+}
+
+/// `nodepool import`: the objects on standard output (or applied), the notes on standard error.
+async fn import(cli: &Cli, file: &std::path::Path, apply: bool, dry_run: bool) -> Result<String> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = crate::import::substitute_env(&text, std::env::vars());
+    let import = crate::import::import(&text).with_context(|| file.display().to_string())?;
+    if cli.output == crate::Output::Json && !apply {
+        return Ok(serde_json::to_string_pretty(&import)? + "\n");
+    }
+    for note in &import.notes {
+        eprintln!("{}: {note}", file.display());
+    }
+    if apply {
+        let cluster = Cluster::connect(cli).await?;
+        return crate::import::apply(&cluster, &import, dry_run).await;
+    }
+    crate::import::render_yaml(&import)
+}
+
+/// Waits until the PoolNode `name` is gone: the operator has deleted its instance and the
+/// bridge its ZooKeeper record (their finalizers).
+async fn wait_gone(api: &kube::Api<PoolNode>, name: &str, timeout: std::time::Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while api.get_opt(name).await?.is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("node {name} is still being deleted after {timeout:?}; see `nodepool info {name}`");
+        }
+        // Deleting an instance takes seconds; a few reads a second cost the apiserver nothing.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    Ok(())
 }
 
 /// Deletes the nodes of a provider that is gone. A provider that exists is refused: deleting it

@@ -1,10 +1,11 @@
 //! `nodepool`: Nodepool's operator commands (`list`, `info`, `hold`, `release`, `delete`,
-//! `request-list`, `label-list`, `image-list`) over nodepool-operator's custom resources, with
+//! `request-list`, `label-list`, `image-list`, `import`) over nodepool-operator's custom resources, with
 //! Nodepool's names and columns. Installed as `kubectl-nodepool` too, so `kubectl nodepool list`
 //! works: both binaries call [`main`].
 
 mod cluster;
 mod commands;
+pub mod import;
 
 use std::process::ExitCode;
 
@@ -74,7 +75,16 @@ enum Command {
     /// Release an operator's hold: the node is deleted (a static slot comes back fresh).
     Release { node: String },
     /// Delete a node. A node Zuul has locked (a job runs on it) goes once Zuul unlocks it.
-    Delete { node: String },
+    Delete {
+        node: String,
+        /// Wait until the node is gone (its instance deleted, its ZooKeeper record removed).
+        /// Refused for a node Zuul has locked, as Nodepool's `delete --now` is.
+        #[arg(long)]
+        now: bool,
+        /// With --now: how long to wait.
+        #[arg(long, default_value = "5m", requires = "now")]
+        timeout: String,
+    },
     /// Delete what is left of a provider that no longer exists: its nodes (Nodepool's `erase`).
     Erase { provider: String },
     /// List node requests (Nodepool's `request-list`).
@@ -86,6 +96,20 @@ enum Command {
     /// Whether each image is resolved everywhere it is used, and why not (Nodepool's
     /// `image-status`).
     ImageStatus,
+    /// Print the custom resources that reproduce a Nodepool 11 `nodepool.yaml`, and, on
+    /// standard error, each setting that is not carried as written, with its line. `-o json`
+    /// prints `{"items": [...], "notes": [...]}`.
+    Import {
+        /// The `nodepool.yaml` to read.
+        file: std::path::PathBuf,
+        /// Apply the objects (server-side apply) in the namespace instead of printing them.
+        /// Credentials Secrets are created as templates when missing, never overwritten.
+        #[arg(long)]
+        apply: bool,
+        /// With --apply: let the apiserver check everything, but change nothing.
+        #[arg(long, requires = "apply")]
+        dry_run: bool,
+    },
     /// Print the shell completion script, e.g. `source <(nodepool completions bash)`.
     Completions { shell: clap_complete::Shell },
 }

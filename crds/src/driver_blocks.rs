@@ -32,6 +32,12 @@ pub struct BadBlock {
 }
 
 impl DriverBlocks {
+    /// Sets the block `key` to `settings` (tools that write objects, such as `nodepool import`).
+    pub fn insert<T: Serialize>(&mut self, key: &str, settings: &T) -> Result<(), serde_json::Error> {
+        self.0.insert(key.to_owned(), serde_json::to_value(settings)?);
+        Ok(())
+    }
+
     /// The block `key`, parsed as the driver's settings type; `None` when it is not set.
     pub fn parse<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, BadBlock> {
         self.0

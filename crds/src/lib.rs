@@ -76,6 +76,13 @@ pub mod labels {
     }
 }
 
+/// Annotations put on objects by this project's tools.
+pub mod annotations {
+    /// Where in a `nodepool.yaml` an object made by `nodepool import` came from, e.g.
+    /// `providers[1] (line 40)`.
+    pub const IMPORTED_FROM: &str = "nodepool.dev/imported-from";
+}
+
 /// Every CustomResourceDefinition, in the order they are installed, without the drivers' blocks:
 /// `nodepool_drivers::crds()` is what gets installed.
 pub fn base_crds() -> Vec<CustomResourceDefinition> {

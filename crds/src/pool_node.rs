@@ -54,6 +54,10 @@ pub struct PoolNodeSpec {
     /// An operator's hold (Nodepool's `nodepool hold`): keep the node for inspection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<AdminHold>,
+    /// An operator's delete (Nodepool's `nodepool delete`): the node is torn down the normal way,
+    /// its instance first, once Zuul does not hold its lock. A static slot comes back fresh.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete: bool,
 }
 
 /// A static host slot.
@@ -317,10 +321,11 @@ pub struct Allocation<'a> {
 
 // What the scheduler, the controllers and the bridge ask of a node, defined once.
 impl PoolNode {
-    /// Whether the node is ready and free.
+    /// Whether the node is ready and free (and no operator asked for it to go).
     pub fn is_free(&self) -> bool {
         let Some(status) = &self.status else { return false };
         self.metadata.deletion_timestamp.is_none()
+            && !self.spec.delete
             && status.state == NodeState::Ready
             && status.allocated_to.is_none()
             && status.unclaimed_by_zuul()

@@ -93,6 +93,26 @@ pub struct ProviderSpec {
     pub driver_settings: DriverBlocks,
 }
 
+impl ProviderSpec {
+    /// A provider of `driver` with these pools and every other setting at its default.
+    pub fn new(driver: &str, pools: Vec<Pool>) -> Self {
+        Self {
+            driver: driver.into(),
+            pools,
+            credentials_secret_ref: None,
+            launch_retries: default_launch_retries(),
+            boot_timeout: default_boot_timeout(),
+            launch_timeout: default_launch_timeout(),
+            rate_limit: None,
+            max_concurrency: None,
+            limits: None,
+            priority: None,
+            paused: false,
+            driver_settings: DriverBlocks::default(),
+        }
+    }
+}
+
 fn default_launch_retries() -> u32 {
     3
 }
@@ -208,6 +228,41 @@ pub struct Pool {
 
 fn default_true() -> bool {
     true
+}
+
+impl Pool {
+    /// A pool with this name and every setting at its default.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            labels: Vec::new(),
+            max_servers: None,
+            max_cores: None,
+            max_ram: None,
+            priority: None,
+            node_attributes: None,
+            host_key_checking: default_true(),
+            driver_settings: DriverBlocks::default(),
+        }
+    }
+}
+
+impl PoolLabel {
+    /// A pool label with this name and every setting at its default.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            image: None,
+            instance_type: None,
+            volume_size_gb: None,
+            volume_type: None,
+            spot: false,
+            tags: BTreeMap::new(),
+            dynamic_tags: BTreeMap::new(),
+            user_data: None,
+            driver_settings: DriverBlocks::default(),
+        }
+    }
 }
 
 /// One label a cloud pool serves and how to launch it.

@@ -421,3 +421,33 @@ async fn web_identity_credentials_are_traded_with_sts_and_launch_instances() -> 
     zuul.run_build(&request).await?;
     Ok(())
 }
+
+/// `nodepool delete NODE --now` on a ready EC2 node goes through the delete path: when it
+/// returns, the instance is terminated (not left to leak cleanup).
+#[tokio::test]
+async fn nodepool_delete_now_terminates_the_instance_before_it_returns() -> Result<()> {
+    let stack = Stack::start("aws-delete-now").await?;
+    let moto = Moto::start(&stack.dir.join("logs"))?;
+    aws_provider(&stack, &moto, "aws", ("testing", "testing"), "aws-small").await?;
+    stack
+        .apply::<Label>(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Label",
+            "metadata": {"name": "aws-small"}, "spec": {"minReady": 1}}))
+        .await?;
+    let ready = stack.wait_for_ready_nodes(1, WAIT).await?;
+    let node_name = ready[0].metadata.name.clone().context("name")?;
+    let found = instances(&moto, vec![tag("nodepool_node_id", &node_name)]).await?;
+    assert_eq!(found.iter().map(|i| i.1.as_str()).collect::<Vec<_>>(), ["running"]);
+
+    let kubeconfig = stack.env.info.kubeconfig.to_str().context("kubeconfig path")?;
+    let output = std::process::Command::new(nodepool_e2e::stack::binary("nodepool")?)
+        .args(["--kubeconfig", kubeconfig, "-n", &stack.namespace, "delete", &node_name, "--now"])
+        .output()?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let after = instances(&moto, vec![tag("nodepool_node_id", &node_name)]).await?;
+    assert_eq!(
+        after.iter().map(|i| i.1.as_str()).collect::<Vec<_>>(),
+        ["terminated"],
+        "terminated on return"
+    );
+    Ok(())
+}

@@ -162,6 +162,32 @@ async fn an_operator_lists_holds_releases_and_deletes_nodes_with_nodepools_comma
     })
     .await?;
 
+    // `delete --now` refuses a node Zuul has locked (a job runs on it) ...
+    stack.wait_for_ready_nodes(3, WAIT).await?;
+    let request = zuul.request(&["static-label"]).await?;
+    assert_eq!(zuul.wait(&request, 60).await?["state"], "fulfilled");
+    let accepted = zuul.call("accept", json!({"request_id": request})).await?;
+    let in_use = accepted["nodes"][0]["id"].as_str().context("the accepted node's id")?.to_owned();
+    until("Zuul's lock mirrored", async || {
+        Ok(json_of(&stack, &["info", &in_use])?["status"]["zookeeper"]["locked"] == true)
+    })
+    .await?;
+    let refused = nodepool(&stack, &["delete", &in_use, "--now"])?;
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("is locked by Zuul"), "{said}");
+    assert!(json_of(&stack, &["info", &in_use]).is_ok(), "the locked node is still there");
+    zuul.call("return", json!({"build": accepted["build"]})).await?;
+    // ... and returns only once a free node is gone.
+    let free = stack.wait_for_ready_nodes(3, WAIT).await?;
+    let free =
+        free.iter().find(|n| n.spec.labels == ["static-label"]).context("a ready static-label node")?;
+    let free_name = free.metadata.name.clone().context("name")?;
+    let said = ok(&stack, &["delete", &free_name, "--now"])?;
+    assert!(said.contains("deleted"), "{said}");
+    let nodes = Api::<PoolNode>::namespaced(stack.client.clone(), &stack.namespace);
+    assert!(nodes.get_opt(&free_name).await?.is_none(), "gone when delete --now returns");
+
     // `image-status`: every Image, with whether it is resolved where it is used.
     stack
         .apply::<nodepool_crds::Image>(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Image",

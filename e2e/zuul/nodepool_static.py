@@ -18,6 +18,13 @@ Sub-commands (every one prints exactly one JSON object on stdout):
   run       like start but in the foreground (exec)
   stop      SIGTERM the pid from ``<workdir>/launcher.pid`` (SIGKILL after 20 s)
   status    pid liveness + registered pool components
+  sdist     install + fetch Nodepool's sdist from PyPI (the wheel has no tests/)
+            and unpack it under ``<cache>/nodepool-sdist``; prints its
+            ``fixtures`` folder (``nodepool/tests/fixtures``).  Idempotent.
+
+``--config-file FILE`` (static mode): use the ``labels`` and ``providers`` of
+FILE (JSON) instead of the generated topology;
+the ZooKeeper settings are still this script's.
 
 ZooKeeper connection: ``--testenv-json FILE`` (output of ``nodepool-testenv up``,
 ``-`` = stdin) or ``--zk-hosts/--ca/--cert/--key``; with neither, the script
@@ -80,6 +87,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 NODEPOOL_VERSION = "11.0.0"
@@ -166,6 +174,26 @@ def do_install(venv):
     return {"venv": venv, "nodepool": ver, "installed": True}
 
 
+def do_sdist(venv):
+    """Nodepool's sdist, unpacked once under the cache."""
+    base = os.path.join(CACHE, "nodepool-sdist")
+    source = os.path.join(base, "nodepool-%s" % NODEPOOL_VERSION)
+    fixtures = os.path.join(source, "nodepool", "tests", "fixtures")
+    fetched = False
+    if not os.path.isdir(fixtures):
+        do_install(venv)
+        os.makedirs(base, exist_ok=True)
+        subprocess.run([venv_bin(venv, "pip"), "download", "-q", "--no-deps",
+                        "--no-binary", ":all:",
+                        "nodepool==%s" % NODEPOOL_VERSION, "-d", base],
+                       check=True, stdout=sys.stderr)
+        archive = os.path.join(base, "nodepool-%s.tar.gz" % NODEPOOL_VERSION)
+        with tarfile.open(archive) as tar:
+            tar.extractall(base, filter="data")
+        fetched = True
+    return {"source": source, "fixtures": fixtures, "fetched": fetched}
+
+
 def load_zk(args):
     if args.zk_hosts:
         return {"hosts": args.zk_hosts, "tls_ca": args.ca,
@@ -239,6 +267,17 @@ def zk_servers(args, zk):
 
 def render_config(args, zk):
     servers = zk_servers(args, zk)
+    if args.config_file:
+        with open(args.config_file) as f:
+            given = json.load(f)
+        return {
+            "zookeeper-servers": servers,
+            "zookeeper-tls": {"ca": zk["tls_ca"], "cert": zk["tls_cert"],
+                              "key": zk["tls_key"]},
+            "zookeeper-timeout": 10,
+            "labels": given.get("labels", []),
+            "providers": given.get("providers", []),
+        }
     nodes = []
     for i in range(args.hosts):
         nodes.append({
@@ -328,6 +367,13 @@ def do_config(args, zk):
     with open(path, "w") as f:
         json.dump(cfg, f, indent=2)
     labels = [label["name"] for label in cfg["labels"]]
+    if args.config_file:
+        slots = sum(node.get("max-parallel-jobs", 1)
+                    for provider in cfg["providers"]
+                    for pool in provider.get("pools", [])
+                    for node in pool.get("nodes", []))
+        return {"config": path, "labels": labels, "static_nodes": slots,
+                "single_nodes": 0}
     return {"config": path, "labels": labels,
             "static_nodes": args.hosts * args.slots,
             "single_nodes": 1 if args.single_label else 0}
@@ -396,7 +442,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["install", "config", "start", "run",
-                                      "stop", "status"])
+                                      "stop", "status", "sdist"])
+    p.add_argument("--config-file",
+                   help="static mode: labels and providers from this JSON "
+                        "file instead of the generated topology")
     p.add_argument("--testenv-json")
     p.add_argument("--zk-hosts")
     p.add_argument("--ca")
@@ -441,6 +490,9 @@ def main():
 
     if args.action == "install":
         out(do_install(args.venv))
+        return
+    if args.action == "sdist":
+        out(do_sdist(args.venv))
         return
     if args.action == "stop":
         pid = read_pid(args.workdir)

@@ -249,7 +249,8 @@ def node_view(node):
               "interface_ip", "connection_port", "connection_type",
               "username", "slot", "python_path", "host_keys", "user_data",
               "hold_job", "comment", "hold_expiration", "tenant_name",
-              "requestor"):
+              "requestor", "attributes", "shell_type", "public_ipv4",
+              "private_ipv4"):
         d[k] = getattr(node, k, None)
     return d
 

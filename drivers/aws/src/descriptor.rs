@@ -13,6 +13,10 @@ use crate::{
     settings::{AwsImage, AwsLabel, AwsPool, AwsProvider},
 };
 
+/// The credentials Secret's keys for an access key (the usual case).
+pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+
 /// The AWS driver's descriptor.
 pub struct Aws;
 
@@ -60,8 +64,8 @@ impl Driver for Aws {
             }
         } else {
             AwsCredentials::Keys {
-                access_key_id: secret_value(secret, "AWS_ACCESS_KEY_ID")?,
-                secret_access_key: secret_value(secret, "AWS_SECRET_ACCESS_KEY")?,
+                access_key_id: secret_value(secret, ACCESS_KEY_ID)?,
+                secret_access_key: secret_value(secret, SECRET_ACCESS_KEY)?,
                 session_token: secret_value(secret, "AWS_SESSION_TOKEN").ok(),
             }
         };

@@ -39,7 +39,7 @@ use nodepool_driver::{
     Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource, cloud::CloudResult, tags,
 };
 
-pub use descriptor::Aws;
+pub use descriptor::{ACCESS_KEY_ID, Aws, SECRET_ACCESS_KEY};
 pub use errors::classify;
 use settings::{AwsImage, AwsLabel, AwsPool};
 

@@ -68,6 +68,14 @@ pub struct AwsImage {
     pub owners: Vec<String>,
 }
 
+impl AwsImage {
+    /// Whether `id` is an AMI id as `imageId` takes it (the schema's pattern `^ami-[0-9a-f]+$`).
+    pub fn is_ami_id(id: &str) -> bool {
+        id.strip_prefix("ami-")
+            .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    }
+}
+
 /// One `DescribeImages` filter, e.g. `name` = `ubuntu/images/*noble*`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AwsImageFilter {

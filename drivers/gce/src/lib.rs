@@ -33,7 +33,7 @@ use nodepool_driver::{Cloud, CloudError, Instance, InstanceSpec, InstanceState, 
 mod descriptor;
 pub mod settings;
 
-pub use descriptor::Gce;
+pub use descriptor::{DEFAULT_KEY, Gce};
 use settings::{GceImage, GceLabel, GcePool};
 
 /// The block of every GCE setting: `spec.gce`, `pools[].gce`, `pools[].labels[].gce`, and an

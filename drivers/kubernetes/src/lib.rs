@@ -15,7 +15,7 @@ mod objects;
 pub mod settings;
 
 pub use cluster::KubernetesCloud;
-pub use descriptor::Kubernetes;
+pub use descriptor::{DEFAULT_KEY, Kubernetes};
 
 /// The block of every Kubernetes setting: `spec.kubernetes` and `pools[].labels[].kubernetes`.
 pub const BLOCK: &str = "kubernetes";

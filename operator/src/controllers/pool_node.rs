@@ -44,6 +44,9 @@ async fn reconcile_node(node: Arc<PoolNode>, ctx: Arc<Context>) -> Result<Action
         // Look again once the cache shows our write (its watch event wakes this reconcile).
         return Ok(Action::requeue(CACHE_LAG_RETRY));
     }
+    if node.spec.delete {
+        return delete_requested(&node, &ctx).await;
+    }
     let cloud_node = node.spec.static_host.is_none();
     let status = node.status.clone().unwrap_or_default();
     if cloud_node && node.status.is_none() {
@@ -77,6 +80,16 @@ pub fn error_policy(node: Arc<PoolNode>, error: &Error, _: Arc<Context>) -> Acti
     }
     tracing::warn!(%error, "node reconcile failed");
     retry_after(error)
+}
+
+/// An operator asked for the node to go (`nodepool delete`): at once unless Zuul holds its lock;
+/// then when the lock goes (its release wakes this reconcile).
+async fn delete_requested(node: &PoolNode, ctx: &Context) -> Result<Action, Error> {
+    let locked = node.status.as_ref().and_then(|s| s.zuul_view()).is_some_and(|z| z.locked);
+    if locked {
+        return Ok(Action::await_change());
+    }
+    delete(node, ctx, "deleted by an operator").await
 }
 
 async fn delete(node: &PoolNode, ctx: &Context, why: &str) -> Result<Action, Error> {

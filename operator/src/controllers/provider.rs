@@ -217,6 +217,7 @@ async fn sync_slots(
                         labels: slot.labels.clone(),
                         static_host: Some(StaticSlot { host: slot.host.clone(), slot: slot.slot }),
                         hold: None,
+                        delete: false,
                     },
                 );
                 node.metadata.name = None;

@@ -919,6 +919,7 @@ async fn new_node(
             labels: vec![label.to_owned()],
             static_host: None,
             hold: None,
+            delete: false,
         },
     );
     node.metadata.name = None;

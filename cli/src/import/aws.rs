@@ -1,0 +1,243 @@
+//! An `aws` provider: region, credentials, cloud images, pools and labels.
+
+use std::collections::BTreeMap;
+
+use nodepool_crds::{ConnectionSettings, provider::PoolLabel};
+use nodepool_driver_aws::{
+    ACCESS_KEY_ID, BLOCK, SECRET_ACCESS_KEY,
+    settings::{AwsImage, AwsImageFilter, AwsLabel, AwsPool, AwsProvider},
+};
+
+use super::{
+    images::CloudImage,
+    provider::{PoolDefaults, ProviderImport},
+    yaml::{Field, Mapping},
+};
+
+/// Keys that only serve image upload (`diskimages`): there is no image upload here.
+const UPLOAD: &[&str] =
+    &["diskimages", "object-storage", "image-format", "image-import-timeout", "post-upload-hook"];
+
+pub fn import(provider: &mut Mapping, import: &mut ProviderImport) {
+    let notes = &mut import.draft.notes;
+    let region = provider.take("region-name").and_then(|r| r.text(notes));
+    let Some(region) = region else {
+        notes.invalid(&import.field, "an aws provider needs region-name");
+        return;
+    };
+    import.spec.driver_settings.insert(BLOCK, &AwsProvider { region, endpoint: None }).expect("serializes");
+    if let Some(profile) = provider.take("profile-name") {
+        notes.changed(&profile, "credentials come from the Secret below, not a boto3 profile");
+    }
+    import.credentials(
+        &[ACCESS_KEY_ID, SECRET_ACCESS_KEY],
+        "the AWS access key (or use AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE)",
+    );
+    if let Some(rate) = provider.take("rate") {
+        import.rate(rate);
+    }
+    let notes = &mut import.draft.notes;
+    for key in UPLOAD {
+        provider.not_carried(
+            key,
+            "there is no image upload: import the AMI yourself and refer to it with an Image",
+            notes,
+        );
+    }
+    provider.not_carried(
+        "max-resources",
+        "use maxServers, maxCores and maxRam (per pool or in spec.limits)",
+        notes,
+    );
+    let defaults = PoolDefaults {
+        max_servers: provider.take("max-servers").and_then(|v| v.int(notes)),
+        max_cores: provider.take("max-cores").and_then(|v| v.int(notes)),
+        max_ram: provider.take("max-ram").and_then(|v| v.int(notes)),
+        host_key_checking: provider.take("host-key-checking").and_then(|v| v.flag(notes)),
+    };
+    let switches = Switches {
+        public_ipv4: provider.take("public-ipv4").and_then(|v| v.flag(notes)),
+        use_internal_ip: provider.take("use-internal-ip").and_then(|v| v.flag(notes)),
+    };
+    if let Some(v6) = provider.take("public-ipv6") {
+        notes.not_carried(&v6, "no IPv6 address is requested (one the subnet assigns is reported)");
+    }
+    let images = provider.take("cloud-images").map(|list| cloud_images(list, import)).unwrap_or_default();
+    import.each_pool(provider, &defaults, |import, pool, out| {
+        let notes = &mut import.draft.notes;
+        let public =
+            pool.take("public-ipv4").or_else(|| pool.take("public-ip-address")).and_then(|v| v.flag(notes));
+        let settings = AwsPool {
+            subnet_id: pool.take("subnet-id").and_then(|v| v.text(notes)),
+            security_group_ids: pool
+                .take("security-group-id")
+                .and_then(|v| v.text(notes))
+                .into_iter()
+                .collect(),
+            public_ip_address: public.or(switches.public_ipv4).unwrap_or(true),
+            use_private_ip: pool
+                .take("use-internal-ip")
+                .and_then(|v| v.flag(notes))
+                .or(switches.use_internal_ip)
+                .unwrap_or(false),
+            availability_zone: pool.take("availability-zone").and_then(|v| v.text(notes)),
+        };
+        pool.not_carried(
+            "public-ipv6",
+            "no IPv6 address is requested (one the subnet assigns is reported)",
+            notes,
+        );
+        out.driver_settings.insert(BLOCK, &settings).expect("serializes");
+        let labels = pool.take("labels").map(|l| l.list(notes)).unwrap_or_default();
+        out.labels = labels.into_iter().filter_map(|label| pool_label(label, &images, import)).collect();
+    });
+}
+
+/// Provider-level switches that are defaults for every pool.
+struct Switches {
+    public_ipv4: Option<bool>,
+    use_internal_ip: Option<bool>,
+}
+
+/// `cloud-images[]` → Images; Nodepool's image name → the Image's name.
+fn cloud_images(list: Field, import: &mut ProviderImport) -> BTreeMap<String, String> {
+    let mut names = BTreeMap::new();
+    for field in list.list(&mut import.draft.notes) {
+        let here = field.clone();
+        let notes = &mut import.draft.notes;
+        let Some(mut image) = field.mapping(notes) else { continue };
+        let Some(name) = image.take("name").and_then(|n| n.text(notes)) else {
+            notes.invalid(&here, "a cloud image without a name");
+            continue;
+        };
+        let connection = connection(&mut image, notes);
+        let mut block =
+            AwsImage { image_id: image.take("image-id").and_then(|v| v.text(notes)), ..Default::default() };
+        if let Some(filters) = image.take("image-filters") {
+            for filter in filters.list(notes) {
+                let Some(mut filter) = filter.mapping(notes) else { continue };
+                // Nodepool takes boto3's spelling too (`Name`, `Values`).
+                let name = filter.take("name").or_else(|| filter.take("Name"));
+                let name = name.and_then(|v| v.text(notes)).unwrap_or_default();
+                let values = filter.take("values").or_else(|| filter.take("Values"));
+                let values = values.map(|v| v.strings(notes)).unwrap_or_default();
+                filter.finish(notes);
+                block.filters.push(AwsImageFilter { name, values });
+            }
+        }
+        image.finish(notes);
+        if block.image_id.is_some() != block.filters.is_empty() {
+            notes.invalid(&here, "a cloud image needs image-id or image-filters (one of them)");
+            continue;
+        }
+        if let Some(id) = block.image_id.as_deref().filter(|id| !AwsImage::is_ami_id(id)) {
+            notes.invalid(
+                &here,
+                format!("{id:?} is not an AMI id (ami-<hex>); the image and its labels are not carried"),
+            );
+            continue;
+        }
+        let block = serde_json::to_value(&block).expect("serializes");
+        let cloud_image = CloudImage { name: name.clone(), connection, driver: BLOCK, block };
+        if let Some(object) =
+            import.draft.images.add(&import.name, cloud_image, &here, &mut import.draft.notes)
+        {
+            names.insert(name, object);
+        }
+    }
+    names
+}
+
+/// An image's connection settings, with Nodepool's port for WinRM written out (ours is 22).
+pub fn connection(image: &mut Mapping, notes: &mut super::Notes) -> ConnectionSettings {
+    let mut settings = ConnectionSettings {
+        username: image.take("username").and_then(|v| v.text(notes)),
+        python_path: image.take("python-path").and_then(|v| v.text(notes)),
+        shell_type: image.take("shell-type").and_then(|v| v.text(notes)),
+        connection_port: image
+            .take("connection-port")
+            .and_then(|v| v.count(notes))
+            .map(|p| p.clamp(1, 65535) as u16),
+        connection_type: None,
+    };
+    if let Some(field) = image.take("connection-type") {
+        match field.text(notes).map(|t| serde_json::from_value(t.into())) {
+            Some(Ok(kind)) => settings.connection_type = Some(kind),
+            Some(Err(_)) => notes.invalid(&field, "connection-type is ssh, winrm or network_cli here"),
+            None => {}
+        }
+    }
+    if settings.connection_type == Some(nodepool_crds::ConnectionType::Winrm)
+        && settings.connection_port.is_none()
+    {
+        settings.connection_port = Some(5986);
+    }
+    settings
+}
+
+fn pool_label(
+    field: Field,
+    images: &BTreeMap<String, String>,
+    import: &mut ProviderImport,
+) -> Option<PoolLabel> {
+    let here = field.clone();
+    let notes = &mut import.draft.notes;
+    let mut label = field.mapping(notes)?;
+    let name = label.take("name").and_then(|v| v.text(notes))?;
+    let mut out = PoolLabel::named(&name);
+    let mut unlaunchable = None;
+    if let Some(image) = label.take("cloud-image").and_then(|v| v.text(notes)) {
+        match images.get(&image) {
+            Some(object) => out.image = Some(object.clone()),
+            None => unlaunchable = Some(format!("its cloud image {image:?} was not carried")),
+        }
+    }
+    if label.take("diskimage").is_some() {
+        unlaunchable = Some("it boots a diskimage, and there is no image builder or upload here".into());
+    }
+    out.instance_type = label.take("instance-type").and_then(|v| v.text(notes));
+    if label.take("fleet").is_some() {
+        unlaunchable = Some("it launches a fleet; one instance type per label here".into());
+    }
+    if out.image.is_none() || out.instance_type.is_none() {
+        unlaunchable.get_or_insert_with(|| "it needs a cloud image and an instance type".into());
+    }
+    out.volume_size_gb =
+        label.take("volume-size").and_then(|v| v.count(notes)).map(|v| v.clamp(1, u32::MAX as u64) as u32);
+    out.volume_type = label.take("volume-type").and_then(|v| v.text(notes));
+    out.user_data = label.take("userdata").and_then(|v| v.text(notes));
+    out.tags = label.take("tags").map(|v| v.string_map(notes)).unwrap_or_default();
+    out.dynamic_tags = label.take("dynamic-tags").map(|v| v.string_map(notes)).unwrap_or_default();
+    if let Some(field) = label.take("use-spot") {
+        out.spot = field.flag(notes).unwrap_or(false);
+        if out.spot {
+            notes.changed(&field, "without spot capacity the launch falls back to on-demand");
+        }
+    }
+    let mut aws =
+        AwsLabel { key_name: label.take("key-name").and_then(|v| v.text(notes)), ..Default::default() };
+    if let Some(profile) = label.take("iam-instance-profile").and_then(|v| v.mapping(notes)) {
+        let mut profile = profile;
+        aws.iam_instance_profile =
+            profile.take("arn").or_else(|| profile.take("name")).and_then(|v| v.text(notes));
+        profile.finish(notes);
+    }
+    // Nodepool left IMDS as the AMI has it unless told `required`; ours requires IMDSv2 unless
+    // told otherwise, so anything but `required` is written as false.
+    aws.imdsv2 = label.take("imdsv2").and_then(|v| v.text(notes)).is_some_and(|v| v == "required");
+    for (key, why) in [
+        ("iops", "volume IOPS are not set here"),
+        ("throughput", "volume throughput is not set here"),
+        ("ebs-optimized", "EBS optimization is not set here"),
+        ("dedicated-host", "dedicated hosts are not supported here"),
+    ] {
+        label.not_carried(key, why, notes);
+    }
+    label.finish(notes);
+    if let Some(why) = unlaunchable {
+        notes.not_carried(&here, format!("label {name:?} is not carried: {why}"));
+        return None;
+    }
+    out.driver_settings.insert(BLOCK, &aws).expect("serializes");
+    Some(out)
+}
