@@ -41,3 +41,34 @@ pub async fn fresh_namespace(client: &Client, prefix: &str) -> Result<String> {
         api.create(&PostParams::default(), &namespace).await.context("creating a test namespace")?;
     created.metadata.name.context("created namespace has no name")
 }
+
+/// A kubeconfig's `certificate-authority`, `client-certificate` and `client-key` files inlined
+/// as `*-data`, as a user would put the kubeconfig in a Secret.
+pub fn inline_kubeconfig_files(text: &str) -> String {
+    use base64::Engine;
+    let mut out = String::new();
+    for line in text.lines() {
+        let inlined = ["certificate-authority", "client-certificate", "client-key"].iter().find_map(|key| {
+            let path = line.trim_start().strip_prefix(&format!("{key}: "))?;
+            let indent = &line[..line.len() - line.trim_start().len()];
+            let data = std::fs::read(path).ok()?;
+            Some(format!("{indent}{key}-data: {}", base64::engine::general_purpose::STANDARD.encode(data)))
+        });
+        out.push_str(&inlined.unwrap_or_else(|| line.to_owned()));
+        out.push('\n');
+    }
+    out
+}
+
+/// DER of the first certificate in a PEM bundle.
+pub fn first_certificate_der(pem: &[u8]) -> Result<Vec<u8>> {
+    use base64::Engine;
+    let text = std::str::from_utf8(pem)?;
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
+}

@@ -29,9 +29,41 @@ impl Moto {
         let port = process::free_port()?;
         let mut command = Command::new(binary);
         command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        // Where moto's request recorder writes, once a test starts it (`start_recording`).
+        command.env("MOTO_RECORDER_FILEPATH", logs.join(format!("moto-requests-{port}.jsonl")));
         let server = process::spawn("moto", command, logs)?;
         process::wait_for_port(&server, port, Duration::from_secs(30))?;
         Ok(Moto { server, endpoint: format!("http://127.0.0.1:{port}") })
+    }
+
+    /// Starts moto's request recorder: every API request from now on is kept, as sent.
+    pub async fn start_recording(&self) -> Result<()> {
+        let url = format!("{}/moto-api/recorder/start-recording", self.endpoint);
+        reqwest::Client::new().post(url).send().await?.error_for_status()?;
+        Ok(())
+    }
+
+    /// The EC2 query-API requests recorded since `start_recording`, as `(Action, form fields)`.
+    pub async fn recorded_ec2_requests(&self) -> Result<Vec<(String, Vec<(String, String)>)>> {
+        let url = format!("{}/moto-api/recorder/download-recording", self.endpoint);
+        let text = reqwest::Client::new().get(url).send().await?.error_for_status()?.text().await?;
+        let mut requests = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let record: serde_json::Value = serde_json::from_str(line)?;
+            let body = record["body"].as_str().unwrap_or_default();
+            let body = if record["body_encoded"] == true {
+                use base64::Engine;
+                String::from_utf8(base64::engine::general_purpose::STANDARD.decode(body)?)?
+            } else {
+                body.to_owned()
+            };
+            let fields: Vec<(String, String)> =
+                form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+            if let Some((_, action)) = fields.iter().find(|(k, _)| k == "Action") {
+                requests.push((action.clone(), fields.clone()));
+            }
+        }
+        Ok(requests)
     }
 
     /// An EC2 client with moto's default credentials.

@@ -451,3 +451,95 @@ async fn nodepool_delete_now_terminates_the_instance_before_it_returns() -> Resu
     );
     Ok(())
 }
+
+/// A label with a dedicated host, EBS optimization, gp3 IOPS and throughput, on a pool with a
+/// subnet that has an IPv6 range: the host is allocated for the node in the pool's zone and the
+/// instance placed on it, RunInstances carries every setting, and after use the instance is
+/// terminated and the host released. What was sent is read from moto's request recorder: moto
+/// keeps no IOPS or throughput on its volumes, and assigns IPv6 addresses only for a top-level
+/// `Ipv6AddressCount` (which EC2 refuses beside a network interface), not the interface's own.
+#[tokio::test]
+async fn dedicated_hosts_ebs_settings_and_ipv6_reach_ec2_and_the_host_is_released() -> Result<()> {
+    let stack = Stack::start("aws-dedicated").await?;
+    let moto = Moto::start(&stack.dir.join("logs"))?;
+    let ec2 = moto.ec2();
+    let vpc = ec2.create_vpc().cidr_block("10.9.0.0/16").amazon_provided_ipv6_cidr_block(true).send().await?;
+    let vpc = vpc.vpc().context("vpc")?;
+    let vpc_id = vpc.vpc_id().context("vpc id")?;
+    let v6 =
+        vpc.ipv6_cidr_block_association_set().first().and_then(|a| a.ipv6_cidr_block()).context("ipv6")?;
+    let subnet_v6 = format!("{}/64", v6.split('/').next().context("cidr")?);
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(vpc_id)
+        .cidr_block("10.9.1.0/24")
+        .ipv6_cidr_block(subnet_v6)
+        .availability_zone("us-east-1a")
+        .send()
+        .await?;
+    let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).context("subnet id")?.to_owned();
+    stack
+        .apply::<Secret>(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "aws-keys"},
+            "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}}))
+        .await?;
+    stack
+        .apply::<Image>(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Image", "metadata": {"name": "amazon-linux"},
+            "spec": {"username": "ec2-user", "aws": {"owners": ["amazon"],
+                     "filters": [{"name": "name", "values": ["amzn2-ami-hvm-*-x86_64-gp2"]}]}}}))
+        .await?;
+    stack
+        .apply_provider(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "aws"},
+            "spec": {"driver": "aws", "aws": {"region": nodepool_e2e::moto::REGION, "endpoint": moto.endpoint},
+                     "credentialsSecretRef": {"name": "aws-keys"},
+                     "pools": [{"name": "main", "hostKeyChecking": false,
+                        "aws": {"subnetId": subnet_id, "availabilityZone": "us-east-1a", "publicIpv6": true},
+                        "labels": [{"name": "aws-dedicated", "image": "amazon-linux", "instanceType": "m5.large",
+                                    "volumeType": "gp3", "volumeSizeGb": 30, "aws": {"dedicatedHost": true, "ebsOptimized": true,
+                                    "iops": 4000, "throughput": 250}}]}]}}))
+        .await?;
+    stack.launchable("aws").await?;
+    moto.start_recording().await?;
+
+    let mut zuul = Zuul::connect(&stack).await?;
+    let request = zuul.request(&["aws-dedicated"]).await?;
+    let outcome = zuul.wait(&request, WAIT.as_secs()).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    let node = stack.nodes().await?.into_iter().next().context("the node")?;
+    let node_name = node.metadata.name.clone().context("name")?;
+    let status = node.status.clone().context("status")?;
+
+    let hosts = ec2.describe_hosts().send().await?;
+    let held: Vec<_> =
+        hosts.hosts().iter().filter(|h| h.state().map(|s| s.as_str()) == Some("available")).collect();
+    assert_eq!(held.len(), 1, "one host for the node: {hosts:?}");
+    let host = held[0];
+    let host_id = host.host_id().context("host id")?;
+    assert_eq!(host.availability_zone(), Some("us-east-1a"));
+    assert!(host.tags().iter().any(|t| t.key() == Some("nodepool_node_id") && t.value() == Some(&node_name)));
+    let described =
+        ec2.describe_instances().instance_ids(status.external_id.clone().context("id")?).send().await?;
+    let instance = described.reservations()[0].instances()[0].clone();
+    assert_eq!(instance.placement().and_then(|p| p.host_id()), Some(host_id));
+    assert_eq!(instance.ebs_optimized(), Some(true));
+
+    let recorded = moto.recorded_ec2_requests().await?;
+    let run =
+        recorded.iter().find(|(action, _)| action == "RunInstances").context("RunInstances recorded")?;
+    let field = |name: &str| run.1.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    assert_eq!(field("BlockDeviceMapping.1.Ebs.Iops"), Some("4000"), "{run:?}");
+    assert_eq!(field("BlockDeviceMapping.1.Ebs.Throughput"), Some("250"));
+    assert_eq!(field("BlockDeviceMapping.1.Ebs.VolumeType"), Some("gp3"));
+    assert_eq!(field("Placement.Tenancy"), Some("host"));
+    assert_eq!(field("NetworkInterface.1.Ipv6AddressCount"), Some("1"));
+    assert_eq!(field("EbsOptimized"), Some("true"));
+
+    // After use: the instance is terminated, then the host, its node gone, is released.
+    zuul.run_build(&request).await?;
+    until("node deleted after use", WAIT, async || Ok(stack.nodes().await?.is_empty().then_some(()))).await?;
+    until("the host released", WAIT, async || {
+        let hosts = ec2.describe_hosts().host_ids(host_id).send().await?;
+        Ok(hosts.hosts().iter().all(|h| h.state().map(|s| s.as_str()) == Some("released")).then_some(()))
+    })
+    .await?;
+    Ok(())
+}

@@ -90,6 +90,11 @@ async fn examples_apply_with_kubectl_and_read_back_typed() -> Result<()> {
     let simulated = providers.get("simulated").await?.spec.driver_settings;
     let simulated = simulated.parse::<nodepool_driver_simulated::SimulatedProvider>("simulated")?;
     assert_eq!(simulated.context("simulated block")?.capacity, Some(50));
+    let pods = providers.get("ci-project").await?.spec;
+    let pod = pods.pools[0].labels[0]
+        .driver_settings
+        .parse::<nodepool_driver_kubernetes::settings::PodSettings>("openshiftpods")?;
+    assert_eq!(pod.context("openshiftpods block")?.image_pull_secrets, ["registry-secret"]);
 
     let labels: Api<Label> = Api::namespaced(client.clone(), &namespace);
     assert_eq!(labels.get("ubuntu-noble").await?.spec.min_ready, 2);

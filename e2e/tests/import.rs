@@ -225,6 +225,7 @@ async fn every_nodepool_11_fixture_imports_and_the_apiserver_accepts_what_it_mak
         ("aws/aws.yaml", "ec2-us-west-2"),
         ("gce.yaml", "gcloud-provider"),
         ("kubernetes.yaml", "kubespray"),
+        ("openshiftpods.yaml", "openshift"),
     ] {
         assert!(report.contains(&format!("## {fixture}\n")), "{fixture} in the report");
         let loaded = work.join(fixture.replace('/', "__"));

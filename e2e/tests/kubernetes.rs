@@ -7,43 +7,22 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use base64::Engine;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{Api, api::PostParams};
-use nodepool_e2e::{stack::Stack, zuul::Zuul};
+use nodepool_e2e::{cluster, stack::Stack, wait::until, zuul::Zuul};
 use serde_json::json;
 
 const WAIT: u64 = 90;
 
 /// The environment's admin kubeconfig with its files inlined, as a user would put it in a Secret.
 fn inline_kubeconfig(stack: &Stack) -> Result<String> {
-    let text = std::fs::read_to_string(&stack.env.info.kubeconfig)?;
-    let mut out = String::new();
-    for line in text.lines() {
-        let inlined = ["certificate-authority", "client-certificate", "client-key"].iter().find_map(|key| {
-            let path = line.trim_start().strip_prefix(&format!("{key}: "))?;
-            let indent = &line[..line.len() - line.trim_start().len()];
-            let data = std::fs::read(path).ok()?;
-            Some(format!("{indent}{key}-data: {}", base64::engine::general_purpose::STANDARD.encode(data)))
-        });
-        out.push_str(&inlined.unwrap_or_else(|| line.to_owned()));
-        out.push('\n');
-    }
-    Ok(out)
+    Ok(cluster::inline_kubeconfig_files(&std::fs::read_to_string(&stack.env.info.kubeconfig)?))
 }
 
-async fn wait_until<T>(what: &str, mut check: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT);
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("{what}: not reached after {WAIT}s");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+async fn wait_until<T>(what: &str, check: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
+    until(what, Duration::from_secs(WAIT), check).await
 }
 
 async fn provider(stack: &Stack) -> Result<()> {
@@ -113,7 +92,8 @@ async fn zuul_gets_a_namespace_whose_credentials_work_there_only_and_it_goes_aft
     // namespace, refused anywhere else.
     let mut config = kube::Config::new(credentials["host"].as_str().context("host")?.parse()?);
     config.auth_info.token = Some(token.clone().into());
-    config.root_cert = Some(vec![rustls_pem(&base64::engine::general_purpose::STANDARD.decode(ca)?)?]);
+    config.root_cert =
+        Some(vec![cluster::first_certificate_der(&base64::engine::general_purpose::STANDARD.decode(ca)?)?]);
     let as_zuul = kube::Client::try_from(config)?;
     let config_map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "from-the-job"}}))?;
     Api::<ConfigMap>::namespaced(as_zuul.clone(), &namespace)
@@ -176,16 +156,4 @@ async fn a_pod_that_never_runs_fails_its_launch_at_the_boot_timeout_and_is_clean
     // The failed node itself goes once the request it was launched for is declined.
     wait_until("the failed node deleted", async || Ok(stack.nodes().await?.is_empty().then_some(()))).await?;
     Ok(())
-}
-
-/// DER of the first certificate in a PEM bundle.
-fn rustls_pem(pem: &[u8]) -> Result<Vec<u8>> {
-    let text = std::str::from_utf8(pem)?;
-    let body: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
 }

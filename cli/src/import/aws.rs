@@ -54,14 +54,13 @@ pub fn import(provider: &mut Mapping, import: &mut ProviderImport) {
         max_cores: provider.take("max-cores").and_then(|v| v.int(notes)),
         max_ram: provider.take("max-ram").and_then(|v| v.int(notes)),
         host_key_checking: provider.take("host-key-checking").and_then(|v| v.flag(notes)),
+        name_is_a_namespace: false,
     };
     let switches = Switches {
         public_ipv4: provider.take("public-ipv4").and_then(|v| v.flag(notes)),
+        public_ipv6: provider.take("public-ipv6").and_then(|v| v.flag(notes)),
         use_internal_ip: provider.take("use-internal-ip").and_then(|v| v.flag(notes)),
     };
-    if let Some(v6) = provider.take("public-ipv6") {
-        notes.not_carried(&v6, "no IPv6 address is requested (one the subnet assigns is reported)");
-    }
     let images = provider.take("cloud-images").map(|list| cloud_images(list, import)).unwrap_or_default();
     import.each_pool(provider, &defaults, |import, pool, out| {
         let notes = &mut import.draft.notes;
@@ -81,12 +80,12 @@ pub fn import(provider: &mut Mapping, import: &mut ProviderImport) {
                 .or(switches.use_internal_ip)
                 .unwrap_or(false),
             availability_zone: pool.take("availability-zone").and_then(|v| v.text(notes)),
+            public_ipv6: pool
+                .take("public-ipv6")
+                .and_then(|v| v.flag(notes))
+                .or(switches.public_ipv6)
+                .unwrap_or(false),
         };
-        pool.not_carried(
-            "public-ipv6",
-            "no IPv6 address is requested (one the subnet assigns is reported)",
-            notes,
-        );
         out.driver_settings.insert(BLOCK, &settings).expect("serializes");
         let labels = pool.take("labels").map(|l| l.list(notes)).unwrap_or_default();
         out.labels = labels.into_iter().filter_map(|label| pool_label(label, &images, import)).collect();
@@ -96,6 +95,7 @@ pub fn import(provider: &mut Mapping, import: &mut ProviderImport) {
 /// Provider-level switches that are defaults for every pool.
 struct Switches {
     public_ipv4: Option<bool>,
+    public_ipv6: Option<bool>,
     use_internal_ip: Option<bool>,
 }
 
@@ -225,14 +225,11 @@ fn pool_label(
     // Nodepool left IMDS as the AMI has it unless told `required`; ours requires IMDSv2 unless
     // told otherwise, so anything but `required` is written as false.
     aws.imdsv2 = label.take("imdsv2").and_then(|v| v.text(notes)).is_some_and(|v| v == "required");
-    for (key, why) in [
-        ("iops", "volume IOPS are not set here"),
-        ("throughput", "volume throughput is not set here"),
-        ("ebs-optimized", "EBS optimization is not set here"),
-        ("dedicated-host", "dedicated hosts are not supported here"),
-    ] {
-        label.not_carried(key, why, notes);
-    }
+    aws.iops = label.take("iops").and_then(|v| v.count(notes)).map(|v| v.clamp(1, u32::MAX as u64) as u32);
+    aws.throughput =
+        label.take("throughput").and_then(|v| v.count(notes)).map(|v| v.clamp(1, u32::MAX as u64) as u32);
+    aws.ebs_optimized = label.take("ebs-optimized").and_then(|v| v.flag(notes)).unwrap_or(false);
+    aws.dedicated_host = label.take("dedicated-host").and_then(|v| v.flag(notes)).unwrap_or(false);
     label.finish(notes);
     if let Some(why) = unlaunchable {
         notes.not_carried(&here, format!("label {name:?} is not carried: {why}"));

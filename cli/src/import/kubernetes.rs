@@ -3,7 +3,7 @@
 use nodepool_crds::provider::PoolLabel;
 use nodepool_driver_kubernetes::{
     BLOCK, DEFAULT_KEY,
-    settings::{EnvVar, KubernetesLabel, KubernetesProvider, LabelKind},
+    settings::{EnvVar, KubernetesLabel, KubernetesProvider, LabelKind, PodSettings},
 };
 
 use super::{
@@ -13,11 +13,26 @@ use super::{
 
 /// A pool's `default-label-*` values, used by labels that do not set their own.
 #[derive(Default)]
-struct LabelDefaults {
+pub(super) struct LabelDefaults {
     cpu: Option<u64>,
     memory: Option<u64>,
     cpu_limit: Option<u64>,
     memory_limit: Option<u64>,
+}
+
+/// A pool's `default-label-*` settings.
+pub(super) fn label_defaults(pool: &mut Mapping, notes: &mut super::Notes) -> LabelDefaults {
+    let mut count = |key: &str| pool.take(key).and_then(|v| v.count(notes));
+    let defaults = LabelDefaults {
+        cpu: count("default-label-cpu"),
+        memory: count("default-label-memory"),
+        cpu_limit: count("default-label-cpu-limit"),
+        memory_limit: count("default-label-memory-limit"),
+    };
+    for key in ["default-label-storage", "default-label-storage-limit"] {
+        pool.not_carried(key, "ephemeral-storage is not supported", notes);
+    }
+    defaults
 }
 
 const NOT_CARRIED: &[(&str, &str)] = &[
@@ -43,16 +58,7 @@ pub fn import(provider: &mut Mapping, import: &mut ProviderImport) {
     );
     import.each_pool(provider, &PoolDefaults::default(), |import, pool, out| {
         let notes = &mut import.draft.notes;
-        let mut count = |key: &str| pool.take(key).and_then(|v| v.count(notes));
-        let defaults = LabelDefaults {
-            cpu: count("default-label-cpu"),
-            memory: count("default-label-memory"),
-            cpu_limit: count("default-label-cpu-limit"),
-            memory_limit: count("default-label-memory-limit"),
-        };
-        for key in ["default-label-storage", "default-label-storage-limit"] {
-            pool.not_carried(key, "ephemeral-storage is not supported", notes);
-        }
+        let defaults = label_defaults(pool, notes);
         let labels = pool.take("labels").map(|l| l.list(notes)).unwrap_or_default();
         out.labels = labels.into_iter().filter_map(|label| pool_label(label, &defaults, import)).collect();
     });
@@ -72,6 +78,24 @@ fn pool_label(field: Field, defaults: &LabelDefaults, import: &mut ProviderImpor
             return None;
         }
     };
+    let settings = KubernetesLabel { kind, pod: pod_settings(&mut label, defaults, notes) };
+    label.finish(notes);
+    if settings.kind == LabelKind::Pod && settings.pod.image.is_none() {
+        notes.invalid(&here, format!("pod label {name:?} has no image"));
+        return None;
+    }
+    let mut out = PoolLabel::named(&name);
+    out.driver_settings.insert(BLOCK, &settings).expect("serializes");
+    Some(out)
+}
+
+/// A label's container settings (Nodepool's names), with the pool's defaults; what has no
+/// counterpart is noted. Shared with the OpenShift pods driver.
+pub(super) fn pod_settings(
+    label: &mut Mapping,
+    defaults: &LabelDefaults,
+    notes: &mut super::Notes,
+) -> PodSettings {
     let mut count = |key: &str| label.take(key).and_then(|v| v.count(notes));
     let (cpu, memory, cpu_limit, memory_limit) =
         (count("cpu"), count("memory"), count("cpu-limit"), count("memory-limit"));
@@ -85,10 +109,18 @@ fn pool_label(field: Field, defaults: &LabelDefaults, import: &mut ProviderImpor
             env.extend(name.map(|name| EnvVar { name, value }));
         }
     }
-    let settings = KubernetesLabel {
-        kind,
+    let mut image_pull_secrets = Vec::new();
+    if let Some(list) = label.take("image-pull-secrets") {
+        for item in list.list(notes) {
+            let Some(mut item) = item.mapping(notes) else { continue };
+            image_pull_secrets.extend(item.take("name").and_then(|v| v.text(notes)));
+            item.finish(notes);
+        }
+    }
+    let settings = PodSettings {
         image: label.take("image").and_then(|v| v.text(notes)),
         image_pull: label.take("image-pull").and_then(|v| v.text(notes)),
+        image_pull_secrets,
         cpu: cpu.or(defaults.cpu).map(clamp_u32),
         memory: memory.or(defaults.memory),
         cpu_limit: cpu_limit.or(defaults.cpu_limit).map(clamp_u32),
@@ -105,14 +137,7 @@ fn pool_label(field: Field, defaults: &LabelDefaults, import: &mut ProviderImpor
     for (key, why) in NOT_CARRIED {
         label.not_carried(key, why, notes);
     }
-    label.finish(notes);
-    if settings.kind == LabelKind::Pod && settings.image.is_none() {
-        notes.invalid(&here, format!("pod label {name:?} has no image"));
-        return None;
-    }
-    let mut out = PoolLabel::named(&name);
-    out.driver_settings.insert(BLOCK, &settings).expect("serializes");
-    Some(out)
+    settings
 }
 
 fn clamp_u32(value: u64) -> u32 {

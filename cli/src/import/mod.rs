@@ -13,6 +13,7 @@ mod kubernetes;
 mod labels;
 mod names;
 mod notes;
+mod openshift_pods;
 mod provider;
 mod static_hosts;
 mod top;

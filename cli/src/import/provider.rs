@@ -10,7 +10,7 @@ use nodepool_crds::{
 };
 
 use super::{
-    Draft, aws, gce, kubernetes, manifest, names, origin, static_hosts,
+    Draft, aws, gce, kubernetes, manifest, names, openshift_pods, origin, static_hosts,
     yaml::{Field, Mapping},
 };
 
@@ -38,6 +38,7 @@ pub fn import(field: Field, draft: &mut Draft) {
         "aws" => aws::import,
         "gce" => gce::import,
         "kubernetes" => kubernetes::import,
+        "openshiftpods" => openshift_pods::import,
         other => {
             notes.not_carried(
                 &here,
@@ -165,6 +166,11 @@ impl ProviderImport<'_> {
             notes.invalid(here, format!("pool {wanted:?} cannot be made a DNS label"));
             return None;
         };
+        if defaults.name_is_a_namespace && base != wanted {
+            notes
+                .invalid(here, format!("pool {wanted:?} names a project, and is not a valid namespace name"));
+            return None;
+        }
         let mut name = base.clone();
         let mut n = 2;
         while !self.pool_names.insert(name.clone()) {
@@ -219,4 +225,6 @@ pub struct PoolDefaults {
     pub max_cores: Option<i64>,
     pub max_ram: Option<i64>,
     pub host_key_checking: Option<bool>,
+    /// The pool's name is a namespace that exists (OpenShift pods): it cannot be renamed.
+    pub name_is_a_namespace: bool,
 }

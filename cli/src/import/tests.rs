@@ -120,7 +120,7 @@ providers:
     assert_eq!(kind_at("diskimages"), [(NoteKind::NotCarried, 1)]);
     assert_eq!(kind_at("providers[0]"), [(NoteKind::NotCarried, 4)], "openstack, Nodepool's default driver");
     assert_eq!(kind_at("providers[1].pools[0].labels[0]"), [(NoteKind::NotCarried, 16)]);
-    assert_eq!(kind_at("providers[1].pools[0].labels[1].iops"), [(NoteKind::NotCarried, 23)]);
+    assert!(kind_at("providers[1].pools[0].labels[1].iops").is_empty(), "iops is carried");
     assert_eq!(kind_at("providers[1].pools[0].labels[1].something-new"), [(NoteKind::NotCarried, 24)]);
     assert_eq!(kind_at("providers[1].pools[0]"), [(NoteKind::Changed, 13)], "main_pool is renamed");
     let provider = named(&import, "Provider", "ec2");
@@ -128,6 +128,7 @@ providers:
     let labels: Vec<&Value> = provider["spec"]["pools"][0]["labels"].as_array().unwrap().iter().collect();
     assert_eq!(labels.len(), 1);
     assert_eq!(labels[0]["name"], "plain");
+    assert_eq!(labels[0]["aws"]["iops"], 3000);
     assert!(objects(&import, "Provider").len() == 1, "the openstack provider makes no object");
 }
 
@@ -243,4 +244,38 @@ fn nodepool_environment_variables_are_substituted_as_nodepool_does() {
     let environment = [("NODEPOOL_PORT".to_owned(), "8005".to_owned()), ("HOME".to_owned(), "/x".to_owned())];
     let text = super::substitute_env("port: %(NODEPOOL_PORT)\nhome: %(HOME)\n", environment);
     assert_eq!(text, "port: 8005\nhome: %(HOME)\n", "only NODEPOOL_ variables, as in Nodepool");
+}
+
+#[test]
+fn openshift_pods_pools_name_their_projects_and_labels_are_pods() {
+    let text = "\
+providers:
+  - name: openshift
+    driver: openshiftpods
+    context: service-account.local
+    max-pods: 30
+    pools:
+      - name: main
+        labels:
+          - name: pod-fedora-secret
+            image: docker.io/fedora:28
+            image-pull-secrets:
+              - name: registry-secret
+          - name: pod-custom
+            spec: {containers: []}
+      - name: Not_A_Project
+        labels: [{name: x, image: y}]
+";
+    let import = import(text).unwrap();
+    let provider = named(&import, "Provider", "openshift");
+    assert_eq!(provider["spec"]["driver"], "openshiftpods");
+    assert_eq!(provider["spec"]["openshiftpods"]["context"], "service-account.local");
+    let pools = provider["spec"]["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 1, "a pool whose name is no namespace name is not carried: {pools:?}");
+    assert_eq!((pools[0]["name"].clone(), pools[0]["maxServers"].clone()), (json!("main"), json!(30)));
+    let label = &pools[0]["labels"][0]["openshiftpods"];
+    assert_eq!(label["imagePullSecrets"], json!(["registry-secret"]));
+    assert_eq!(pools[0]["labels"].as_array().unwrap().len(), 1, "a raw pod spec is not carried");
+    assert_eq!(notes_at(&import, "providers[0].pools[1]")[0].kind, NoteKind::Invalid);
+    assert_eq!(named(&import, "Secret", "openshift-credentials")["stringData"].as_object().unwrap().len(), 1);
 }

@@ -25,7 +25,7 @@ use aws_sdk_ec2::{
     types::{
         BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
         InstanceMarketOptionsRequest, InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification,
-        InstanceStateName, InstanceType, MarketType, Placement, ResourceType, Tag, TagSpecification,
+        InstanceStateName, InstanceType, MarketType, Placement, ResourceType, Tag, TagSpecification, Tenancy,
         VolumeType,
     },
 };
@@ -237,40 +237,30 @@ impl AwsCloud {
             .max_count(1)
             .tag_specifications(tag_spec(ResourceType::Instance))
             .tag_specifications(tag_spec(ResourceType::Volume))
-            .set_key_name(aws.key_name.clone());
+            .set_key_name(aws.key_name.clone())
+            .set_ebs_optimized(aws.ebs_optimized.then_some(true));
         if let Some(user_data) = &label.user_data {
             request = request.user_data(base64::engine::general_purpose::STANDARD.encode(user_data));
         }
-        match &pool.subnet_id {
-            Some(subnet) => {
-                let interface = InstanceNetworkInterfaceSpecification::builder()
-                    .device_index(0)
-                    .subnet_id(subnet)
-                    .set_groups(
-                        (!pool.security_group_ids.is_empty()).then(|| pool.security_group_ids.clone()),
-                    )
-                    .associate_public_ip_address(pool.public_ip_address)
-                    .delete_on_termination(true)
-                    .build();
-                request = request.network_interfaces(interface);
-            }
+        match network_interface(&pool) {
+            Some(interface) => request = request.network_interfaces(interface),
             None if !pool.security_group_ids.is_empty() => {
                 request = request.set_security_group_ids(Some(pool.security_group_ids.clone()));
             }
             None => {}
         }
-        if let Some(zone) = &pool.availability_zone {
-            request = request.placement(Placement::builder().availability_zone(zone).build());
+        let mut placement = Placement::builder().set_availability_zone(pool.availability_zone.clone());
+        if aws.dedicated_host {
+            let host = self
+                .dedicated_host(spec, &instance_type, &pool, tag_spec(ResourceType::DedicatedHost))
+                .await?;
+            placement = placement.tenancy(Tenancy::Host).host_id(host);
         }
-        if label.volume_size_gb.is_some() || label.volume_type.is_some() {
-            let device = self.root_device(&image_id).await?;
-            let ebs = EbsBlockDevice::builder()
-                .set_volume_size(label.volume_size_gb.map(|g| g as i32))
-                .set_volume_type(label.volume_type.as_deref().map(VolumeType::from))
-                .delete_on_termination(true)
-                .build();
-            request = request
-                .block_device_mappings(BlockDeviceMapping::builder().device_name(device).ebs(ebs).build());
+        if pool.availability_zone.is_some() || aws.dedicated_host {
+            request = request.placement(placement.build());
+        }
+        if let Some(volume) = self.root_volume(&image_id, label, &aws).await? {
+            request = request.block_device_mappings(volume);
         }
         if let Some(profile) = &aws.iam_instance_profile {
             let profile_spec = if profile.starts_with("arn:") {
@@ -297,7 +287,116 @@ impl AwsCloud {
             .ok_or_else(|| CloudError::api("RunInstances", "the answer lists no instance"))?;
         Ok(self.to_instance(instance))
     }
+
+    /// The root volume's size, type, IOPS and throughput, when the label sets any.
+    async fn root_volume(
+        &self,
+        image_id: &str,
+        label: &PoolLabel,
+        aws: &AwsLabel,
+    ) -> CloudResult<Option<BlockDeviceMapping>> {
+        let wanted = label.volume_size_gb.is_some()
+            || label.volume_type.is_some()
+            || aws.iops.is_some()
+            || aws.throughput.is_some();
+        if !wanted {
+            return Ok(None);
+        }
+        let device = self.root_device(image_id).await?;
+        let ebs = EbsBlockDevice::builder()
+            .set_volume_size(label.volume_size_gb.map(|g| g as i32))
+            .set_volume_type(label.volume_type.as_deref().map(VolumeType::from))
+            .set_iops(aws.iops.map(|i| i as i32))
+            .set_throughput(aws.throughput.map(|t| t as i32))
+            .delete_on_termination(true)
+            .build();
+        Ok(Some(BlockDeviceMapping::builder().device_name(device).ebs(ebs).build()))
+    }
+
+    /// The node's dedicated host: the one allocated for this launch attempt by an earlier try,
+    /// or a new one. It is released by leak cleanup once its node is gone (a host cannot be
+    /// released while its instance still runs).
+    async fn dedicated_host(
+        &self,
+        spec: &InstanceSpec,
+        instance_type: &str,
+        pool: &AwsPool,
+        tags: TagSpecification,
+    ) -> CloudResult<String> {
+        let zone = pool.availability_zone.clone().ok_or_else(|| {
+            CloudError::Invalid(format!(
+                "label {} has dedicatedHost, and pool {} sets no aws.availabilityZone to allocate it in",
+                spec.label.name, spec.pool.name
+            ))
+        })?;
+        if let Some(host) = self
+            .our_hosts()
+            .await?
+            .into_iter()
+            .find(|h| tag_of(h.tags(), LAUNCH_TOKEN_TAG) == Some(&spec.token))
+        {
+            return Ok(host.host_id().unwrap_or_default().to_owned());
+        }
+        let output = self
+            .client
+            .allocate_hosts()
+            .availability_zone(zone)
+            .instance_type(instance_type)
+            .quantity(1)
+            .tag_specifications(tags)
+            .send()
+            .await
+            .map_err(|e| classify("AllocateHosts", e))?;
+        let host = output.host_ids().first().cloned();
+        host.ok_or_else(|| CloudError::api("AllocateHosts", "the answer lists no host"))
+    }
+
+    /// The dedicated hosts this provider and installation hold (not released). Filtered here
+    /// rather than by EC2: an account holds few hosts.
+    async fn our_hosts(&self) -> CloudResult<Vec<aws_sdk_ec2::types::Host>> {
+        let mut pages = self.client.describe_hosts().into_paginator().send();
+        let mut hosts = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("DescribeHosts", e))?;
+            hosts.extend(
+                page.hosts()
+                    .iter()
+                    .filter(|host| {
+                        let held = host.state().is_some_and(|s| {
+                            !matches!(s.as_str(), "released" | "released-permanent-failure")
+                        });
+                        held && tag_of(host.tags(), tags::PROVIDER) == Some(&self.settings.provider)
+                            && tag_of(host.tags(), tags::SYSTEM_ID) == Some(&self.settings.system_id)
+                    })
+                    .cloned(),
+            );
+        }
+        Ok(hosts)
+    }
 }
+
+/// The first network interface: the pool's subnet, security groups and addresses.
+fn network_interface(pool: &AwsPool) -> Option<InstanceNetworkInterfaceSpecification> {
+    let subnet = pool.subnet_id.as_ref()?;
+    Some(
+        InstanceNetworkInterfaceSpecification::builder()
+            .device_index(0)
+            .subnet_id(subnet)
+            .set_groups((!pool.security_group_ids.is_empty()).then(|| pool.security_group_ids.clone()))
+            .associate_public_ip_address(pool.public_ip_address)
+            .set_ipv6_address_count(pool.public_ipv6.then_some(1))
+            .delete_on_termination(true)
+            .build(),
+    )
+}
+
+/// The value of tag `key`.
+fn tag_of<'a>(tags: &'a [Tag], key: &str) -> Option<&'a String> {
+    tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value.as_ref())
+}
+
+/// The kind of leaked resource a dedicated host is.
+const DEDICATED_HOST: &str = "dedicated-host";
 
 /// Tag recording the pool's `usePrivateIp`, so the address choice survives a restart.
 const USE_PRIVATE_IP_TAG: &str = "nodepool_use_private_ip";
@@ -456,6 +555,13 @@ impl Cloud for AwsCloud {
                 });
             }
         }
+        for host in self.our_hosts().await? {
+            volumes.push(LeakedResource {
+                kind: DEDICATED_HOST,
+                id: host.host_id().unwrap_or_default().to_owned(),
+                node: tag_of(host.tags(), tags::NODE_ID).cloned(),
+            });
+        }
         Ok(volumes)
     }
 
@@ -468,6 +574,20 @@ impl Cloud for AwsCloud {
                     .send()
                     .await
                     .map_err(|e| classify("DeleteVolume", e))?;
+                Ok(())
+            }
+            DEDICATED_HOST => {
+                let output = self
+                    .client
+                    .release_hosts()
+                    .host_ids(&resource.id)
+                    .send()
+                    .await
+                    .map_err(|e| classify("ReleaseHosts", e))?;
+                if let Some(refused) = output.unsuccessful().first() {
+                    let why = refused.error().and_then(|e| e.message()).unwrap_or("refused");
+                    return Err(CloudError::api("ReleaseHosts", why));
+                }
                 Ok(())
             }
             kind => Err(CloudError::Invalid(format!("cannot delete a {kind}"))),

@@ -31,8 +31,13 @@ pub struct AwsPool {
     /// Connect to the private address even when a public one exists.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub use_private_ip: bool,
+    /// Required by labels with `dedicatedHost` (a host is allocated in one zone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
+    /// Give instances an IPv6 address from the subnet (Nodepool's `public-ipv6`); needs `subnetId`
+    /// of a subnet with an IPv6 range.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public_ipv6: bool,
 }
 
 /// AWS label settings.
@@ -48,6 +53,21 @@ pub struct AwsLabel {
     /// Require IMDSv2 tokens. Default true.
     #[serde(default = "default_true")]
     pub imdsv2: bool,
+    /// Launch EBS-optimized instances.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ebs_optimized: bool,
+    /// Provisioned IOPS of the root volume (`io1`, `io2`, `gp3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub iops: Option<u32>,
+    /// Throughput of a `gp3` root volume, MiB/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub throughput: Option<u32>,
+    /// Run each node on a dedicated host of its own, allocated for it in the pool's
+    /// `availabilityZone` and released after the node (Nodepool's `dedicated-host`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dedicated_host: bool,
 }
 
 /// An AWS image: a fixed AMI id, or the newest AMI that matches filters.

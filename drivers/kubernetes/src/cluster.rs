@@ -121,7 +121,7 @@ impl Cloud for KubernetesCloud {
     /// the pod of a pod label; whatever exists already is kept.
     async fn create(&self, spec: &InstanceSpec) -> CloudResult<Instance> {
         let label = Self::label(&spec.label)?;
-        if label.kind == LabelKind::Pod && label.image.is_none() {
+        if label.kind == LabelKind::Pod && label.pod.image.is_none() {
             return Err(CloudError::Invalid(format!("pod label {} names no image", spec.label.name)));
         }
         let name = objects::namespace_name(&spec.token);
@@ -143,7 +143,7 @@ impl Cloud for KubernetesCloud {
         create_or_get(&bindings, &object_name(&binding), &binding, "creating the role binding").await?;
         if let Some(pod) = &pod {
             let pods: Api<Pod> = Api::namespaced(self.client.clone(), &name);
-            create_or_get(&pods, pod, &objects::pod(&name, pod, &spec.tags, &label), "creating the pod")
+            create_or_get(&pods, pod, &objects::pod(&name, pod, &spec.tags, &label.pod), "creating the pod")
                 .await?;
         }
         tracing::info!(provider = %self.provider, namespace = %name, node = %spec.node, "namespace created");
@@ -206,8 +206,8 @@ impl Cloud for KubernetesCloud {
     async fn label_resources(&self, _pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
         let settings = Self::label(label)?;
         Ok(NodeResources {
-            cores: settings.cpu.unwrap_or(0),
-            ram: settings.memory.unwrap_or(0),
+            cores: settings.pod.cpu.unwrap_or(0),
+            ram: settings.pod.memory.unwrap_or(0),
             instances: 1,
         })
     }
@@ -224,7 +224,7 @@ fn object_name<K: Resource>(object: &K) -> String {
 }
 
 /// Creates `object` unless one of its name exists; returns what the cluster holds.
-async fn create_or_get<K>(api: &Api<K>, name: &str, object: &K, operation: &'static str) -> CloudResult<K>
+pub async fn create_or_get<K>(api: &Api<K>, name: &str, object: &K, operation: &'static str) -> CloudResult<K>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
@@ -238,7 +238,7 @@ where
 }
 
 /// What a failed call means for the launch.
-fn classify(operation: &'static str, error: kube::Error) -> CloudError {
+pub fn classify(operation: &'static str, error: kube::Error) -> CloudError {
     match &error {
         kube::Error::Api(status) => match status.code {
             403 if status.message.contains("exceeded quota") => CloudError::Quota(status.message.clone()),

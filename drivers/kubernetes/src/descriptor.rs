@@ -54,26 +54,7 @@ impl Driver for Kubernetes {
     async fn cloud(&self, build: Build<'_>) -> Result<Arc<dyn Cloud>, CloudUnavailable> {
         let provider = build.provider;
         let settings: KubernetesProvider = provider.spec.driver_settings.parse(BLOCK)?.unwrap_or_default();
-        let config = match build.credentials {
-            Some(secret) => {
-                let key = build.credentials_key(DEFAULT_KEY);
-                let bad = |error: String| {
-                    CloudUnavailable::BadSettings(format!(
-                        "Secret {:?} key {key:?} is not a usable kubeconfig: {error}",
-                        secret.name_any()
-                    ))
-                };
-                let kubeconfig =
-                    Kubeconfig::from_yaml(&secret_value(secret, &key)?).map_err(|e| bad(e.to_string()))?;
-                let options = KubeConfigOptions { context: settings.context.clone(), ..Default::default() };
-                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                    .await
-                    .map_err(|e| bad(e.to_string()))?
-            }
-            None => kube::Config::infer().await.map_err(|e| {
-                CloudUnavailable::BadSettings(format!("no kubeconfig Secret and no in-cluster account: {e}"))
-            })?,
-        };
+        let config = cluster_config(&build, settings.context.clone()).await?;
         let api_url = settings
             .api_url
             .clone()
@@ -84,4 +65,33 @@ impl Driver for Kubernetes {
         let cloud = KubernetesCloud::new(client, &provider.name_any(), build.system_id, api_url, skip_tls);
         Ok(Arc::new(cloud))
     }
+}
+
+/// The client configuration of a provider's cluster: the kubeconfig in its credentials Secret
+/// (at `context`), or the operator's own in-cluster account without a Secret.
+pub async fn cluster_config(
+    build: &Build<'_>,
+    context: Option<String>,
+) -> Result<kube::Config, CloudUnavailable> {
+    let config = match build.credentials {
+        Some(secret) => {
+            let key = build.credentials_key(DEFAULT_KEY);
+            let bad = |error: String| {
+                CloudUnavailable::BadSettings(format!(
+                    "Secret {:?} key {key:?} is not a usable kubeconfig: {error}",
+                    secret.name_any()
+                ))
+            };
+            let kubeconfig =
+                Kubeconfig::from_yaml(&secret_value(secret, &key)?).map_err(|e| bad(e.to_string()))?;
+            let options = KubeConfigOptions { context, ..Default::default() };
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| bad(e.to_string()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            CloudUnavailable::BadSettings(format!("no kubeconfig Secret and no in-cluster account: {e}"))
+        })?,
+    };
+    Ok(config)
 }

@@ -11,11 +11,11 @@
 
 mod cluster;
 mod descriptor;
-mod objects;
+pub mod objects;
 pub mod settings;
 
-pub use cluster::KubernetesCloud;
-pub use descriptor::{DEFAULT_KEY, Kubernetes};
+pub use cluster::{KubernetesCloud, classify, create_or_get};
+pub use descriptor::{DEFAULT_KEY, Kubernetes, cluster_config};
 
 /// The block of every Kubernetes setting: `spec.kubernetes` and `pools[].labels[].kubernetes`.
 pub const BLOCK: &str = "kubernetes";

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         core::v1::{
-            Container, EnvVar, Namespace, Pod, PodSpec, ResourceRequirements, Secret, SecurityContext,
-            ServiceAccount,
+            Container, EnvVar, LocalObjectReference, Namespace, Pod, PodSpec, ResourceRequirements, Secret,
+            SecurityContext, ServiceAccount,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
@@ -17,7 +17,7 @@ use nodepool_crds::ConnectionType;
 
 use crate::{
     SERVICE_ACCOUNT,
-    settings::{KubernetesLabel, LabelKind},
+    settings::{KubernetesLabel, LabelKind, PodSettings},
 };
 
 /// Namespace annotation: `namespace` or `pod`, so a later look knows what the node is.
@@ -67,7 +67,7 @@ pub fn namespace(
     label: &KubernetesLabel,
     pod: Option<&str>,
 ) -> Namespace {
-    let mut labels: BTreeMap<String, String> = label.labels.clone();
+    let mut labels: BTreeMap<String, String> = label.pod.labels.clone();
     labels.extend(tags.iter().map(|(k, v)| (k.clone(), label_value(v))));
     let mut annotations = BTreeMap::from([(
         KIND_ANNOTATION.to_owned(),
@@ -79,10 +79,10 @@ pub fn namespace(
     if let Some(pod) = pod {
         annotations.insert(POD_ANNOTATION.to_owned(), pod.to_owned());
     }
-    if let Some(path) = &label.python_path {
+    if let Some(path) = &label.pod.python_path {
         annotations.insert(PYTHON_PATH_ANNOTATION.to_owned(), path.clone());
     }
-    if let Some(shell) = &label.shell_type {
+    if let Some(shell) = &label.pod.shell_type {
         annotations.insert(SHELL_TYPE_ANNOTATION.to_owned(), shell.clone());
     }
     Namespace {
@@ -181,7 +181,7 @@ pub fn role_binding(namespace: &str, kind: LabelKind) -> RoleBinding {
 }
 
 /// The pod of a pod label: one long-running shell container, as Nodepool runs it.
-pub fn pod(namespace: &str, name: &str, tags: &BTreeMap<String, String>, label: &KubernetesLabel) -> Pod {
+pub fn pod(namespace: &str, name: &str, tags: &BTreeMap<String, String>, label: &PodSettings) -> Pod {
     let mut requests = BTreeMap::new();
     let mut limits = BTreeMap::new();
     if let Some(cpu) = label.cpu {
@@ -232,6 +232,13 @@ pub fn pod(namespace: &str, name: &str, tags: &BTreeMap<String, String>, label: 
             node_selector: (!label.node_selector.is_empty()).then(|| label.node_selector.clone()),
             scheduler_name: label.scheduler_name.clone(),
             service_account_name: None,
+            image_pull_secrets: (!label.image_pull_secrets.is_empty()).then(|| {
+                label
+                    .image_pull_secrets
+                    .iter()
+                    .map(|name| LocalObjectReference { name: name.clone() })
+                    .collect()
+            }),
             ..Default::default()
         }),
         ..Default::default()

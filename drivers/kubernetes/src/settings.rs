@@ -30,12 +30,25 @@ pub struct KubernetesLabel {
     /// `kubectl`), with a service account restricted to that.
     #[serde(rename = "type")]
     pub kind: LabelKind,
+    /// The pod of a pod label (a namespace label uses the labels, Python path and shell type).
+    #[serde(flatten)]
+    pub pod: PodSettings,
+}
+
+/// A pod's container and what Zuul runs Ansible with in it (shared with the OpenShift pods
+/// driver).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
     /// Container image of a pod label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// `imagePullPolicy` of the container. Default `IfNotPresent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull: Option<String>,
+    /// Secrets to pull the image with (`imagePullSecrets`, by name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
     /// CPUs the container requests (also the node's quota footprint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<u32>,
