@@ -543,3 +543,71 @@ async fn dedicated_hosts_ebs_settings_and_ipv6_reach_ec2_and_the_host_is_release
     .await?;
     Ok(())
 }
+
+/// A fleet label (no `instanceType`): its footprint is the largest of its types, the launch goes
+/// through an instant `CreateFleet` with the prioritized on-demand strategy over a launch
+/// template made for the label (tagged for the provider), and the node holds what the type EC2
+/// chose holds.
+#[tokio::test]
+async fn a_fleet_label_launches_through_create_fleet_and_the_node_holds_the_chosen_type() -> Result<()> {
+    let stack = Stack::start("aws-fleet").await?;
+    let moto = Moto::start(&stack.dir.join("logs"))?;
+    aws_provider(&stack, &moto, "aws", ("testing", "testing"), "unused").await?;
+    stack
+        .apply_provider(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "aws"},
+            "spec": {"driver": "aws", "aws": {"region": nodepool_e2e::moto::REGION, "endpoint": moto.endpoint},
+                     "credentialsSecretRef": {"name": "aws-keys"},
+                     "pools": [{"name": "main", "hostKeyChecking": false,
+                        "labels": [{"name": "aws-fleet", "image": "amazon-linux", "volumeSizeGb": 20,
+                                    "aws": {"fleet": {"instanceTypes": ["t3.micro", "t3.large"],
+                                                      "allocationStrategy": "prioritized"}}}]}]}}))
+        .await?;
+    let provider = stack.launchable("aws").await?;
+    let label =
+        provider.status.as_ref().context("status")?.pools[0].labels.iter().find(|l| l.name == "aws-fleet");
+    let label = label.context("the fleet label's status")?;
+    // t3.large is the larger: 2 vCPUs, 8 GiB.
+    assert_eq!(label.resources.as_ref().map(|r| (r.cores, r.ram)), Some((2, 8192)), "{label:?}");
+    moto.start_recording().await?;
+
+    let mut zuul = Zuul::connect(&stack).await?;
+    let request = zuul.request(&["aws-fleet"]).await?;
+    let outcome = zuul.wait(&request, WAIT.as_secs()).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    let node = stack.nodes().await?.into_iter().next().context("the node")?;
+    let status = node.status.clone().context("status")?;
+    let id = status.external_id.clone().context("instance id")?;
+    let described = moto.ec2().describe_instances().instance_ids(&id).send().await?;
+    let chosen =
+        described.reservations()[0].instances()[0].instance_type().context("type")?.as_str().to_owned();
+    let expected = match chosen.as_str() {
+        "t3.micro" => (2, 1024),
+        "t3.large" => (2, 8192),
+        other => anyhow::bail!("the fleet chose {other}, not one of the label's types"),
+    };
+    assert_eq!(status.resources.as_ref().map(|r| (r.cores, r.ram)), Some(expected), "the chosen type's");
+
+    let recorded = moto.recorded_ec2_requests().await?;
+    let fleet =
+        recorded.iter().find(|(action, _)| action == "CreateFleet").context("CreateFleet recorded")?;
+    let field = |name: &str| fleet.1.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    assert_eq!(field("Type"), Some("instant"), "{fleet:?}");
+    assert_eq!(field("OnDemandOptions.AllocationStrategy"), Some("prioritized"));
+    assert_eq!(field("LaunchTemplateConfigs.1.Overrides.1.InstanceType"), Some("t3.micro"));
+    assert_eq!(field("LaunchTemplateConfigs.1.Overrides.2.InstanceType"), Some("t3.large"));
+    assert_eq!(field("TargetCapacitySpecification.TotalTargetCapacity"), Some("1"));
+    let template =
+        field("LaunchTemplateConfigs.1.LaunchTemplateSpecification.LaunchTemplateName").context("name")?;
+    let templates = moto.ec2().describe_launch_templates().launch_template_names(template).send().await?;
+    let tagged = templates.launch_templates().first().context("the launch template")?;
+    assert!(
+        tagged.tags().iter().any(|t| t.key() == Some("nodepool_provider_name") && t.value() == Some("aws"))
+    );
+
+    zuul.run_build(&request).await?;
+    until("node deleted after use", WAIT, async || Ok(stack.nodes().await?.is_empty().then_some(()))).await?;
+    let after =
+        instances(&moto, vec![tag("nodepool_node_id", &node.metadata.name.clone().context("name")?)]).await?;
+    assert_eq!(after.iter().map(|i| i.1.as_str()).collect::<Vec<_>>(), ["terminated"]);
+    Ok(())
+}

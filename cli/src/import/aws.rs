@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use nodepool_crds::{ConnectionSettings, provider::PoolLabel};
 use nodepool_driver_aws::{
     ACCESS_KEY_ID, BLOCK, SECRET_ACCESS_KEY,
-    settings::{AwsImage, AwsImageFilter, AwsLabel, AwsPool, AwsProvider},
+    settings::{AwsFleet, AwsImage, AwsImageFilter, AwsLabel, AwsPool, AwsProvider},
 };
 
 use super::{
@@ -196,11 +196,9 @@ fn pool_label(
         unlaunchable = Some("it boots a diskimage, and there is no image builder or upload here".into());
     }
     out.instance_type = label.take("instance-type").and_then(|v| v.text(notes));
-    if label.take("fleet").is_some() {
-        unlaunchable = Some("it launches a fleet; one instance type per label here".into());
-    }
-    if out.image.is_none() || out.instance_type.is_none() {
-        unlaunchable.get_or_insert_with(|| "it needs a cloud image and an instance type".into());
+    let fleet = label.take("fleet").and_then(|f| fleet(f, notes));
+    if out.image.is_none() || (out.instance_type.is_none() && fleet.is_none()) {
+        unlaunchable.get_or_insert_with(|| "it needs a cloud image and an instance type or a fleet".into());
     }
     out.volume_size_gb =
         label.take("volume-size").and_then(|v| v.count(notes)).map(|v| v.clamp(1, u32::MAX as u64) as u32);
@@ -214,8 +212,11 @@ fn pool_label(
             notes.changed(&field, "without spot capacity the launch falls back to on-demand");
         }
     }
-    let mut aws =
-        AwsLabel { key_name: label.take("key-name").and_then(|v| v.text(notes)), ..Default::default() };
+    let mut aws = AwsLabel {
+        key_name: label.take("key-name").and_then(|v| v.text(notes)),
+        fleet,
+        ..Default::default()
+    };
     if let Some(profile) = label.take("iam-instance-profile").and_then(|v| v.mapping(notes)) {
         let mut profile = profile;
         aws.iam_instance_profile =
@@ -237,4 +238,24 @@ fn pool_label(
     }
     out.driver_settings.insert(BLOCK, &aws).expect("serializes");
     Some(out)
+}
+
+/// `fleet: {instance-types, allocation-strategy}` (Nodepool's names for the strategies).
+fn fleet(field: Field, notes: &mut super::Notes) -> Option<AwsFleet> {
+    let here = field.clone();
+    let mut fleet = field.mapping(notes)?;
+    let instance_types = fleet.take("instance-types").map(|v| v.strings(notes)).unwrap_or_default();
+    let strategy = fleet.take("allocation-strategy").and_then(|v| v.text(notes));
+    fleet.finish(notes);
+    let allocation_strategy = strategy.as_deref().and_then(|s| serde_json::from_value(s.into()).ok());
+    match (instance_types.is_empty(), allocation_strategy) {
+        (false, Some(allocation_strategy)) => Some(AwsFleet { instance_types, allocation_strategy }),
+        _ => {
+            notes.invalid(
+                &here,
+                format!("a fleet needs instance-types and a known allocation-strategy, not {strategy:?}"),
+            );
+            None
+        }
+    }
 }

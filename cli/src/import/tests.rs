@@ -109,6 +109,7 @@ providers:
             cloud-image: img
             fleet:
               instance-types: [t3.small, t3.medium]
+              allocation-strategy: lowest-price
           - name: plain
             cloud-image: img
             instance-type: t3.small
@@ -119,16 +120,20 @@ providers:
     let kind_at = |path: &str| notes_at(&import, path).iter().map(|n| (n.kind, n.line)).collect::<Vec<_>>();
     assert_eq!(kind_at("diskimages"), [(NoteKind::NotCarried, 1)]);
     assert_eq!(kind_at("providers[0]"), [(NoteKind::NotCarried, 4)], "openstack, Nodepool's default driver");
-    assert_eq!(kind_at("providers[1].pools[0].labels[0]"), [(NoteKind::NotCarried, 16)]);
+    assert!(kind_at("providers[1].pools[0].labels[0]").is_empty(), "a fleet label is carried");
     assert!(kind_at("providers[1].pools[0].labels[1].iops").is_empty(), "iops is carried");
-    assert_eq!(kind_at("providers[1].pools[0].labels[1].something-new"), [(NoteKind::NotCarried, 24)]);
+    assert_eq!(kind_at("providers[1].pools[0].labels[1].something-new"), [(NoteKind::NotCarried, 25)]);
     assert_eq!(kind_at("providers[1].pools[0]"), [(NoteKind::Changed, 13)], "main_pool is renamed");
     let provider = named(&import, "Provider", "ec2");
     assert_eq!(provider["spec"]["pools"][0]["name"], "main-pool");
     let labels: Vec<&Value> = provider["spec"]["pools"][0]["labels"].as_array().unwrap().iter().collect();
-    assert_eq!(labels.len(), 1);
-    assert_eq!(labels[0]["name"], "plain");
-    assert_eq!(labels[0]["aws"]["iops"], 3000);
+    assert_eq!(labels.len(), 2);
+    assert_eq!(
+        labels[0]["aws"]["fleet"],
+        json!({"instanceTypes": ["t3.small", "t3.medium"], "allocationStrategy": "lowest-price"})
+    );
+    assert_eq!(labels[1]["name"], "plain");
+    assert_eq!(labels[1]["aws"]["iops"], 3000);
     assert!(objects(&import, "Provider").len() == 1, "the openstack provider makes no object");
 }
 

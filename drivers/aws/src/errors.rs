@@ -44,8 +44,14 @@ where
         let detail = aws_sdk_ec2::error::DisplayErrorContext(&error).to_string();
         return CloudError::api(operation, detail);
     };
-    let text = format!("{operation}: {code}: {}", message.unwrap_or_default());
-    let is = |codes: &[&str]| codes.contains(&code.as_str());
+    classify_code(operation, &code, &message.unwrap_or_default())
+}
+
+/// Sorts an EC2 error code (from an SDK error, or from an answer's error list as `CreateFleet`
+/// gives them).
+pub fn classify_code(operation: &'static str, code: &str, message: &str) -> CloudError {
+    let text = format!("{operation}: {code}: {message}");
+    let is = |codes: &[&str]| codes.contains(&code);
     if is(QUOTA) {
         CloudError::Quota(text)
     } else if is(CAPACITY) {

@@ -11,6 +11,7 @@
 
 mod descriptor;
 mod errors;
+mod fleet;
 pub mod settings;
 
 use std::{
@@ -70,12 +71,14 @@ pub struct AwsSettings {
 }
 
 pub struct AwsCloud {
-    client: Client,
-    settings: AwsSettings,
+    pub(crate) client: Client,
+    pub(crate) settings: AwsSettings,
     /// vCPUs and MiB per instance type.
     instance_types: Mutex<HashMap<String, NodeResources>>,
     /// Root device name per AMI (for volume size and type).
     root_devices: Mutex<HashMap<String, String>>,
+    /// Launch templates known to exist (fleet labels).
+    templates: Mutex<std::collections::HashSet<String>>,
 }
 
 impl AwsCloud {
@@ -118,6 +121,7 @@ impl AwsCloud {
             settings,
             instance_types: Mutex::default(),
             root_devices: Mutex::default(),
+            templates: Mutex::default(),
         }
     }
 
@@ -183,6 +187,10 @@ impl AwsCloud {
             image_id: instance.image_id().map(str::to_owned),
             tags,
             access: None,
+            // What its type holds (a fleet chose it; the label's footprint was the largest).
+            resources: instance
+                .instance_type()
+                .and_then(|t| self.instance_types.lock().expect("lock").get(t.as_str()).cloned()),
         }
     }
 
@@ -204,34 +212,38 @@ impl AwsCloud {
         Ok(name)
     }
 
-    async fn run_instance(&self, spec: &InstanceSpec, spot: bool) -> Result<Instance, CloudError> {
-        let label = &spec.label;
+    /// One launch attempt: a fleet's, or one instance's.
+    async fn launch(&self, spec: &InstanceSpec, spot: bool) -> CloudResult<Instance> {
         let invalid = |error: nodepool_crds::driver_blocks::BadBlock| CloudError::Invalid(error.to_string());
         let pool: AwsPool = spec.pool.driver_settings.parse(BLOCK).map_err(invalid)?.unwrap_or_default();
-        let aws: AwsLabel = label.driver_settings.parse(BLOCK).map_err(invalid)?.unwrap_or_default();
+        let aws: AwsLabel = spec.label.driver_settings.parse(BLOCK).map_err(invalid)?.unwrap_or_default();
         let image_id = spec
             .image_id
             .clone()
-            .ok_or_else(|| CloudError::Invalid(format!("label {} has no image", label.name)))?;
+            .ok_or_else(|| CloudError::Invalid(format!("label {} has no image", spec.label.name)))?;
+        let tags = instance_tags(spec, &pool);
+        let launch = Launch { spec, pool, aws, image_id, tags };
+        match &launch.aws.fleet {
+            Some(fleet) => fleet::launch(self, &launch, fleet, spot).await,
+            None => self.run_instance(&launch, spot).await,
+        }
+    }
+
+    async fn run_instance(&self, launch: &Launch<'_>, spot: bool) -> Result<Instance, CloudError> {
+        let Launch { spec, pool, aws, image_id, tags } = launch;
+        let label = &spec.label;
         let instance_type = label
             .instance_type
             .clone()
             .ok_or_else(|| CloudError::Invalid(format!("label {} has no instanceType", label.name)))?;
-        let mut all_tags = spec.tags.clone();
-        all_tags.insert(LAUNCH_TOKEN_TAG.into(), spec.token.clone());
-        if pool.use_private_ip {
-            all_tags.insert(USE_PRIVATE_IP_TAG.into(), "true".into());
-        }
-        let ec2_tags: Vec<Tag> =
-            all_tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
         let tag_spec = |kind: ResourceType| {
-            TagSpecification::builder().resource_type(kind).set_tags(Some(ec2_tags.clone())).build()
+            TagSpecification::builder().resource_type(kind).set_tags(Some(tags.clone())).build()
         };
 
         let mut request = self
             .client
             .run_instances()
-            .image_id(&image_id)
+            .image_id(image_id)
             .instance_type(InstanceType::from(instance_type.as_str()))
             .min_count(1)
             .max_count(1)
@@ -242,7 +254,7 @@ impl AwsCloud {
         if let Some(user_data) = &label.user_data {
             request = request.user_data(base64::engine::general_purpose::STANDARD.encode(user_data));
         }
-        match network_interface(&pool) {
+        match network_interface(pool) {
             Some(interface) => request = request.network_interfaces(interface),
             None if !pool.security_group_ids.is_empty() => {
                 request = request.set_security_group_ids(Some(pool.security_group_ids.clone()));
@@ -252,14 +264,14 @@ impl AwsCloud {
         let mut placement = Placement::builder().set_availability_zone(pool.availability_zone.clone());
         if aws.dedicated_host {
             let host = self
-                .dedicated_host(spec, &instance_type, &pool, tag_spec(ResourceType::DedicatedHost))
+                .dedicated_host(spec, &instance_type, pool, tag_spec(ResourceType::DedicatedHost))
                 .await?;
             placement = placement.tenancy(Tenancy::Host).host_id(host);
         }
         if pool.availability_zone.is_some() || aws.dedicated_host {
             request = request.placement(placement.build());
         }
-        if let Some(volume) = self.root_volume(&image_id, label, &aws).await? {
+        if let Some(volume) = self.root_volume(image_id, label, aws).await? {
             request = request.block_device_mappings(volume);
         }
         if let Some(profile) = &aws.iam_instance_profile {
@@ -289,7 +301,7 @@ impl AwsCloud {
     }
 
     /// The root volume's size, type, IOPS and throughput, when the label sets any.
-    async fn root_volume(
+    pub(crate) async fn root_volume(
         &self,
         image_id: &str,
         label: &PoolLabel,
@@ -373,6 +385,31 @@ impl AwsCloud {
         }
         Ok(hosts)
     }
+
+    /// vCPUs and memory of an instance type, from `DescribeInstanceTypes` (cached).
+    async fn instance_type_resources(&self, instance_type: &str) -> CloudResult<NodeResources> {
+        let instance_type = instance_type.to_owned();
+        if let Some(resources) = self.instance_types.lock().expect("lock").get(&instance_type) {
+            return Ok(resources.clone());
+        }
+        let output = self
+            .client
+            .describe_instance_types()
+            .instance_types(InstanceType::from(instance_type.as_str()))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeInstanceTypes", e))?;
+        let info = output.instance_types().first().ok_or_else(|| {
+            CloudError::Invalid(format!("EC2 does not know instance type {instance_type:?}"))
+        })?;
+        let resources = NodeResources {
+            cores: info.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0).max(0) as u32,
+            ram: info.memory_info().and_then(|m| m.size_in_mib()).unwrap_or(0).max(0) as u64,
+            instances: 1,
+        };
+        self.instance_types.lock().expect("lock").insert(instance_type, resources.clone());
+        Ok(resources)
+    }
 }
 
 /// The first network interface: the pool's subnet, security groups and addresses.
@@ -393,6 +430,26 @@ fn network_interface(pool: &AwsPool) -> Option<InstanceNetworkInterfaceSpecifica
 /// The value of tag `key`.
 fn tag_of<'a>(tags: &'a [Tag], key: &str) -> Option<&'a String> {
     tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value.as_ref())
+}
+
+/// The tags of the node's instance and volumes: the node's, and what a later look needs.
+fn instance_tags(spec: &InstanceSpec, pool: &AwsPool) -> Vec<Tag> {
+    let mut all_tags = spec.tags.clone();
+    all_tags.insert(LAUNCH_TOKEN_TAG.into(), spec.token.clone());
+    if pool.use_private_ip {
+        all_tags.insert(USE_PRIVATE_IP_TAG.into(), "true".into());
+    }
+    all_tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+}
+
+/// What one launch attempt needs, read once.
+struct Launch<'a> {
+    spec: &'a InstanceSpec,
+    pool: AwsPool,
+    aws: AwsLabel,
+    image_id: String,
+    /// The instance's and its volumes' tags.
+    tags: Vec<Tag>,
 }
 
 /// The kind of leaked resource a dedicated host is.
@@ -425,12 +482,12 @@ impl Cloud for AwsCloud {
             return Ok(existing);
         }
         if !spec.label.spot {
-            return self.run_instance(spec, false).await;
+            return self.launch(spec, false).await;
         }
-        match self.run_instance(spec, true).await {
+        match self.launch(spec, true).await {
             Err(error) if error.is_quota() => {
                 tracing::info!(node = %spec.node, %error, "no spot capacity; launching on demand");
-                self.run_instance(spec, false).await
+                self.launch(spec, false).await
             }
             other => other,
         }
@@ -476,31 +533,28 @@ impl Cloud for AwsCloud {
         Ok(ResourceLimits::default())
     }
 
+    /// What one node of the label holds: its instance type's vCPUs and memory; for a fleet, the
+    /// largest of its types (quota is never overrun; the node then holds what its type holds).
     async fn label_resources(&self, _pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
+        let aws: AwsLabel = label
+            .driver_settings
+            .parse(BLOCK)
+            .map_err(|error| CloudError::Invalid(error.to_string()))?
+            .unwrap_or_default();
+        if let Some(fleet) = &aws.fleet {
+            let mut largest = NodeResources { cores: 0, ram: 0, instances: 1 };
+            for instance_type in &fleet.instance_types {
+                let resources = self.instance_type_resources(instance_type).await?;
+                largest.cores = largest.cores.max(resources.cores);
+                largest.ram = largest.ram.max(resources.ram);
+            }
+            return Ok(largest);
+        }
         let instance_type = label
             .instance_type
             .clone()
             .ok_or_else(|| CloudError::Invalid(format!("label {} has no instanceType", label.name)))?;
-        if let Some(resources) = self.instance_types.lock().expect("lock").get(&instance_type) {
-            return Ok(resources.clone());
-        }
-        let output = self
-            .client
-            .describe_instance_types()
-            .instance_types(InstanceType::from(instance_type.as_str()))
-            .send()
-            .await
-            .map_err(|e| classify("DescribeInstanceTypes", e))?;
-        let info = output.instance_types().first().ok_or_else(|| {
-            CloudError::Invalid(format!("EC2 does not know instance type {instance_type:?}"))
-        })?;
-        let resources = NodeResources {
-            cores: info.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0).max(0) as u32,
-            ram: info.memory_info().and_then(|m| m.size_in_mib()).unwrap_or(0).max(0) as u64,
-            instances: 1,
-        };
-        self.instance_types.lock().expect("lock").insert(instance_type, resources.clone());
-        Ok(resources)
+        self.instance_type_resources(&instance_type).await
     }
 
     async fn resolve_image(&self, image: &ImageSpec) -> CloudResult<String> {

@@ -68,6 +68,31 @@ pub struct AwsLabel {
     /// `availabilityZone` and released after the node (Nodepool's `dedicated-host`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dedicated_host: bool,
+    /// Launch through an EC2 Fleet (`CreateFleet`, type `instant`) that picks one of several
+    /// instance types, instead of the label's `instanceType` (Nodepool's `fleet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<AwsFleet>,
+}
+
+/// The instance types an EC2 Fleet may choose from, and how it chooses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsFleet {
+    #[schemars(length(min = 1))]
+    pub instance_types: Vec<String>,
+    pub allocation_strategy: FleetAllocation,
+}
+
+/// EC2 Fleet's allocation strategies, with Nodepool's names. `prioritized` takes the types in
+/// the order listed; spot-only strategies fall back to `lowest-price` for on-demand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FleetAllocation {
+    LowestPrice,
+    Prioritized,
+    PriceCapacityOptimized,
+    CapacityOptimized,
+    Diversified,
 }
 
 /// An AWS image: a fixed AMI id, or the newest AMI that matches filters.

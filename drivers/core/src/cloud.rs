@@ -66,6 +66,9 @@ pub struct Instance {
     /// How Zuul reaches a node that is not a machine it logs in to with the image's settings (a
     /// Kubernetes namespace or pod); `None` for machines.
     pub access: Option<NodeAccess>,
+    /// What the instance holds, where the driver knows it better than the label's footprint (an
+    /// EC2 Fleet chose the instance type); `None`: the label's.
+    pub resources: Option<NodeResources>,
 }
 
 /// How Zuul reaches a node the driver describes itself.
@@ -124,6 +127,7 @@ impl Instance {
             image_id: None,
             tags,
             access: None,
+            resources: None,
         }
     }
 

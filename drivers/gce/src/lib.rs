@@ -155,6 +155,7 @@ impl GceCloud {
             image_id: None,
             tags: instance.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             access: None,
+            resources: None,
         }
     }
 

@@ -207,6 +207,7 @@ impl Cloud for SimulatedCloud {
             image_id: spec.image_id.clone(),
             tags: spec.tags.clone(),
             access: None,
+            resources: None,
         };
         account.instances.insert(
             id,

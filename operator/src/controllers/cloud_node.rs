@@ -278,6 +278,10 @@ pub async fn launch(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) 
             status.region = instance.region.clone();
             status.az = instance.az.clone();
             status.image_id = instance.image_id.clone().or(plan.spec.image_id.clone());
+            if let Some(resources) = &instance.resources {
+                // What the instance holds (an EC2 Fleet chose its type), not the label's estimate.
+                status.resources = Some(resources.clone());
+            }
             let access = instance.access.as_ref();
             status.connection = Some(match access {
                 // As the driver says: a namespace or pod has no login user or port.
