@@ -260,8 +260,17 @@ impl PoolLabel {
             tags: BTreeMap::new(),
             dynamic_tags: BTreeMap::new(),
             user_data: None,
+            reuse: false,
+            max_uses: None,
+            max_age: None,
             driver_settings: DriverBlocks::default(),
         }
+    }
+
+    /// Whether a node of this label that has served `uses` jobs and is `age` old goes back to
+    /// service after its use.
+    pub fn reuses(&self, uses: u32, age: std::time::Duration) -> bool {
+        self.reuse && self.max_uses.is_none_or(|max| uses < max) && self.max_age.is_none_or(|max| age < max.0)
     }
 }
 
@@ -297,6 +306,17 @@ pub struct PoolLabel {
     /// User data / startup script passed to the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
+    /// Return a node Zuul has used to service, under a new ZooKeeper id, instead of deleting it
+    /// (Zuul launcher's `reuse`), until `maxUses` or `maxAge`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reuse: bool,
+    /// With `reuse`: jobs a node serves before it is deleted. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_uses: Option<u32>,
+    /// With `reuse`: a node older than this (since it was created) is deleted after its use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<GoDuration>,
     /// The driver's own label settings (`aws: {keyName: ...}`).
     #[serde(flatten)]
     pub driver_settings: DriverBlocks,
@@ -381,4 +401,24 @@ pub struct QuotaStatus {
     /// The cloud's quota for this account and region, as the cloud reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<ResourceLimits>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_label_reuses_its_nodes_within_max_uses_and_max_age() {
+        let mut label = PoolLabel::named("l");
+        assert!(!label.reuses(1, Duration::ZERO), "no reuse unless asked for");
+        label.reuse = true;
+        assert!(label.reuses(100, Duration::from_secs(86_400)), "no limits: always");
+        label.max_uses = Some(2);
+        label.max_age = Some(GoDuration::from_secs(3600));
+        assert!(label.reuses(1, Duration::from_secs(10)));
+        assert!(!label.reuses(2, Duration::from_secs(10)), "two uses served");
+        assert!(!label.reuses(1, Duration::from_secs(3600)), "too old");
+    }
 }

@@ -239,3 +239,49 @@ async fn pool_limits_make_requests_wait_and_capacity_errors_pause_the_pool() -> 
     assert_eq!(outcome["state"], "fulfilled", "{outcome}");
     Ok(())
 }
+
+/// `reuse` with `maxUses: 2` (Zuul launcher's semantics): a used node goes back to service under
+/// a new ZooKeeper id and the same instance, is handed to the next request, and after its second
+/// use is deleted; a label without `reuse` deletes after one use.
+#[tokio::test]
+async fn a_reused_node_serves_again_under_a_new_id_until_its_max_uses() -> Result<()> {
+    let stack = Stack::start("sim-reuse").await?;
+    let pools = json!([{"name": "main", "hostKeyChecking": false, "labels": [
+        {"name": "sim-reused", "instanceType": "small", "reuse": true, "maxUses": 2, "maxAge": "1h"},
+    ]}]);
+    stack.apply_provider(stack.simulated_provider("sim", json!({"pools": pools}))).await?;
+    provider_ready(&stack, "sim").await?;
+    let mut zuul = Zuul::connect(&stack).await?;
+
+    let mut seen = Vec::new();
+    for use_number in 1..=2 {
+        let request = zuul.request(&["sim-reused"]).await?;
+        let outcome = zuul.wait(&request, WAIT).await?;
+        assert_eq!(outcome["state"], "fulfilled", "use {use_number}: {outcome}");
+        let accepted = zuul.call("accept", json!({"request_id": request})).await?;
+        let node = &accepted["nodes"][0];
+        seen.push((node["id"].as_str().context("node id")?.to_owned(), stack.nodes().await?));
+        let build = accepted["build"].clone();
+        zuul.call("use", json!({"build": build})).await?;
+        zuul.call("return", json!({"build": build})).await?;
+        if use_number == 1 {
+            wait_nodes(&stack, "the used node back in service", |nodes| {
+                nodes.len() == 1
+                    && nodes[0]
+                        .status
+                        .as_ref()
+                        .is_some_and(|s| s.registration == 1 && s.state == NodeState::Ready)
+            })
+            .await?;
+        }
+    }
+    let (first_id, first_nodes) = &seen[0];
+    let (second_id, second_nodes) = &seen[1];
+    assert_ne!(first_id, second_id, "a new ZooKeeper id for the second use");
+    assert_eq!(first_nodes.len(), 1);
+    assert_eq!(second_nodes.len(), 1, "no second launch");
+    let instance = |nodes: &Vec<PoolNode>| nodes[0].status.as_ref().and_then(|s| s.external_id.clone());
+    assert_eq!(instance(first_nodes), instance(second_nodes), "the same instance serves again");
+    wait_nodes(&stack, "deleted after its second use", |nodes| nodes.is_empty()).await?;
+    Ok(())
+}

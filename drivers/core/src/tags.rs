@@ -111,21 +111,10 @@ mod tests {
 
     #[test]
     fn ownership_tags_cannot_be_overridden_by_a_label() {
-        let label = PoolLabel {
-            name: "ubuntu".into(),
-            image: None,
-            instance_type: None,
-            volume_size_gb: None,
-            volume_type: None,
-            spot: false,
-            tags: BTreeMap::from([
-                (PROVIDER.to_owned(), "someone-else".to_owned()),
-                ("team".into(), "ci".into()),
-            ]),
-            dynamic_tags: BTreeMap::from([("tenant".to_owned(), "{request.tenant_name}".to_owned())]),
-            user_data: None,
-            driver_settings: Default::default(),
-        };
+        let mut label = PoolLabel::named("ubuntu");
+        label.tags =
+            BTreeMap::from([(PROVIDER.to_owned(), "someone-else".to_owned()), ("team".into(), "ci".into())]);
+        label.dynamic_tags = BTreeMap::from([("tenant".to_owned(), "{request.tenant_name}".to_owned())]);
         let tags = instance_tags(&label, &context());
         assert_eq!(tags[PROVIDER], "aws-east");
         assert_eq!(tags["team"], "ci");

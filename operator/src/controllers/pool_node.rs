@@ -138,7 +138,7 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
         Some(NodeState::Used) if node.is_back_from_use() => {
             return Ok(Action::await_change());
         }
-        Some(NodeState::Used) if !zookeeper.locked => return finish(node, &status, ctx, "used").await,
+        Some(NodeState::Used) if !zookeeper.locked => return used(node, &status, ctx).await,
         Some(NodeState::InUse | NodeState::Used) => return Ok(Action::await_change()),
         // Held, the node is kept until the hold expires or is released: adopt it.
         Some(NodeState::Hold) if status.state != NodeState::Hold => {
@@ -151,7 +151,7 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
         _ => {}
     }
     match status.state {
-        NodeState::Used if !zookeeper.locked => finish(node, &status, ctx, "used").await,
+        NodeState::Used if !zookeeper.locked => used(node, &status, ctx).await,
         NodeState::Hold if !zookeeper.locked => {
             let admin_hold = conditions::find(&status.conditions, HELD).is_some_and(|c| c.status == "True");
             if admin_hold && node.spec.hold.is_none() {
@@ -233,6 +233,39 @@ async fn lifecycle(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) -
 /// does) but the object is kept — its next registration is checked and written in one go (`ready`,
 /// or `init` while the host does not answer), and the bridge swaps the old znode for a new one;
 /// any other node is deleted.
+/// Zuul is done with the node: a launched node of a label with `reuse` goes back to service
+/// under a new registration (a new ZooKeeper id, as a static slot does) while its uses and age
+/// allow; anything else is finished.
+async fn used(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context) -> Result<Action, Error> {
+    let uses = status.registration.saturating_add(1);
+    let created = node.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+    let age: Duration = Timestamp::now().duration_since(created).try_into().unwrap_or_default();
+    let reused = node.spec.static_host.is_none()
+        && status.external_id.is_some()
+        && pool_label(node, ctx).is_some_and(|label| label.reuses(uses, age));
+    if !reused {
+        return finish(node, status, ctx, "used").await;
+    }
+    tracing::info!(uses, "reusing the node");
+    let mut next = status.clone();
+    next.registration = uses;
+    next.state = NodeState::Ready;
+    next.state_time = Some(now());
+    next.allocated_to = None;
+    next.allocation_id = None;
+    next.tenant = None;
+    next.requestor = None;
+    ctx.write_node_status(node, &next).await?;
+    Ok(Action::await_change())
+}
+
+/// The pool label the node was launched for, as its Provider says now.
+fn pool_label(node: &PoolNode, ctx: &Context) -> Option<nodepool_crds::provider::PoolLabel> {
+    let provider = ctx.provider(&node.spec.provider)?;
+    let pool = provider.spec.pools.iter().find(|p| p.name == node.spec.pool)?;
+    pool.labels.iter().find(|l| node.spec.labels.contains(&l.name)).cloned()
+}
+
 async fn finish(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context, why: &str) -> Result<Action, Error> {
     if node.spec.static_host.is_none() {
         return delete(node, ctx, why).await;
