@@ -110,12 +110,15 @@ impl Metrics {
     /// A leak pass ran for `provider`: its `instance` series exists from now on (at zero until
     /// something leaks), so dashboards and alerts see the provider before its first leak.
     pub fn leak_pass(&self, provider: &str) {
-        let labels = LeakLabels { provider: provider.to_owned(), kind: "instance".to_owned() };
+        let labels = LeakLabels {
+            provider: provider.to_owned(),
+            kind: nodepool_driver::ResourceKind::Instance.to_string(),
+        };
         let _ = self.leaked_removed.get_or_create(&labels);
     }
 
-    pub fn leak_removed(&self, provider: &str, kind: &str) {
-        let labels = LeakLabels { provider: provider.to_owned(), kind: kind.to_owned() };
+    pub fn leak_removed(&self, provider: &str, kind: nodepool_driver::ResourceKind) {
+        let labels = LeakLabels { provider: provider.to_owned(), kind: kind.to_string() };
         self.leaked_removed.get_or_create(&labels).inc();
     }
 }

@@ -37,7 +37,8 @@ use nodepool_crds::{
     provider::{Pool, PoolLabel, ResourceLimits},
 };
 use nodepool_driver::{
-    Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource, cloud::CloudResult, tags,
+    Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource, ResourceKind,
+    cloud::CloudResult, tags,
 };
 
 pub use descriptor::{ACCESS_KEY_ID, Aws, SECRET_ACCESS_KEY};
@@ -452,9 +453,6 @@ struct Launch<'a> {
     tags: Vec<Tag>,
 }
 
-/// The kind of leaked resource a dedicated host is.
-const DEDICATED_HOST: &str = "dedicated-host";
-
 /// Tag recording the pool's `usePrivateIp`, so the address choice survives a restart.
 const USE_PRIVATE_IP_TAG: &str = "nodepool_use_private_ip";
 
@@ -603,7 +601,7 @@ impl Cloud for AwsCloud {
                 let node =
                     volume.tags().iter().find(|t| t.key() == Some(tags::NODE_ID)).and_then(|t| t.value());
                 volumes.push(LeakedResource {
-                    kind: "volume",
+                    kind: ResourceKind::Volume,
                     id: volume.volume_id().unwrap_or_default().to_owned(),
                     node: node.map(str::to_owned),
                 });
@@ -611,7 +609,7 @@ impl Cloud for AwsCloud {
         }
         for host in self.our_hosts().await? {
             volumes.push(LeakedResource {
-                kind: DEDICATED_HOST,
+                kind: ResourceKind::DedicatedHost,
                 id: host.host_id().unwrap_or_default().to_owned(),
                 node: tag_of(host.tags(), tags::NODE_ID).cloned(),
             });
@@ -621,7 +619,7 @@ impl Cloud for AwsCloud {
 
     async fn delete_other_resource(&self, resource: &LeakedResource) -> CloudResult<()> {
         match resource.kind {
-            "volume" => {
+            ResourceKind::Volume => {
                 self.client
                     .delete_volume()
                     .volume_id(&resource.id)
@@ -630,7 +628,7 @@ impl Cloud for AwsCloud {
                     .map_err(|e| classify("DeleteVolume", e))?;
                 Ok(())
             }
-            DEDICATED_HOST => {
+            ResourceKind::DedicatedHost => {
                 let output = self
                     .client
                     .release_hosts()

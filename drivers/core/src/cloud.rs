@@ -140,11 +140,35 @@ impl Instance {
 /// A resource other than an instance (a volume, say) tagged for the provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeakedResource {
-    /// `volume`, `instance`, ...
-    pub kind: &'static str,
+    pub kind: ResourceKind,
     pub id: String,
     /// The node named in its tags, if any.
     pub node: Option<String>,
+}
+
+/// The kinds of cloud resource leak cleanup knows: instances, and what drivers list besides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceKind {
+    Instance,
+    Volume,
+    DedicatedHost,
+}
+
+impl ResourceKind {
+    /// The name in logs and in the `kind` label of the leak metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Instance => "instance",
+            ResourceKind::Volume => "volume",
+            ResourceKind::DedicatedHost => "dedicated-host",
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How a cloud call failed, in the terms the lifecycle acts on.

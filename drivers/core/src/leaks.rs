@@ -4,12 +4,12 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use crate::cloud::{Cloud, CloudError, InstanceState, LeakedResource};
+use crate::cloud::{Cloud, CloudError, InstanceState, LeakedResource, ResourceKind};
 
 /// A cloud resource by kind and id (`instance` `i-0abc`, `volume` `vol-0def`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ResourceRef {
-    pub kind: String,
+    pub kind: ResourceKind,
     pub id: String,
 }
 
@@ -37,7 +37,7 @@ pub async fn pass(
         .filter(|i| {
             !matches!(i.state, InstanceState::Gone | InstanceState::Stopping | InstanceState::Refused(_))
         })
-        .map(|i| LeakedResource { kind: "instance", node: i.node().map(str::to_owned), id: i.id })
+        .map(|i| LeakedResource { kind: ResourceKind::Instance, node: i.node().map(str::to_owned), id: i.id })
         .collect();
     resources.extend(cloud.list_other_resources().await?);
 
@@ -47,20 +47,20 @@ pub async fn pass(
         if owned {
             continue;
         }
-        let key = ResourceRef { kind: resource.kind.to_owned(), id: resource.id.clone() };
+        let key = ResourceRef { kind: resource.kind, id: resource.id.clone() };
         if !previous.contains(&key) {
             result.suspected.insert(key);
             continue;
         }
-        tracing::info!(kind = resource.kind, id = %resource.id, node = ?resource.node, "deleting leaked resource");
+        tracing::info!(kind = %resource.kind, id = %resource.id, node = ?resource.node, "deleting leaked resource");
         let deleted = match resource.kind {
-            "instance" => cloud.delete(&resource.id).await,
+            ResourceKind::Instance => cloud.delete(&resource.id).await,
             _ => cloud.delete_other_resource(&resource).await,
         };
         match deleted {
             Ok(()) => result.deleted.push(resource),
             Err(error) => {
-                tracing::warn!(kind = resource.kind, id = %resource.id, %error, "deleting a leaked resource failed");
+                tracing::warn!(kind = %resource.kind, id = %resource.id, %error, "deleting a leaked resource failed");
                 result.suspected.insert(key); // try again next pass
             }
         }

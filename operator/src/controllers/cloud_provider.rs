@@ -162,7 +162,7 @@ pub async fn clean_up_leaks(provider: &Provider, ctx: &Context) {
         Ok(pass) => {
             ctx.metrics.leak_pass(&name);
             for resource in &pass.deleted {
-                tracing::info!(provider = %name, kind = resource.kind, id = %resource.id, node = ?resource.node, "leaked resource deleted");
+                tracing::info!(provider = %name, kind = %resource.kind, id = %resource.id, node = ?resource.node, "leaked resource deleted");
                 ctx.metrics.leak_removed(&name, resource.kind);
             }
             if !pass.deleted.is_empty() {

@@ -91,7 +91,7 @@ pub async fn step(provider: &Provider, ctx: &Context) -> Result<Action, Error> {
         // Every suspect is "seen twice": delete it now.
         let pass = leaks::pass(cloud.as_ref(), &none, &listed.suspected).await?;
         for resource in &pass.deleted {
-            tracing::info!(provider = %name, kind = resource.kind, id = %resource.id, "provider deleted: deleted its left-over resource");
+            tracing::info!(provider = %name, kind = %resource.kind, id = %resource.id, "provider deleted: deleted its left-over resource");
             ctx.metrics.leak_removed(&name, resource.kind);
         }
         Ok::<_, nodepool_driver::CloudError>(false)
