@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use nodepool_crds::{ConnectionSettings, provider::PoolLabel};
+use nodepool_crds::provider::PoolLabel;
 use nodepool_driver_aws::{
     ACCESS_KEY_ID, BLOCK, SECRET_ACCESS_KEY,
     settings::{AwsFleet, AwsImage, AwsImageFilter, AwsLabel, AwsPool, AwsProvider},
 };
 
 use super::{
-    images::CloudImage,
+    images::{CloudImage, connection},
     provider::{PoolDefaults, ProviderImport},
     yaml::{Field, Mapping},
 };
@@ -146,33 +146,6 @@ fn cloud_images(list: Field, import: &mut ProviderImport) -> BTreeMap<String, St
         }
     }
     names
-}
-
-/// An image's connection settings, with Nodepool's port for WinRM written out (ours is 22).
-pub fn connection(image: &mut Mapping, notes: &mut super::Notes) -> ConnectionSettings {
-    let mut settings = ConnectionSettings {
-        username: image.take("username").and_then(|v| v.text(notes)),
-        python_path: image.take("python-path").and_then(|v| v.text(notes)),
-        shell_type: image.take("shell-type").and_then(|v| v.text(notes)),
-        connection_port: image
-            .take("connection-port")
-            .and_then(|v| v.count(notes))
-            .map(|p| p.clamp(1, 65535) as u16),
-        connection_type: None,
-    };
-    if let Some(field) = image.take("connection-type") {
-        match field.text(notes).map(|t| serde_json::from_value(t.into())) {
-            Some(Ok(kind)) => settings.connection_type = Some(kind),
-            Some(Err(_)) => notes.invalid(&field, "connection-type is ssh, winrm or network_cli here"),
-            None => {}
-        }
-    }
-    if settings.connection_type == Some(nodepool_crds::ConnectionType::Winrm)
-        && settings.connection_port.is_none()
-    {
-        settings.connection_port = Some(5986);
-    }
-    settings
 }
 
 fn pool_label(

@@ -9,8 +9,7 @@ use nodepool_driver_gce::{
 };
 
 use super::{
-    aws::connection,
-    images::CloudImage,
+    images::{CloudImage, connection},
     provider::{PoolDefaults, ProviderImport},
     yaml::{Field, Mapping},
 };

@@ -4,7 +4,12 @@
 
 use nodepool_crds::{ConnectionSettings, DriverBlocks, Image, ImageSpec};
 
-use super::{manifest, names, notes::Notes, origin, yaml::Field};
+use super::{
+    manifest, names,
+    notes::Notes,
+    origin,
+    yaml::{Field, Mapping},
+};
 
 #[derive(Default)]
 pub struct Images {
@@ -70,4 +75,31 @@ impl Images {
     pub fn into_objects(self) -> impl Iterator<Item = (String, serde_json::Value)> {
         self.images.into_iter().map(|(name, origin, spec)| (origin, manifest(&Image::new(&name, spec))))
     }
+}
+
+/// An image's connection settings, with Nodepool's port for WinRM written out (ours is 22).
+pub fn connection(image: &mut Mapping, notes: &mut Notes) -> ConnectionSettings {
+    let mut settings = ConnectionSettings {
+        username: image.take("username").and_then(|v| v.text(notes)),
+        python_path: image.take("python-path").and_then(|v| v.text(notes)),
+        shell_type: image.take("shell-type").and_then(|v| v.text(notes)),
+        connection_port: image
+            .take("connection-port")
+            .and_then(|v| v.count(notes))
+            .map(|p| p.clamp(1, 65535) as u16),
+        connection_type: None,
+    };
+    if let Some(field) = image.take("connection-type") {
+        match field.text(notes).map(|t| serde_json::from_value(t.into())) {
+            Some(Ok(kind)) => settings.connection_type = Some(kind),
+            Some(Err(_)) => notes.invalid(&field, "connection-type is ssh, winrm or network_cli here"),
+            None => {}
+        }
+    }
+    if settings.connection_type == Some(nodepool_crds::ConnectionType::Winrm)
+        && settings.connection_port.is_none()
+    {
+        settings.connection_port = Some(5986);
+    }
+    settings
 }

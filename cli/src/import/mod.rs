@@ -7,6 +7,7 @@
 
 mod apply;
 mod aws;
+mod drivers;
 mod gce;
 mod images;
 mod kubernetes;

@@ -2,7 +2,11 @@
 
 use serde::Serialize;
 
-use super::yaml::Field;
+/// Where a setting is in the file (a read value knows it).
+pub trait Located {
+    fn path(&self) -> &str;
+    fn line(&self) -> u32;
+}
 
 /// One setting the import did not carry as written.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -49,24 +53,24 @@ impl std::fmt::Display for Note {
 pub struct Notes(Vec<Note>);
 
 impl Notes {
-    fn add(&mut self, field: &Field, kind: NoteKind, message: String) {
-        self.0.push(Note { path: field.path.clone(), line: field.line, kind, message });
+    fn add(&mut self, at: &impl Located, kind: NoteKind, message: String) {
+        self.0.push(Note { path: at.path().to_owned(), line: at.line(), kind, message });
     }
 
-    pub fn not_carried(&mut self, field: &Field, why: impl Into<String>) {
-        self.add(field, NoteKind::NotCarried, why.into());
+    pub fn not_carried(&mut self, at: &impl Located, why: impl Into<String>) {
+        self.add(at, NoteKind::NotCarried, why.into());
     }
 
-    pub fn changed(&mut self, field: &Field, how: impl Into<String>) {
-        self.add(field, NoteKind::Changed, how.into());
+    pub fn changed(&mut self, at: &impl Located, how: impl Into<String>) {
+        self.add(at, NoteKind::Changed, how.into());
     }
 
-    pub fn elsewhere(&mut self, field: &Field, r#where: impl Into<String>) {
-        self.add(field, NoteKind::Elsewhere, r#where.into());
+    pub fn elsewhere(&mut self, at: &impl Located, r#where: impl Into<String>) {
+        self.add(at, NoteKind::Elsewhere, r#where.into());
     }
 
-    pub fn invalid(&mut self, field: &Field, why: impl Into<String>) {
-        self.add(field, NoteKind::Invalid, why.into());
+    pub fn invalid(&mut self, at: &impl Located, why: impl Into<String>) {
+        self.add(at, NoteKind::Invalid, why.into());
     }
 
     #[cfg(test)]

@@ -10,7 +10,7 @@ use nodepool_crds::{
 };
 
 use super::{
-    Draft, aws, gce, kubernetes, manifest, names, openshift_pods, origin, static_hosts,
+    Draft, manifest, names, origin,
     yaml::{Field, Mapping},
 };
 
@@ -24,7 +24,12 @@ pub struct ProviderImport<'a> {
     pool_names: BTreeSet<String>,
 }
 
-pub fn import(field: Field, draft: &mut Draft) {
+/// How a driver's module reads the rest of a provider of its driver.
+pub type Read = fn(&mut Mapping, &mut ProviderImport);
+
+/// `providers[i]`: the keys every driver has, then the rest by `read_for(driver)`; a driver
+/// without a reader is named as not carried.
+pub fn import(field: Field, draft: &mut Draft, read_for: fn(&str) -> Option<Read>) {
     let here = field.clone();
     let Some(mut provider) = field.mapping(&mut draft.notes) else { return };
     let notes = &mut draft.notes;
@@ -33,19 +38,12 @@ pub fn import(field: Field, draft: &mut Draft) {
         return;
     };
     let driver = provider.take("driver").and_then(|d| d.text(notes)).unwrap_or_else(|| "openstack".into());
-    let read: fn(&mut Mapping, &mut ProviderImport) = match driver.as_str() {
-        "static" => static_hosts::import,
-        "aws" => aws::import,
-        "gce" => gce::import,
-        "kubernetes" => kubernetes::import,
-        "openshiftpods" => openshift_pods::import,
-        other => {
-            notes.not_carried(
-                &here,
-                format!("provider {nodepool_name:?}: the {other} driver is not in nodepool-operator; keep this provider in Nodepool"),
-            );
-            return;
-        }
+    let Some(read) = read_for(&driver) else {
+        notes.not_carried(
+            &here,
+            format!("provider {nodepool_name:?}: the {driver} driver is not in nodepool-operator; keep this provider in Nodepool"),
+        );
+        return;
     };
     let Some(name) = draft.name_for("Provider", &nodepool_name, &here) else { return };
     let mut import = ProviderImport {

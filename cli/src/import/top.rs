@@ -3,7 +3,7 @@
 
 use nodepool_crds::{TenantLimit, TenantLimitSpec, provider::ResourceLimits};
 
-use super::{Draft, labels, manifest, origin, provider, yaml::Field};
+use super::{Draft, drivers, labels, manifest, origin, provider, yaml::Field};
 
 /// `nodepool-builder`'s settings: there is no image builder here.
 const BUILDER: &[&str] =
@@ -58,7 +58,7 @@ pub fn import(root: Field, draft: &mut Draft) {
     }
     if let Some(list) = top.take("providers") {
         for field in list.list(&mut draft.notes) {
-            provider::import(field, draft);
+            provider::import(field, draft, drivers::reader);
         }
     }
     top.finish(&mut draft.notes);

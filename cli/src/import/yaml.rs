@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
-use super::notes::Notes;
+use super::notes::{Located, Notes};
 
 /// One value of the file, where it is, and how to name it (`providers[0].pools[1].name`).
 #[derive(Clone, Debug)]
@@ -47,6 +47,16 @@ pub fn parse(text: &str) -> Result<Field, NotYaml> {
 
 fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or_default().to_owned()
+}
+
+impl Located for Field {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn line(&self) -> u32 {
+        self.line
+    }
 }
 
 impl Field {
