@@ -230,7 +230,17 @@ async fn killed_twenty_times_each_under_load_nothing_is_lost_or_left_behind() ->
     assert_eq!(result["double_booked"], 0, "a slot was in two builds at once: {result}");
 
     invariant::wait_until_it_holds(&stack, SETTLE).await?;
-    let ours = invariant::our_znodes(&stack).await?;
+    // A slot Zuul returned last is registered afresh (host check, new znode) after the load
+    // stops: wait for that, then every slot must have its znode again (a lost one never does).
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let ours = loop {
+        let ours = invariant::our_znodes(&stack).await?;
+        if ours.len() == slots as usize + 1 || tokio::time::Instant::now() > deadline {
+            break ours;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert_eq!(ours.len(), slots as usize + 1, "one znode per slot after the kills: {ours:?}");
+    invariant::wait_until_it_holds(&stack, SETTLE).await?;
     Ok(())
 }
