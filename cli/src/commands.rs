@@ -62,9 +62,18 @@ pub async fn run(cli: &Cli) -> Result<String> {
             patch_node(&cluster, &node, json!({"spec": {"hold": null}})).await?;
             Ok(format!("node {} ({}) released\n", node.name_any(), listing::zk_id(&node)))
         }
-        Command::Delete { node, now, timeout } => {
-            let node = find_node(&cluster, node).await?;
-            let locked = node.status.as_ref().and_then(|s| s.zookeeper.as_ref()).is_some_and(|z| z.locked);
+        Command::Delete { node: wanted, now, timeout } => {
+            let mut node = find_node(&cluster, wanted).await?;
+            if *now {
+                // As Nodepool's `delete --now` takes the node lock with a 5 s timeout: a lock
+                // held for a moment (the bridge writing the node) is waited out.
+                let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+                while is_locked(&node) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    node = find_node(&cluster, wanted).await?;
+                }
+            }
+            let locked = is_locked(&node);
             let name = node.name_any();
             if *now && locked {
                 bail!(
@@ -129,6 +138,15 @@ async fn import(cli: &Cli, file: &std::path::Path, apply: bool, dry_run: bool) -
         return crate::import::apply(&cluster, &import, dry_run).await;
     }
     crate::import::render_yaml(&import)
+}
+
+/// How long `delete --now` waits for a node's lock to go, as Nodepool's lock timeout.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the node's current registration is locked in ZooKeeper (a slot back from use still
+/// shows its last registration's view, which does not count).
+fn is_locked(node: &PoolNode) -> bool {
+    node.status.as_ref().and_then(|s| s.zuul_view()).is_some_and(|z| z.locked)
 }
 
 /// Waits until the PoolNode `name` is gone: the operator has deleted its instance and the
