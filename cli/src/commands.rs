@@ -67,10 +67,11 @@ pub async fn run(cli: &Cli) -> Result<String> {
             if *now {
                 // As Nodepool's `delete --now` takes the node lock with a 5 s timeout: a lock
                 // held for a moment (the bridge writing the node) is waited out.
+                let api = node_api(&cluster, &node);
                 let deadline = tokio::time::Instant::now() + LOCK_WAIT;
                 while is_locked(&node) && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                    node = find_node(&cluster, wanted).await?;
+                    node = api.get(&node.name_any()).await.context("reading the node again")?;
                 }
             }
             let locked = is_locked(&node);

@@ -18,8 +18,8 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Applies the credentials Secret, the Image and an aws Provider named `name` on `moto`.
-async fn aws_provider(stack: &Stack, moto: &Moto, name: &str, keys: (&str, &str), label: &str) -> Result<()> {
+/// The credentials Secret `<name>-keys` and the Image `amazon-linux` an aws Provider `name` uses.
+async fn aws_keys_and_image(stack: &Stack, name: &str, keys: (&str, &str)) -> Result<()> {
     stack
         .apply::<Secret>(
             json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-keys")},
@@ -30,15 +30,31 @@ async fn aws_provider(stack: &Stack, moto: &Moto, name: &str, keys: (&str, &str)
         .apply::<Image>(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Image", "metadata": {"name": "amazon-linux"},
             "spec": {"username": "ec2-user", "aws": {"owners": ["amazon"],
                      "filters": [{"name": "name", "values": ["amzn2-ami-hvm-*-x86_64-gp2"]}]}}}))
-        .await?;
+        .await
+}
+
+/// An aws Provider `name` on `moto` with one pool `main` (host keys not checked) and `pool`'s
+/// other settings (its `labels`, `aws`).
+fn aws_provider_with(moto: &Moto, name: &str, pool: serde_json::Value) -> serde_json::Value {
+    let mut main = json!({"name": "main", "hostKeyChecking": false});
+    main.as_object_mut().expect("object").extend(pool.as_object().cloned().unwrap_or_default());
+    json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": name},
+        "spec": {"driver": "aws", "aws": {"region": nodepool_e2e::moto::REGION, "endpoint": moto.endpoint},
+                 "credentialsSecretRef": {"name": format!("{name}-keys")}, "pools": [main]}})
+}
+
+/// Applies the credentials Secret, the Image and an aws Provider named `name` on `moto`.
+async fn aws_provider(stack: &Stack, moto: &Moto, name: &str, keys: (&str, &str), label: &str) -> Result<()> {
+    aws_keys_and_image(stack, name, keys).await?;
     stack
-        .apply_provider(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": name},
-            "spec": {"driver": "aws", "aws": {"region": nodepool_e2e::moto::REGION, "endpoint": moto.endpoint},
-                     "credentialsSecretRef": {"name": format!("{name}-keys")},
-                     "pools": [{"name": "main", "hostKeyChecking": false, "maxCores": 64,
-                        "labels": [{"name": label, "image": "amazon-linux", "instanceType": "t3.micro",
-                                    "volumeSizeGb": 20, "volumeType": "gp3", "tags": {"team": "ci"},
-                                    "dynamicTags": {"zuul-tenant": "{request.tenant_name}"}}]}]}}))
+        .apply_provider(aws_provider_with(
+            moto,
+            name,
+            json!({"maxCores": 64,
+            "labels": [{"name": label, "image": "amazon-linux", "instanceType": "t3.micro",
+                        "volumeSizeGb": 20, "volumeType": "gp3", "tags": {"team": "ci"},
+                        "dynamicTags": {"zuul-tenant": "{request.tenant_name}"}}]}),
+        ))
         .await
 }
 
@@ -478,24 +494,13 @@ async fn dedicated_hosts_ebs_settings_and_ipv6_reach_ec2_and_the_host_is_release
         .send()
         .await?;
     let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).context("subnet id")?.to_owned();
+    aws_keys_and_image(&stack, "aws", ("testing", "testing")).await?;
     stack
-        .apply::<Secret>(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "aws-keys"},
-            "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}}))
-        .await?;
-    stack
-        .apply::<Image>(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Image", "metadata": {"name": "amazon-linux"},
-            "spec": {"username": "ec2-user", "aws": {"owners": ["amazon"],
-                     "filters": [{"name": "name", "values": ["amzn2-ami-hvm-*-x86_64-gp2"]}]}}}))
-        .await?;
-    stack
-        .apply_provider(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "aws"},
-            "spec": {"driver": "aws", "aws": {"region": nodepool_e2e::moto::REGION, "endpoint": moto.endpoint},
-                     "credentialsSecretRef": {"name": "aws-keys"},
-                     "pools": [{"name": "main", "hostKeyChecking": false,
-                        "aws": {"subnetId": subnet_id, "availabilityZone": "us-east-1a", "publicIpv6": true},
-                        "labels": [{"name": "aws-dedicated", "image": "amazon-linux", "instanceType": "m5.large",
-                                    "volumeType": "gp3", "volumeSizeGb": 30, "aws": {"dedicatedHost": true, "ebsOptimized": true,
-                                    "iops": 4000, "throughput": 250}}]}]}}))
+        .apply_provider(aws_provider_with(&moto, "aws", json!({
+            "aws": {"subnetId": subnet_id, "availabilityZone": "us-east-1a", "publicIpv6": true},
+            "labels": [{"name": "aws-dedicated", "image": "amazon-linux", "instanceType": "m5.large",
+                        "volumeType": "gp3", "volumeSizeGb": 30, "aws": {"dedicatedHost": true, "ebsOptimized": true,
+                        "iops": 4000, "throughput": 250}}]})))
         .await?;
     stack.launchable("aws").await?;
     moto.start_recording().await?;
@@ -552,15 +557,16 @@ async fn dedicated_hosts_ebs_settings_and_ipv6_reach_ec2_and_the_host_is_release
 async fn a_fleet_label_launches_through_create_fleet_and_the_node_holds_the_chosen_type() -> Result<()> {
     let stack = Stack::start("aws-fleet").await?;
     let moto = Moto::start(&stack.dir.join("logs"))?;
-    aws_provider(&stack, &moto, "aws", ("testing", "testing"), "unused").await?;
+    aws_keys_and_image(&stack, "aws", ("testing", "testing")).await?;
     stack
-        .apply_provider(json!({"apiVersion": "nodepool.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "aws"},
-            "spec": {"driver": "aws", "aws": {"region": nodepool_e2e::moto::REGION, "endpoint": moto.endpoint},
-                     "credentialsSecretRef": {"name": "aws-keys"},
-                     "pools": [{"name": "main", "hostKeyChecking": false,
-                        "labels": [{"name": "aws-fleet", "image": "amazon-linux", "volumeSizeGb": 20,
-                                    "aws": {"fleet": {"instanceTypes": ["t3.micro", "t3.large"],
-                                                      "allocationStrategy": "prioritized"}}}]}]}}))
+        .apply_provider(aws_provider_with(
+            &moto,
+            "aws",
+            json!({
+            "labels": [{"name": "aws-fleet", "image": "amazon-linux", "volumeSizeGb": 20,
+                        "aws": {"fleet": {"instanceTypes": ["t3.micro", "t3.large"],
+                                          "allocationStrategy": "prioritized"}}}]}),
+        ))
         .await?;
     let provider = stack.launchable("aws").await?;
     let label =

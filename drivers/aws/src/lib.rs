@@ -215,9 +215,8 @@ impl AwsCloud {
 
     /// One launch attempt: a fleet's, or one instance's.
     async fn launch(&self, spec: &InstanceSpec, spot: bool) -> CloudResult<Instance> {
-        let invalid = |error: nodepool_crds::driver_blocks::BadBlock| CloudError::Invalid(error.to_string());
-        let pool: AwsPool = spec.pool.driver_settings.parse(BLOCK).map_err(invalid)?.unwrap_or_default();
-        let aws: AwsLabel = spec.label.driver_settings.parse(BLOCK).map_err(invalid)?.unwrap_or_default();
+        let pool: AwsPool = spec.pool.driver_settings.parse(BLOCK)?.unwrap_or_default();
+        let aws: AwsLabel = spec.label.driver_settings.parse(BLOCK)?.unwrap_or_default();
         let image_id = spec
             .image_id
             .clone()
@@ -534,11 +533,7 @@ impl Cloud for AwsCloud {
     /// What one node of the label holds: its instance type's vCPUs and memory; for a fleet, the
     /// largest of its types (quota is never overrun; the node then holds what its type holds).
     async fn label_resources(&self, _pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
-        let aws: AwsLabel = label
-            .driver_settings
-            .parse(BLOCK)
-            .map_err(|error| CloudError::Invalid(error.to_string()))?
-            .unwrap_or_default();
+        let aws: AwsLabel = label.driver_settings.parse(BLOCK)?.unwrap_or_default();
         if let Some(fleet) = &aws.fleet {
             let mut largest = NodeResources { cores: 0, ram: 0, instances: 1 };
             for instance_type in &fleet.instance_types {
@@ -558,8 +553,7 @@ impl Cloud for AwsCloud {
     async fn resolve_image(&self, image: &ImageSpec) -> CloudResult<String> {
         let aws: AwsImage = image
             .driver_settings
-            .parse(BLOCK)
-            .map_err(|error| CloudError::Invalid(error.to_string()))?
+            .parse(BLOCK)?
             .ok_or_else(|| CloudError::Invalid("the Image has no spec.aws".into()))?;
         let mut request =
             self.client.describe_images().set_owners((!aws.owners.is_empty()).then(|| aws.owners.clone()));

@@ -195,6 +195,13 @@ pub enum CloudError {
     Api { operation: &'static str, message: String },
 }
 
+/// A settings block that does not match its driver's type: the launch cannot go ahead as set.
+impl From<nodepool_crds::driver_blocks::BadBlock> for CloudError {
+    fn from(error: nodepool_crds::driver_blocks::BadBlock) -> Self {
+        CloudError::Invalid(error.to_string())
+    }
+}
+
 impl CloudError {
     pub fn api(operation: &'static str, message: impl ToString) -> Self {
         Self::Api { operation, message: message.to_string() }

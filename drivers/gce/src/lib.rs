@@ -40,10 +40,6 @@ use settings::{GceImage, GceLabel, GcePool};
 /// Image's `spec.gce`.
 pub const BLOCK: &str = "gce";
 
-fn bad_block(error: nodepool_crds::driver_blocks::BadBlock) -> CloudError {
-    CloudError::Invalid(error.to_string())
-}
-
 /// Settings the driver is built from.
 #[derive(Clone, Debug)]
 pub struct GceSettings {
@@ -161,8 +157,8 @@ impl GceCloud {
 
     fn body(&self, spec: &InstanceSpec, zone: &str, name: &str) -> CloudResult<model::Instance> {
         let label = &spec.label;
-        let gce: GceLabel = label.driver_settings.parse(BLOCK).map_err(bad_block)?.unwrap_or_default();
-        let pool: GcePool = spec.pool.driver_settings.parse(BLOCK).map_err(bad_block)?.unwrap_or_default();
+        let gce: GceLabel = label.driver_settings.parse(BLOCK)?.unwrap_or_default();
+        let pool: GcePool = spec.pool.driver_settings.parse(BLOCK)?.unwrap_or_default();
         let machine_type = label.instance_type.as_deref().ok_or_else(|| {
             CloudError::Invalid(format!("label {} has no instanceType (machine type)", label.name))
         })?;
@@ -507,8 +503,7 @@ impl Cloud for GceCloud {
     async fn resolve_image(&self, image: &ImageSpec) -> CloudResult<String> {
         let gce: GceImage = image
             .driver_settings
-            .parse(BLOCK)
-            .map_err(bad_block)?
+            .parse(BLOCK)?
             .ok_or_else(|| CloudError::Invalid("the Image has no spec.gce".into()))?;
         let project = gce.project.clone().unwrap_or_else(|| self.settings.project.clone());
         let found = match (&gce.image, &gce.family) {

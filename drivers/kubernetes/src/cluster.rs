@@ -45,8 +45,7 @@ impl KubernetesCloud {
     fn label(label: &PoolLabel) -> CloudResult<KubernetesLabel> {
         label
             .driver_settings
-            .parse(BLOCK)
-            .map_err(|error| CloudError::Invalid(error.to_string()))?
+            .parse(BLOCK)?
             .ok_or_else(|| CloudError::Invalid(format!("label {} has no kubernetes block", label.name)))
     }
 

@@ -60,8 +60,7 @@ impl OpenShiftPodsCloud {
     fn label(label: &PoolLabel) -> CloudResult<PodSettings> {
         label
             .driver_settings
-            .parse(BLOCK)
-            .map_err(|error| CloudError::Invalid(error.to_string()))?
+            .parse(BLOCK)?
             .ok_or_else(|| CloudError::Invalid(format!("label {} has no openshiftpods block", label.name)))
     }
 

@@ -262,8 +262,7 @@ impl Cloud for SimulatedCloud {
 
     async fn resolve_image(&self, image: &ImageSpec) -> CloudResult<String> {
         // Any image is "available"; a fixed id is kept so tests can see it carried through.
-        let image: Option<SimulatedImage> =
-            image.driver_settings.parse(BLOCK).map_err(|error| CloudError::Invalid(error.to_string()))?;
+        let image: Option<SimulatedImage> = image.driver_settings.parse(BLOCK)?;
         Ok(image.and_then(|i| i.image_id).unwrap_or_else(|| "simulated-image".into()))
     }
 }
