@@ -307,7 +307,7 @@ impl PoolNode {
     /// What the node holds against quota: one server, and its cores and memory once known.
     pub fn footprint(&self) -> ResourceUsage {
         let resources = self.status.as_ref().and_then(|s| s.resources.as_ref());
-        resources.map(NodeResources::usage).unwrap_or(ResourceUsage { servers: 1, cores: 0, ram: 0 })
+        resources.map(NodeResources::usage).unwrap_or(ResourceUsage { servers: 1, ..Default::default() })
     }
 }
 

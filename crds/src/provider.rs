@@ -207,6 +207,10 @@ pub struct Pool {
     /// Memory at once in this pool, MiB (Nodepool's `max-ram`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ram: Option<u64>,
+    /// Other resources at once in this pool, by key (Nodepool's `max-resources`; on AWS a
+    /// Service Quotas code such as `L-1216C47A`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub max_resources: crate::quota::OtherResources,
 
     /// Pool priority; lower is preferred. Defaults to the provider's, else 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,6 +235,16 @@ fn default_true() -> bool {
 }
 
 impl Pool {
+    /// The pool's own limits (`maxServers`, `maxCores`, `maxRam`, `maxResources`).
+    pub fn limits(&self) -> ResourceLimits {
+        ResourceLimits {
+            max_servers: self.max_servers,
+            max_cores: self.max_cores,
+            max_ram: self.max_ram,
+            max_resources: self.max_resources.clone(),
+        }
+    }
+
     /// A pool with this name and every setting at its default.
     pub fn named(name: &str) -> Self {
         Self {
@@ -239,6 +253,7 @@ impl Pool {
             max_servers: None,
             max_cores: None,
             max_ram: None,
+            max_resources: Default::default(),
             priority: None,
             node_attributes: None,
             host_key_checking: default_true(),
@@ -401,6 +416,10 @@ pub struct QuotaStatus {
     /// The cloud's quota for this account and region, as the cloud reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<ResourceLimits>,
+    /// What the account's resources this provider does not own hold of the cloud's quota
+    /// (Nodepool's "unmanaged quota"): launches here get what is left of `cloud` after them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmanaged: Option<ResourceUsage>,
 }
 
 #[cfg(test)]

@@ -22,13 +22,22 @@ pub struct Moto {
 impl Moto {
     /// Starts a fresh moto server; its log goes to `logs/moto.log`.
     pub fn start(logs: &Path) -> Result<Moto> {
-        let binary = tools::cache_dir().join("venv-moto/bin/moto_server");
-        if !binary.is_file() {
-            bail!("{} is missing: run e2e/scripts/install-deps.sh", binary.display());
+        Self::start_with_quotas(logs, &serde_json::json!({}))
+    }
+
+    /// Starts a fresh moto server whose account has these Service Quotas, e.g.
+    /// `{"ec2": {"L-1216C47A": 32}}`: Service Quotas answers with them and EC2 refuses a launch
+    /// past the standard families' vCPU quotas with `VcpuLimitExceeded` (`e2e/aws/moto_server.py`).
+    pub fn start_with_quotas(logs: &Path, quotas: &serde_json::Value) -> Result<Moto> {
+        let python = tools::cache_dir().join("venv-moto/bin/python");
+        if !python.is_file() {
+            bail!("{} is missing: run e2e/scripts/install-deps.sh", python.display());
         }
+        let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("aws/moto_server.py");
         let port = process::free_port()?;
-        let mut command = Command::new(binary);
-        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let mut command = Command::new(python);
+        command.arg(server).args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        command.env("NODEPOOL_E2E_SERVICE_QUOTAS", quotas.to_string());
         // Where moto's request recorder writes, once a test starts it (`start_recording`).
         command.env("MOTO_RECORDER_FILEPATH", logs.join(format!("moto-requests-{port}.jsonl")));
         let server = process::spawn("moto", command, logs)?;

@@ -617,3 +617,115 @@ async fn a_fleet_label_launches_through_create_fleet_and_the_node_holds_the_chos
     assert_eq!(after.iter().map(|i| i.1.as_str()).collect::<Vec<_>>(), ["terminated"]);
     Ok(())
 }
+
+/// vCPUs of an instance type the quota test launches.
+fn vcpus(instance_type: &str) -> u32 {
+    match instance_type {
+        "t3.micro" | "t3.small" => 2,
+        "m5.2xlarge" => 8,
+        other => panic!("the quota test launches no {other}"),
+    }
+}
+
+/// The vCPUs the provider's pending and running instances hold in moto now.
+async fn held_vcpus(ec2: &aws_sdk_ec2::Client, provider: &str) -> Result<u32> {
+    let output = ec2
+        .describe_instances()
+        .filters(tag("nodepool_provider_name", provider))
+        .filters(running())
+        .send()
+        .await?;
+    Ok(output
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| vcpus(i.instance_type().map(|t| t.as_str()).unwrap_or_default()))
+        .sum())
+}
+
+/// Service Quotas gives the account 32 vCPUs of standard on-demand instances, and an instance
+/// that is not ours holds 2 of them; labels of 2 and 8 vCPUs take 40 requests (140 vCPUs). The
+/// operator never asks for more than the 30 left, so EC2 (which refuses launches past the quota
+/// with `VcpuLimitExceeded`, see `e2e/aws/moto_server.py`) refuses none, and the requests that
+/// do not fit wait with `AtQuota` until nodes come back.
+#[tokio::test]
+async fn launches_stay_within_the_service_quota_less_what_others_hold() -> Result<()> {
+    const CODE: &str = "L-1216C47A";
+    let stack = Stack::start("aws-quota").await?;
+    let moto = Moto::start_with_quotas(&stack.dir.join("logs"), &json!({"ec2": {CODE: 32}}))?;
+    run_tagged(&moto, &[("owner", "another-team")]).await?; // t3.micro: 2 vCPUs, not ours
+    aws_keys_and_image(&stack, "aws", ("testing", "testing")).await?;
+    let labels = json!([{"name": "aws-2cpu", "image": "amazon-linux", "instanceType": "t3.small"},
+                        {"name": "aws-8cpu", "image": "amazon-linux", "instanceType": "m5.2xlarge"}]);
+    stack.apply_provider(aws_provider_with(&moto, "aws", json!({"labels": labels}))).await?;
+    let provider = stack.launchable("aws").await?;
+    let status = provider.status.clone().context("no status")?;
+    let quota = status.quota.clone().context("no quota in the status")?;
+    assert_eq!(quota.cloud.as_ref().map(|c| c.max_resources.clone()), Some([(CODE.to_owned(), 32)].into()));
+    assert_eq!(quota.unmanaged.as_ref().and_then(|u| u.other.get(CODE).copied()), Some(2), "{quota:?}");
+    let footprint = |label: usize| status.pools[0].labels[label].resources.clone().unwrap_or_default().other;
+    assert_eq!((footprint(0), footprint(1)), ([(CODE.to_owned(), 2)].into(), [(CODE.to_owned(), 8)].into()));
+
+    // Watches moto for the most vCPUs our instances hold at once.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let watcher = {
+        let (peak, ec2) = (peak.clone(), moto.ec2());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(held) = held_vcpus(&ec2, "aws").await {
+                    peak.fetch_max(held, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    let mut zuul = Zuul::connect(&stack).await?;
+    let mut requests = Vec::new();
+    for i in 0..40 {
+        requests.push(zuul.request(&[if i % 4 == 0 { "aws-8cpu" } else { "aws-2cpu" }]).await?);
+    }
+    let waiting = until("a request waiting at quota", WAIT, async || {
+        let api: kube::Api<nodepool_crds::NodeRequest> =
+            kube::Api::namespaced(stack.client.clone(), &stack.namespace);
+        let listed = api.list(&Default::default()).await?;
+        Ok(listed.items.into_iter().find_map(|r| {
+            let waiting = nodepool_crds::conditions::find(
+                &r.status?.conditions,
+                nodepool_crds::conditions::types::WAITING,
+            )?
+            .clone();
+            (waiting.reason == "AtQuota").then_some(waiting)
+        }))
+    })
+    .await?;
+    assert!(waiting.message.contains(CODE), "the message names the quota: {}", waiting.message);
+    // Every request is served in the end, as nodes come back.
+    for (i, request) in requests.iter().enumerate() {
+        let outcome = zuul.wait(request, WAIT.as_secs()).await?;
+        assert_eq!(outcome["state"], "fulfilled", "{request}: {outcome}");
+        if i == 0 {
+            // Zuul reads the node's vCPUs under the quota code, as Nodepool writes them.
+            let node = zuul.call("get_node", json!({"node_id": outcome["nodes"][0]})).await?;
+            let resources = &node["data"]["resources"];
+            assert_eq!((&resources[CODE], &resources["cores"]), (&json!(8), &json!(8)), "{node}");
+        }
+        zuul.run_build(request).await?;
+    }
+    watcher.abort();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("the most vCPUs of ours at once: {peak}");
+    assert!((8..=30).contains(&peak), "at most 32 - 2 vCPUs of ours at once, and some used: {peak}");
+    let metrics = reqwest::get(format!("http://{}/metrics", stack.operator_http)).await?.text().await?;
+    let refused: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("nodepool_launches_total") && l.contains(r#"result="quota""#))
+        .collect();
+    assert!(refused.is_empty(), "EC2 refused no launch for quota: {refused:?}");
+    let ready = metrics
+        .lines()
+        .filter(|l| l.starts_with("nodepool_launches_total") && l.contains(r#"result="ready""#));
+    let launched: f64 = ready.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    assert_eq!(launched, 40.0, "{metrics}");
+    Ok(())
+}

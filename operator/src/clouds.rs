@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt};
 use nodepool_crds::{
     Provider,
     pool_node::NodeResources,
-    provider::{PoolRef, ResourceLimits},
+    provider::{PoolRef, ResourceLimits, ResourceUsage},
 };
 use nodepool_driver::{Build, Cloud, Throttled, leaks::ResourceRef};
 
@@ -82,6 +82,8 @@ pub struct Clouds {
     leak_suspects: Mutex<HashMap<String, (Instant, LeakSuspects)>>,
     /// The cloud's quota per provider.
     pub quotas: Answers<String, ResourceLimits>,
+    /// What the account's resources no provider here owns hold of its quota, per provider.
+    pub unmanaged: Answers<String, ResourceUsage>,
     /// What a node of each (provider, pool, label) costs.
     pub label_resources: Answers<(String, String, String), NodeResources>,
 }
@@ -156,6 +158,7 @@ impl Clouds {
         self.pauses.lock().expect("pauses lock").retain(|key, _| key.provider != provider);
         self.leak_suspects.lock().expect("leak suspects lock").remove(provider);
         self.quotas.forget(|name| name == provider);
+        self.unmanaged.forget(|name| name == provider);
         self.label_resources.forget(|(name, _, _)| name == provider);
     }
 

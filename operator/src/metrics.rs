@@ -163,14 +163,14 @@ struct StateLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct QuotaLabels {
     provider: String,
-    /// `servers`, `cores` or `memory_bytes`.
-    resource: &'static str,
+    /// `servers`, `cores`, `memory_bytes`, or another resource's key (a Service Quotas code).
+    resource: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct LimitLabels {
     provider: String,
-    resource: &'static str,
+    resource: String,
     /// `provider` (the Provider's own limits) or `cloud` (the account's quota).
     source: &'static str,
 }
@@ -253,10 +253,14 @@ impl Collector for StateCollector {
                 );
             }
             let Some(quota) = status.quota else { continue };
-            let resource = |resource| QuotaLabels { provider: name.clone(), resource };
+            let resource =
+                |resource: &str| QuotaLabels { provider: name.clone(), resource: resource.to_owned() };
             used.insert(resource("servers"), i64::from(quota.used.servers));
             used.insert(resource("cores"), i64::from(quota.used.cores));
             used.insert(resource("memory_bytes"), (quota.used.ram * MIB) as i64);
+            for (key, amount) in &quota.used.other {
+                used.insert(resource(key), *amount as i64);
+            }
             for (source, limit) in [("provider", &quota.limits), ("cloud", &quota.cloud)] {
                 let Some(limit) = limit else { continue };
                 insert_limits(&mut limits, &name, source, limit);
@@ -286,14 +290,18 @@ fn insert_limits(
     source: &'static str,
     limit: &ResourceLimits,
 ) {
-    let mut add = |resource, value: Option<u64>| {
+    let mut add = |resource: &str, value: Option<u64>| {
         if let Some(value) = value {
-            limits.insert(LimitLabels { provider: provider.to_owned(), resource, source }, value as i64);
+            let labels = LimitLabels { provider: provider.to_owned(), resource: resource.to_owned(), source };
+            limits.insert(labels, value as i64);
         }
     };
     add("servers", limit.max_servers.map(u64::from));
     add("cores", limit.max_cores.map(u64::from));
     add("memory_bytes", limit.max_ram.map(|mib| mib * MIB));
+    for (key, max) in &limit.max_resources {
+        add(key, Some(*max));
+    }
 }
 
 /// Writes one gauge family with a series per entry.

@@ -508,7 +508,7 @@ async fn desired_doc(shared: &Shared, node: &PoolNode, current: Option<&Value>) 
         image_id: status.image_id.clone(),
         external_id: status.external_id.clone().map(Value::String).unwrap_or(Value::Null),
         attributes: status.attributes.clone().map(|a| json!(a)).unwrap_or(Value::Null),
-        resources: status.resources.clone().map(|r| json!(r)).unwrap_or(Value::Null),
+        resources: status.resources.as_ref().map(nodepool_resources).unwrap_or(Value::Null),
         slot: node.spec.static_host.as_ref().map(|s| s.slot),
         driver_data: json!({"k8s": {
             "namespace": node.namespace(), "name": node.name_any(), "uid": node.uid(),
@@ -764,4 +764,17 @@ async fn node_vanished(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
     let mut view = node.status.as_ref().and_then(|s| s.zookeeper.clone()).unwrap_or_default();
     view.node_id = None;
     patch_view(shared, &node.name_any(), &view).await
+}
+
+/// A node's `resources` as Nodepool writes them: `cores`, `ram`, `instances` and every other key
+/// (a Service Quotas code, an extended resource) side by side, for Zuul's tenant limits.
+fn nodepool_resources(resources: &nodepool_crds::quota::NodeResources) -> Value {
+    let mut fields = serde_json::Map::new();
+    fields.insert("cores".into(), json!(resources.cores));
+    fields.insert("ram".into(), json!(resources.ram));
+    fields.insert("instances".into(), json!(resources.instances));
+    for (key, amount) in &resources.other {
+        fields.insert(key.clone(), json!(amount));
+    }
+    Value::Object(fields)
 }

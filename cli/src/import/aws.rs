@@ -44,12 +44,12 @@ pub fn import(provider: &mut Mapping, import: &mut ProviderImport) {
             notes,
         );
     }
-    provider.not_carried(
-        "max-resources",
-        "use maxServers, maxCores and maxRam (per pool or in spec.limits)",
-        notes,
-    );
+    let max_resources = provider
+        .take("max-resources")
+        .map(|field| super::provider::max_resources(field, notes))
+        .unwrap_or_default();
     let defaults = PoolDefaults {
+        max_resources,
         max_servers: provider.take("max-servers").and_then(|v| v.int(notes)),
         max_cores: provider.take("max-cores").and_then(|v| v.int(notes)),
         max_ram: provider.take("max-ram").and_then(|v| v.int(notes)),

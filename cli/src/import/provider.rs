@@ -205,11 +205,30 @@ impl ProviderImport<'_> {
         let checking =
             pool.take("host-key-checking").and_then(|c| c.flag(notes)).or(defaults.host_key_checking);
         out.host_key_checking = checking.unwrap_or(true);
+        // Nodepool: the provider's `max-resources` are each pool's defaults, key by key.
+        out.max_resources = defaults.max_resources.clone();
         if let Some(field) = pool.take("max-resources") {
-            notes.not_carried(&field, "use maxServers, maxCores and maxRam (per pool or in spec.limits)");
+            out.max_resources.extend(max_resources(field, notes));
         }
         Some(out)
     }
+}
+
+/// `max-resources`: a mapping of resource keys (on AWS, Service Quotas codes) to counts.
+pub fn max_resources(field: Field, notes: &mut super::Notes) -> BTreeMap<String, u64> {
+    let Some(mut mapping) = field.mapping(notes) else { return BTreeMap::new() };
+    let mut limits = BTreeMap::new();
+    for key in mapping.keys() {
+        let Some(value) = mapping.take(&key) else { continue };
+        match value.int(notes) {
+            Some(count) if count >= 0 => {
+                limits.insert(key, count as u64);
+            }
+            // Nodepool: a negative limit is no limit; `int` has noted a value that is no number.
+            _ => {}
+        }
+    }
+    limits
 }
 
 fn clamp_u32(value: i64) -> u32 {
@@ -223,6 +242,8 @@ pub struct PoolDefaults {
     pub max_cores: Option<i64>,
     pub max_ram: Option<i64>,
     pub host_key_checking: Option<bool>,
+    /// Other resources' limits by key (AWS's provider-level `max-resources`).
+    pub max_resources: BTreeMap<String, u64>,
     /// The pool's name is a namespace that exists (OpenShift pods): it cannot be renamed.
     pub name_is_a_namespace: bool,
 }

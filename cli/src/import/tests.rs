@@ -284,3 +284,48 @@ providers:
     assert_eq!(notes_at(&import, "providers[0].pools[1]")[0].kind, NoteKind::Invalid);
     assert_eq!(named(&import, "Secret", "openshift-credentials")["stringData"].as_object().unwrap().len(), 1);
 }
+
+#[test]
+fn max_resources_are_carried_by_key_and_pools_take_the_providers_as_defaults() {
+    let text = "\
+tenant-resource-limits:
+  - tenant-name: example
+    max-servers: 10
+    max-volumes: 4
+    L-1216C47A: 64
+providers:
+  - name: ec2
+    driver: aws
+    region-name: us-east-1
+    max-resources:
+      L-1216C47A: 96
+      L-34B43A08: 32
+    cloud-images:
+      - name: img
+        image-id: ami-0123
+    pools:
+      - name: main
+        max-resources:
+          L-34B43A08: 16
+        labels:
+          - name: plain
+            cloud-image: img
+            instance-type: t3.small
+      - name: other
+        max-resources:
+          L-1216C47A: not-a-number
+        labels: []
+";
+    let import = import(text).unwrap();
+    let provider = named(&import, "Provider", "ec2");
+    let pools = &provider["spec"]["pools"];
+    assert_eq!(pools[0]["maxResources"], json!({"L-1216C47A": 96, "L-34B43A08": 16}));
+    assert_eq!(pools[1]["maxResources"], json!({"L-1216C47A": 96, "L-34B43A08": 32}));
+    let kinds: Vec<_> =
+        notes_at(&import, "providers[0].pools[1].max-resources.L-1216C47A").iter().map(|n| n.kind).collect();
+    assert_eq!(kinds, [NoteKind::Invalid]);
+    let limit = named(&import, "TenantLimit", "example");
+    assert_eq!(limit["spec"]["maxServers"], 10);
+    assert_eq!(limit["spec"]["maxResources"], json!({"volumes": 4, "L-1216C47A": 64}));
+    assert!(notes_at(&import, "tenant-resource-limits[0].L-1216C47A").is_empty(), "carried, not noted");
+}

@@ -95,13 +95,28 @@ fn tenant_limit(field: Field, draft: &mut Draft) {
     let count = |key: &str, limit: &mut super::yaml::Mapping, notes: &mut super::Notes| {
         limit.take(key).and_then(|v| v.int(notes)).filter(|v| *v >= 0)
     };
-    let limits = ResourceLimits {
+    let mut limits = ResourceLimits {
         max_servers: count("max-servers", &mut limit, notes).map(|v| v.min(u32::MAX as i64) as u32),
         max_cores: count("max-cores", &mut limit, notes).map(|v| v.min(u32::MAX as i64) as u32),
         max_ram: count("max-ram", &mut limit, notes).map(|v| v as u64),
+        ..Default::default()
     };
+    // Nodepool: `max-volumes` and `max-volume-gb` limit `volumes` and `volume-gb`; any other key
+    // limits the resource of that name.
+    for (key, resource) in [("max-volumes", "volumes"), ("max-volume-gb", "volume-gb")] {
+        if let Some(count) = count(key, &mut limit, notes) {
+            limits.max_resources.insert(resource.to_owned(), count as u64);
+        }
+    }
     for key in limit.keys() {
-        limit.not_carried(&key, "a TenantLimit holds servers, cores and RAM only", notes);
+        let Some(value) = limit.take(&key) else { continue };
+        match value.int(notes) {
+            Some(count) if count >= 0 => {
+                limits.max_resources.insert(key, count as u64);
+            }
+            // Nodepool: a negative limit is no limit; `int` has noted a value that is no number.
+            _ => {}
+        }
     }
     let Some(name) = draft.name_for("TenantLimit", &tenant, &here) else { return };
     let object = TenantLimit::new(&name, TenantLimitSpec { tenant, limits });

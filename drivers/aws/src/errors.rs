@@ -22,6 +22,7 @@ const AUTH: &[&str] = &[
     "ExpiredToken",
     "UnauthorizedOperation",
     "AccessDenied",
+    "AccessDeniedException",
 ];
 /// Codes asking us to slow down.
 const THROTTLED: &[&str] = &["RequestLimitExceeded", "Throttling", "ThrottlingException"];

@@ -12,29 +12,30 @@
 mod descriptor;
 mod errors;
 mod fleet;
+pub mod quota;
 pub mod settings;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Mutex,
 };
 
 use async_trait::async_trait;
 use aws_sdk_ec2::{
     Client,
-    config::{BehaviorVersion, Credentials, Region},
+    config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider},
     types::{
         BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
-        InstanceMarketOptionsRequest, InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification,
-        InstanceStateName, InstanceType, MarketType, Placement, ResourceType, Tag, TagSpecification, Tenancy,
-        VolumeType,
+        InstanceLifecycleType, InstanceMarketOptionsRequest, InstanceMetadataOptionsRequest,
+        InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, MarketType, Placement,
+        ResourceType, Tag, TagSpecification, Tenancy, VolumeType,
     },
 };
 use base64::Engine;
 use nodepool_crds::{
     ImageSpec,
     pool_node::NodeResources,
-    provider::{Pool, PoolLabel, ResourceLimits},
+    provider::{Pool, PoolLabel, ResourceLimits, ResourceUsage},
 };
 use nodepool_driver::{
     Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource, ResourceKind,
@@ -43,6 +44,7 @@ use nodepool_driver::{
 
 pub use descriptor::{ACCESS_KEY_ID, Aws, SECRET_ACCESS_KEY};
 pub use errors::classify;
+use quota::Service;
 use settings::{AwsImage, AwsLabel, AwsPool};
 
 /// The block of every AWS setting: `spec.aws`, `pools[].aws`, `pools[].labels[].aws`, and an
@@ -73,6 +75,8 @@ pub struct AwsSettings {
 
 pub struct AwsCloud {
     pub(crate) client: Client,
+    /// Service Quotas, where EC2 keeps the account's vCPU, host and volume quotas.
+    quotas: aws_sdk_servicequotas::Client,
     pub(crate) settings: AwsSettings,
     /// vCPUs and MiB per instance type.
     instance_types: Mutex<HashMap<String, NodeResources>>,
@@ -82,43 +86,55 @@ pub struct AwsCloud {
     templates: Mutex<std::collections::HashSet<String>>,
 }
 
-impl AwsCloud {
-    pub fn new(settings: AwsSettings) -> Self {
-        let region = Region::new(settings.region.clone());
-        let mut config =
-            aws_sdk_ec2::Config::builder().behavior_version(BehaviorVersion::latest()).region(region.clone());
-        match &settings.credentials {
-            AwsCredentials::Keys { access_key_id, secret_access_key, session_token } => {
-                config = config.credentials_provider(Credentials::new(
-                    access_key_id,
-                    secret_access_key,
-                    session_token.clone(),
-                    None,
-                    "nodepool-secret",
-                ));
-            }
-            AwsCredentials::WebIdentity { role_arn, token_file } => {
-                use aws_config::web_identity_token::{
-                    StaticConfiguration, WebIdentityTokenCredentialsProvider,
-                };
-                let provider_config =
-                    aws_config::provider_config::ProviderConfig::default().with_region(Some(region));
-                let provider = WebIdentityTokenCredentialsProvider::builder()
+/// The credentials every client of the provider signs with.
+fn credentials_provider(settings: &AwsSettings, region: &Region) -> SharedCredentialsProvider {
+    match &settings.credentials {
+        AwsCredentials::Keys { access_key_id, secret_access_key, session_token } => {
+            SharedCredentialsProvider::new(Credentials::new(
+                access_key_id,
+                secret_access_key,
+                session_token.clone(),
+                None,
+                "nodepool-secret",
+            ))
+        }
+        AwsCredentials::WebIdentity { role_arn, token_file } => {
+            use aws_config::web_identity_token::{StaticConfiguration, WebIdentityTokenCredentialsProvider};
+            let provider_config =
+                aws_config::provider_config::ProviderConfig::default().with_region(Some(region.clone()));
+            SharedCredentialsProvider::new(
+                WebIdentityTokenCredentialsProvider::builder()
                     .static_configuration(StaticConfiguration {
                         web_identity_token_file: token_file.into(),
                         role_arn: role_arn.clone(),
                         session_name: format!("nodepool-{}", settings.provider),
                     })
                     .configure(&provider_config)
-                    .build();
-                config = config.credentials_provider(provider);
-            }
+                    .build(),
+            )
         }
+    }
+}
+
+impl AwsCloud {
+    pub fn new(settings: AwsSettings) -> Self {
+        let region = Region::new(settings.region.clone());
+        let credentials = credentials_provider(&settings, &region);
+        let mut ec2 = aws_sdk_ec2::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(region.clone())
+            .credentials_provider(credentials.clone());
+        let mut quotas = aws_sdk_servicequotas::Config::builder()
+            .behavior_version(aws_sdk_servicequotas::config::BehaviorVersion::latest())
+            .region(region)
+            .credentials_provider(credentials);
         if let Some(endpoint) = &settings.endpoint {
-            config = config.endpoint_url(endpoint);
+            ec2 = ec2.endpoint_url(endpoint);
+            quotas = quotas.endpoint_url(endpoint);
         }
         Self {
-            client: Client::from_conf(config.build()),
+            client: Client::from_conf(ec2.build()),
+            quotas: aws_sdk_servicequotas::Client::from_conf(quotas.build()),
             settings,
             instance_types: Mutex::default(),
             root_devices: Mutex::default(),
@@ -189,9 +205,15 @@ impl AwsCloud {
             tags,
             access: None,
             // What its type holds (a fleet chose it; the label's footprint was the largest).
-            resources: instance
-                .instance_type()
-                .and_then(|t| self.instance_types.lock().expect("lock").get(t.as_str()).cloned()),
+            resources: instance.instance_type().and_then(|t| {
+                let size = self.instance_types.lock().expect("lock").get(t.as_str()).cloned()?;
+                let placement = quota::Placement {
+                    instance_type: t.as_str(),
+                    spot: instance.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
+                    dedicated_host: instance.placement().and_then(|p| p.host_id()).is_some(),
+                };
+                Some(quota::instance_footprint(&size, placement))
+            }),
         }
     }
 
@@ -377,8 +399,7 @@ impl AwsCloud {
                         let held = host.state().is_some_and(|s| {
                             !matches!(s.as_str(), "released" | "released-permanent-failure")
                         });
-                        held && tag_of(host.tags(), tags::PROVIDER) == Some(&self.settings.provider)
-                            && tag_of(host.tags(), tags::SYSTEM_ID) == Some(&self.settings.system_id)
+                        held && self.owns(host.tags())
                     })
                     .cloned(),
             );
@@ -406,10 +427,66 @@ impl AwsCloud {
             cores: info.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0).max(0) as u32,
             ram: info.memory_info().and_then(|m| m.size_in_mib()).unwrap_or(0).max(0) as u64,
             instances: 1,
+            ..Default::default()
         };
         self.instance_types.lock().expect("lock").insert(instance_type, resources.clone());
         Ok(resources)
     }
+
+    /// Whether these tags mark a resource of this provider and installation.
+    fn owns(&self, resource_tags: &[Tag]) -> bool {
+        tag_of(resource_tags, tags::PROVIDER) == Some(&self.settings.provider)
+            && tag_of(resource_tags, tags::SYSTEM_ID) == Some(&self.settings.system_id)
+    }
+
+    /// Every quota of one Service Quotas service, by code (`ListServiceQuotas`, all pages).
+    async fn service_quotas(&self, service: Service) -> CloudResult<HashMap<String, f64>> {
+        let mut pages =
+            self.quotas.list_service_quotas().service_code(service.code()).into_paginator().send();
+        let mut values = HashMap::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListServiceQuotas", e))?;
+            for quota in page.quotas() {
+                if let (Some(code), Some(value)) = (quota.quota_code(), quota.value()) {
+                    values.insert(code.to_owned(), value);
+                }
+            }
+        }
+        Ok(values)
+    }
+}
+
+/// The instance types a label may launch: its fleet's, or its one `instanceType`.
+fn label_instance_types(label: &PoolLabel, aws: &AwsLabel) -> CloudResult<Vec<String>> {
+    match &aws.fleet {
+        Some(fleet) => Ok(fleet.instance_types.clone()),
+        None => label
+            .instance_type
+            .clone()
+            .map(|t| vec![t])
+            .ok_or_else(|| CloudError::Invalid(format!("label {} has no instanceType", label.name))),
+    }
+}
+
+/// The quota codes the pools' labels count against.
+fn label_codes(pools: &[Pool]) -> CloudResult<BTreeSet<&'static str>> {
+    let mut codes = BTreeSet::new();
+    for label in pools.iter().flat_map(|p| &p.labels) {
+        let aws: AwsLabel = label.driver_settings.parse(BLOCK)?.unwrap_or_default();
+        // A label without an instance type says so in its own status; quota is still read.
+        for instance_type in label_instance_types(label, &aws).unwrap_or_default() {
+            let placement = quota::Placement {
+                instance_type: &instance_type,
+                spot: label.spot,
+                dedicated_host: aws.dedicated_host,
+            };
+            codes.extend(quota::code(placement));
+        }
+        if let Some(volume_type) = &label.volume_type {
+            codes.extend(quota::volume_type_codes(volume_type));
+        }
+    }
+    Ok(codes)
 }
 
 /// The first network interface: the pool's subnet, security groups and addresses.
@@ -517,9 +594,111 @@ impl Cloud for AwsCloud {
         self.describe(self.ownership_filters(), Vec::new()).await
     }
 
-    /// EC2's account limits (vCPUs per instance family) live in Service Quotas, which this driver
-    /// does not use; pool and provider limits apply. The call proves the credentials work.
-    async fn quota_limits(&self) -> CloudResult<ResourceLimits> {
+    /// The account's Service Quotas for the codes the pools' labels count against (vCPUs per
+    /// instance family, dedicated hosts, volume storage and IOPS), as `maxResources` keyed by code.
+    /// A quota Service Quotas does not answer for stays unknown: launches then go on until EC2
+    /// refuses one, which pauses the pool.
+    async fn quota_limits(&self, pools: &[Pool]) -> CloudResult<ResourceLimits> {
+        self.check_access().await?;
+        let wanted = label_codes(pools)?;
+        let mut limits = ResourceLimits::default();
+        let services: BTreeSet<Service> = wanted.iter().map(|code| quota::service_of(code)).collect();
+        for service in services {
+            let values = match self.service_quotas(service).await {
+                Ok(values) => values,
+                Err(error) => {
+                    tracing::warn!(provider = %self.settings.provider, service = service.code(), %error,
+                        "Service Quotas does not answer; that service's quotas stay unknown");
+                    continue;
+                }
+            };
+            for code in wanted.iter().filter(|code| quota::service_of(code) == service) {
+                match values.get(*code) {
+                    Some(value) => {
+                        limits.max_resources.insert((*code).to_owned(), quota::limit(code, *value));
+                    }
+                    None => tracing::warn!(provider = %self.settings.provider, code,
+                        "Service Quotas has no such quota for this account; it stays unknown"),
+                }
+            }
+        }
+        Ok(limits)
+    }
+
+    /// Every running instance and every volume of the account this provider does not own, by
+    /// what it holds of the quota codes (Nodepool's unmanaged quota).
+    async fn unmanaged_usage(&self) -> CloudResult<ResourceUsage> {
+        let mut usage = ResourceUsage::default();
+        let holding_vcpus = Filter::builder()
+            .name("instance-state-name")
+            .set_values(Some(["pending", "running", "shutting-down", "stopping"].map(String::from).to_vec()))
+            .build();
+        let mut pages = self.client.describe_instances().filters(holding_vcpus).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("DescribeInstances", e))?;
+            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+                let Some(instance_type) = instance.instance_type().map(|t| t.as_str().to_owned()) else {
+                    continue;
+                };
+                if self.owns(instance.tags()) {
+                    continue;
+                }
+                let size = self.instance_type_resources(&instance_type).await?;
+                let placement = quota::Placement {
+                    instance_type: &instance_type,
+                    spot: instance.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
+                    dedicated_host: instance.placement().and_then(|p| p.host_id()).is_some(),
+                };
+                usage.add(&quota::instance_footprint(&size, placement).usage());
+            }
+        }
+        let mut pages = self.client.describe_volumes().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("DescribeVolumes", e))?;
+            for volume in page.volumes().iter().filter(|v| !self.owns(v.tags())) {
+                let Some(volume_type) = volume.volume_type() else { continue };
+                let held = quota::volume_footprint(
+                    volume_type.as_str(),
+                    volume.size().map(|s| s.max(0) as u64),
+                    volume.iops().map(|i| i.max(0) as u64),
+                );
+                usage.add(&ResourceUsage { other: held, ..Default::default() });
+            }
+        }
+        Ok(usage)
+    }
+
+    /// What one node of the label holds: its instance type's vCPUs and memory, those vCPUs
+    /// under the type's quota code (one host for a dedicated host), and its volume's GiB and
+    /// IOPS. For a fleet, the largest of its types, code by code (quota is never overrun; the
+    /// node then holds what the chosen type holds).
+    async fn label_resources(&self, _pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
+        let aws: AwsLabel = label.driver_settings.parse(BLOCK)?.unwrap_or_default();
+        let mut held = NodeResources { instances: 1, ..Default::default() };
+        for instance_type in label_instance_types(label, &aws)? {
+            let size = self.instance_type_resources(&instance_type).await?;
+            let placement = quota::Placement {
+                instance_type: &instance_type,
+                spot: label.spot,
+                dedicated_host: aws.dedicated_host,
+            };
+            let footprint = quota::instance_footprint(&size, placement);
+            held.cores = held.cores.max(footprint.cores);
+            held.ram = held.ram.max(footprint.ram);
+            for (code, amount) in footprint.other {
+                let most = held.other.entry(code).or_default();
+                *most = (*most).max(amount);
+            }
+        }
+        if let Some(volume_type) = &label.volume_type {
+            let size = label.volume_size_gb.map(u64::from);
+            held.other.extend(quota::volume_footprint(volume_type, size, aws.iops.map(u64::from)));
+        }
+        Ok(held)
+    }
+
+    /// A cheap call that proves the credentials work.
+    async fn check_access(&self) -> CloudResult<()> {
         self.client
             .describe_instances()
             .set_filters(Some(self.ownership_filters()))
@@ -527,27 +706,7 @@ impl Cloud for AwsCloud {
             .send()
             .await
             .map_err(|e| classify("DescribeInstances", e))?;
-        Ok(ResourceLimits::default())
-    }
-
-    /// What one node of the label holds: its instance type's vCPUs and memory; for a fleet, the
-    /// largest of its types (quota is never overrun; the node then holds what its type holds).
-    async fn label_resources(&self, _pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
-        let aws: AwsLabel = label.driver_settings.parse(BLOCK)?.unwrap_or_default();
-        if let Some(fleet) = &aws.fleet {
-            let mut largest = NodeResources { cores: 0, ram: 0, instances: 1 };
-            for instance_type in &fleet.instance_types {
-                let resources = self.instance_type_resources(instance_type).await?;
-                largest.cores = largest.cores.max(resources.cores);
-                largest.ram = largest.ram.max(resources.ram);
-            }
-            return Ok(largest);
-        }
-        let instance_type = label
-            .instance_type
-            .clone()
-            .ok_or_else(|| CloudError::Invalid(format!("label {} has no instanceType", label.name)))?;
-        self.instance_type_resources(&instance_type).await
+        Ok(())
     }
 
     async fn resolve_image(&self, image: &ImageSpec) -> CloudResult<String> {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use nodepool_crds::{
     ImageSpec,
     pool_node::NodeResources,
-    provider::{Pool, PoolLabel, ResourceLimits},
+    provider::{Pool, PoolLabel, ResourceLimits, ResourceUsage},
 };
 
 /// Everything the cloud needs to create one instance for one launch attempt.
@@ -250,8 +250,15 @@ pub trait Cloud: Send + Sync + 'static {
     /// including ones being deleted.
     async fn list_instances(&self) -> CloudResult<Vec<Instance>>;
 
-    /// The account's own limits (instances, vCPUs, memory); unset fields are unlimited.
-    async fn quota_limits(&self) -> CloudResult<ResourceLimits>;
+    /// The account's own limits (instances, vCPUs, memory, and other resources by key) for what
+    /// `pools` launch; unset fields are unlimited.
+    async fn quota_limits(&self, pools: &[Pool]) -> CloudResult<ResourceLimits>;
+
+    /// What the account's resources that this provider does not own (another installation's,
+    /// another user's) hold of the quota [`Cloud::quota_limits`] reports. Default: nothing.
+    async fn unmanaged_usage(&self) -> CloudResult<ResourceUsage> {
+        Ok(ResourceUsage::default())
+    }
 
     /// What one node of `label` in `pool` holds against quota.
     async fn label_resources(&self, pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources>;
@@ -271,6 +278,6 @@ pub trait Cloud: Send + Sync + 'static {
 
     /// A cheap call that proves the credentials work (default: the quota call).
     async fn check_access(&self) -> CloudResult<()> {
-        self.quota_limits().await.map(|_| ())
+        self.quota_limits(&[]).await.map(|_| ())
     }
 }

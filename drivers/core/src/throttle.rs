@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use nodepool_crds::{
     ImageSpec,
     pool_node::NodeResources,
-    provider::{Pool, PoolLabel, RateLimit, ResourceLimits},
+    provider::{Pool, PoolLabel, RateLimit, ResourceLimits, ResourceUsage},
 };
 use tokio::{sync::Mutex, time::Instant};
 
@@ -112,8 +112,12 @@ impl Cloud for Throttled {
     async fn list_instances(&self) -> CloudResult<Vec<Instance>> {
         self.call("list_instances", self.inner.list_instances()).await
     }
-    async fn quota_limits(&self) -> CloudResult<ResourceLimits> {
-        self.call("quota_limits", self.inner.quota_limits()).await
+    async fn quota_limits(&self, pools: &[Pool]) -> CloudResult<ResourceLimits> {
+        self.call("quota_limits", self.inner.quota_limits(pools)).await
+    }
+
+    async fn unmanaged_usage(&self) -> CloudResult<ResourceUsage> {
+        self.call("unmanaged_usage", self.inner.unmanaged_usage()).await
     }
     async fn label_resources(&self, pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
         self.call("label_resources", self.inner.label_resources(pool, label)).await

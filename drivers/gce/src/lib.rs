@@ -455,7 +455,7 @@ impl Cloud for GceCloud {
         Ok(found)
     }
 
-    async fn quota_limits(&self) -> CloudResult<ResourceLimits> {
+    async fn quota_limits(&self, _pools: &[Pool]) -> CloudResult<ResourceLimits> {
         let region = self
             .regions
             .get()
@@ -472,7 +472,12 @@ impl Cloud for GceCloud {
                 .and_then(|q| q.limit)
                 .map(|l| l.max(0.0) as u32)
         };
-        Ok(ResourceLimits { max_servers: limit("INSTANCES"), max_cores: limit("CPUS"), max_ram: None })
+        Ok(ResourceLimits {
+            max_servers: limit("INSTANCES"),
+            max_cores: limit("CPUS"),
+            max_ram: None,
+            ..Default::default()
+        })
     }
 
     async fn label_resources(&self, _pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
@@ -495,6 +500,7 @@ impl Cloud for GceCloud {
             cores: found.guest_cpus.unwrap_or(0).max(0) as u32,
             ram: found.memory_mb.unwrap_or(0).max(0) as u64,
             instances: 1,
+            ..Default::default()
         };
         self.sizes.lock().expect("lock").insert(machine_type, size.clone());
         Ok(size)

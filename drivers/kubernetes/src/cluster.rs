@@ -196,7 +196,7 @@ impl Cloud for KubernetesCloud {
 
     /// A cluster has no quota to report here (limits are the pool's and the provider's); the
     /// call proves the cluster answers with these credentials.
-    async fn quota_limits(&self) -> CloudResult<ResourceLimits> {
+    async fn quota_limits(&self, _pools: &[Pool]) -> CloudResult<ResourceLimits> {
         self.client.apiserver_version().await.map_err(|e| classify("asking the cluster's version", e))?;
         Ok(ResourceLimits::default())
     }
@@ -208,6 +208,7 @@ impl Cloud for KubernetesCloud {
             cores: settings.pod.cpu.unwrap_or(0),
             ram: settings.pod.memory.unwrap_or(0),
             instances: 1,
+            ..Default::default()
         })
     }
 

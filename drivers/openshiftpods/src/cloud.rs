@@ -190,7 +190,7 @@ impl Cloud for OpenShiftPodsCloud {
 
     /// No quota is asked of the cluster (limits are the pool's and the provider's); the call
     /// proves the cluster answers with these credentials.
-    async fn quota_limits(&self) -> CloudResult<ResourceLimits> {
+    async fn quota_limits(&self, _pools: &[Pool]) -> CloudResult<ResourceLimits> {
         self.client.apiserver_version().await.map_err(|e| classify("asking the cluster's version", e))?;
         Ok(ResourceLimits::default())
     }
@@ -202,6 +202,7 @@ impl Cloud for OpenShiftPodsCloud {
             cores: settings.cpu.unwrap_or(0),
             ram: settings.memory.unwrap_or(0),
             instances: 1,
+            ..Default::default()
         })
     }
 

@@ -154,7 +154,7 @@ fn flavor(label: &PoolLabel) -> CloudResult<NodeResources> {
     FLAVORS
         .iter()
         .find(|(flavor, _, _)| *flavor == name)
-        .map(|(_, cores, ram)| NodeResources { cores: *cores, ram: *ram, instances: 1 })
+        .map(|(_, cores, ram)| NodeResources { cores: *cores, ram: *ram, instances: 1, ..Default::default() })
         .ok_or_else(|| {
             let known: Vec<&str> = FLAVORS.iter().map(|f| f.0).collect();
             CloudError::Invalid(format!("unknown simulated flavor {name:?}; known: {known:?}"))
@@ -252,7 +252,7 @@ impl Cloud for SimulatedCloud {
             .collect())
     }
 
-    async fn quota_limits(&self) -> CloudResult<ResourceLimits> {
+    async fn quota_limits(&self, _pools: &[Pool]) -> CloudResult<ResourceLimits> {
         Ok(self.settings.quota.clone().unwrap_or_default())
     }
 

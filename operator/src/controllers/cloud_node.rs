@@ -279,8 +279,14 @@ pub async fn launch(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) 
             status.az = instance.az.clone();
             status.image_id = instance.image_id.clone().or(plan.spec.image_id.clone());
             if let Some(resources) = &instance.resources {
-                // What the instance holds (an EC2 Fleet chose its type), not the label's estimate.
-                status.resources = Some(resources.clone());
+                // What the instance holds (an EC2 Fleet chose its type), not the label's estimate;
+                // keys the instance does not report (its volumes' quota codes) stay as estimated.
+                let mut held = status.resources.take().unwrap_or_default();
+                held.cores = resources.cores;
+                held.ram = resources.ram;
+                held.instances = resources.instances;
+                held.other.extend(resources.other.clone());
+                status.resources = Some(held);
             }
             let access = instance.access.as_ref();
             status.connection = Some(match access {

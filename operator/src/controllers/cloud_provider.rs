@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use kube::{Api, ResourceExt, api::ListParams};
 use nodepool_crds::{
     PoolNode, Provider, labels as node_labels,
-    provider::{PoolLabelStatus, PoolStatus, ResourceLimits},
+    provider::{PoolLabelStatus, PoolStatus, ResourceLimits, ResourceUsage},
 };
 use nodepool_driver::{Cloud, CloudError, leaks};
 
@@ -20,10 +20,12 @@ pub struct Probe {
     pub message: String,
     pub pools: Vec<PoolStatus>,
     pub cloud_quota: Option<ResourceLimits>,
+    /// What the account's other resources hold of that quota; `None` when nothing.
+    pub unmanaged: Option<ResourceUsage>,
 }
 
 fn not_ready(reason: &'static str, message: String) -> Probe {
-    Probe { ready: false, reason, message, pools: Vec::new(), cloud_quota: None }
+    Probe { ready: false, reason, message, pools: Vec::new(), cloud_quota: None, unmanaged: None }
 }
 
 /// Talks to the provider's cloud: credentials, quota, and each label's footprint and image.
@@ -47,7 +49,7 @@ pub async fn probe(provider: &Provider, ctx: &Context) -> Result<Probe, Error> {
     let quota = match ctx.clouds.quotas.get(&name, generation) {
         Some(quota) => Ok(quota),
         None => cloud
-            .quota_limits()
+            .quota_limits(&provider.spec.pools)
             .await
             .inspect(|quota| ctx.clouds.quotas.store(name.clone(), generation, quota.clone())),
     };
@@ -59,6 +61,21 @@ pub async fn probe(provider: &Provider, ctx: &Context) -> Result<Probe, Error> {
             return Ok(not_ready("CloudUnreachable", error.to_string()));
         }
     };
+    let unmanaged = match ctx.clouds.unmanaged.get(&name, generation) {
+        Some(usage) => Some(usage),
+        None => match cloud.unmanaged_usage().await {
+            Ok(usage) => {
+                ctx.clouds.unmanaged.store(name.clone(), generation, usage.clone());
+                Some(usage)
+            }
+            // Quota is still known; launches go on and the cloud's own refusals pause the pool.
+            Err(error) => {
+                tracing::warn!(provider = %name, %error, "cannot count the account's other resources");
+                None
+            }
+        },
+    }
+    .filter(|usage| *usage != ResourceUsage::default());
     let mut pools = Vec::new();
     for pool in &provider.spec.pools {
         let pause = ctx.clouds.paused(&name, &pool.name);
@@ -74,7 +91,14 @@ pub async fn probe(provider: &Provider, ctx: &Context) -> Result<Probe, Error> {
         });
     }
     let message = format!("the {} cloud answers", provider.spec.driver.as_str());
-    Ok(Probe { ready: true, reason: "CloudReachable", message, pools, cloud_quota: Some(cloud_quota) })
+    Ok(Probe {
+        ready: true,
+        reason: "CloudReachable",
+        message,
+        pools,
+        cloud_quota: Some(cloud_quota),
+        unmanaged,
+    })
 }
 
 async fn label_status(

@@ -55,7 +55,9 @@ pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Act
         None => {
             let probe = super::cloud_provider::probe(&provider, &ctx).await?;
             status.pools = probe.pools;
-            status.quota.get_or_insert_with(Default::default).cloud = probe.cloud_quota;
+            let quota = status.quota.get_or_insert_with(Default::default);
+            quota.cloud = probe.cloud_quota;
+            quota.unmanaged = probe.unmanaged;
             (probe.ready, probe.reason, probe.message)
         }
     };
@@ -67,8 +69,9 @@ pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Act
     status.observed_generation = generation;
     status.nodes = Some(count_nodes(&nodes));
     let used = nodepool_crds::pool_node::footprint(nodes.iter().map(|n| n.as_ref()));
-    let cloud = status.quota.as_ref().and_then(|q| q.cloud.clone());
-    status.quota = Some(QuotaStatus { used, limits: provider.spec.limits.clone(), cloud });
+    let (cloud, unmanaged) =
+        status.quota.as_ref().map(|q| (q.cloud.clone(), q.unmanaged.clone())).unwrap_or_default();
+    status.quota = Some(QuotaStatus { used, limits: provider.spec.limits.clone(), cloud, unmanaged });
     // Slotted providers are looked at again now and then; cloud providers more often, as quota,
     // pauses and leaks change without any object changing.
     let mut next = if slotted.is_some() {
@@ -267,6 +270,7 @@ mod tests {
                 used: ResourceUsage { servers, ..Default::default() },
                 limits: limit.map(|max| ResourceLimits { max_servers: Some(max), ..Default::default() }),
                 cloud: None,
+                unmanaged: None,
             }),
             ..Default::default()
         };

@@ -924,7 +924,9 @@ mod tests {
     fn cloud_pool(max_servers: Option<u32>, labels: &[&str]) -> PoolView {
         let footprints = labels
             .iter()
-            .map(|l| (l.to_string(), NodeResources { cores: 2, ram: 1024, instances: 1 }))
+            .map(|l| {
+                (l.to_string(), NodeResources { cores: 2, ram: 1024, instances: 1, ..Default::default() })
+            })
             .collect();
         PoolView {
             launch: Some(LaunchView {
@@ -941,7 +943,7 @@ mod tests {
         let status = node.status.as_mut().unwrap();
         status.state = state;
         status.allocated_to = Some(request.into());
-        status.resources = Some(NodeResources { cores: 2, ram: 1024, instances: 1 });
+        status.resources = Some(NodeResources { cores: 2, ram: 1024, instances: 1, ..Default::default() });
         Arc::new(node)
     }
 

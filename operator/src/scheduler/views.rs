@@ -57,11 +57,11 @@ pub fn pools(
             .and_then(|s| conditions::find(&s.conditions, conditions::types::READY))
             .is_none_or(|c| c.status != "False");
         let name = provider.name_any();
-        let cloud_quota = provider
-            .status
-            .as_ref()
-            .and_then(|s| s.quota.as_ref())
-            .and_then(|q| q.cloud.clone())
+        let quota = provider.status.as_ref().and_then(|s| s.quota.as_ref());
+        // What the cloud's quota leaves after the account's resources that are not ours.
+        let cloud_quota = quota
+            .and_then(|q| q.cloud.as_ref())
+            .map(|cloud| cloud.less(&quota.and_then(|q| q.unmanaged.clone()).unwrap_or_default()))
             .unwrap_or_default();
         let provider_limits = provider.spec.limits.clone().unwrap_or_default().tightest(&cloud_quota);
         // A provider whose driver this build lacks serves nothing (its status says why).
@@ -72,11 +72,7 @@ pub fn pools(
                 let status =
                     provider.status.as_ref().and_then(|s| s.pools.iter().find(|p| p.name == pool.name));
                 let mut view = LaunchView {
-                    pool_limits: ResourceLimits {
-                        max_servers: pool.max_servers,
-                        max_cores: pool.max_cores,
-                        max_ram: pool.max_ram,
-                    },
+                    pool_limits: pool.limits(),
                     provider_limits: provider_limits.clone(),
                     max_concurrency: provider.spec.max_concurrency,
                     paused: paused(&name, &pool.name),
