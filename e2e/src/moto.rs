@@ -45,10 +45,14 @@ impl Moto {
         Ok(Moto { server, endpoint: format!("http://127.0.0.1:{port}") })
     }
 
-    /// Starts moto's request recorder: every API request from now on is kept, as sent.
+    /// Starts moto's request recorder afresh: every API request from now on is kept, as sent,
+    /// and none from before.
     pub async fn start_recording(&self) -> Result<()> {
-        let url = format!("{}/moto-api/recorder/start-recording", self.endpoint);
-        reqwest::Client::new().post(url).send().await?.error_for_status()?;
+        let client = reqwest::Client::new();
+        for action in ["reset-recording", "start-recording"] {
+            let url = format!("{}/moto-api/recorder/{action}", self.endpoint);
+            client.post(url).send().await?.error_for_status()?;
+        }
         Ok(())
     }
 

@@ -104,6 +104,9 @@ MODE_DEFAULTS = {
     "fake": {"chroot": "/nodepool-fake",
              "workdir": os.path.join(CACHE, "nodepool-fake"),
              "provider": "fake-provider"},
+    "aws": {"chroot": "/nodepool-aws",
+            "workdir": os.path.join(CACHE, "nodepool-aws"),
+            "provider": "aws-provider"},
 }
 
 # The ``fake`` cloud of nodepool/tests/fixtures/clouds.yaml.  FakeDriver's
@@ -357,9 +360,48 @@ def do_fake_config(args, zk):
             "static_nodes": 0, "single_nodes": 0}
 
 
+def render_aws_config(args, zk):
+    """Nodepool's AWS driver on moto (boto3 reaches it through AWS_ENDPOINT_URL, see
+    launcher_env): one pool, one label of --instance-type from the fixed AMI --image-id, host keys
+    not checked, every other setting at Nodepool's default (rate 2 mutating calls/s)."""
+    return {
+        "zookeeper-servers": zk_servers(args, zk),
+        "zookeeper-tls": {"ca": zk["tls_ca"], "cert": zk["tls_cert"],
+                          "key": zk["tls_key"]},
+        "zookeeper-timeout": 10,
+        "labels": [{"name": args.label, "min-ready": 0}],
+        "providers": [{
+            "name": args.provider,
+            "driver": "aws",
+            "region-name": "us-east-1",
+            "cloud-images": [{"name": "image", "image-id": args.image_id,
+                              "username": "ec2-user"}],
+            "pools": [{
+                "name": "main",
+                "max-servers": args.max_servers,
+                "host-key-checking": False,
+                # Nodepool sends KeyName unchecked; moto accepts any name.
+                "labels": [{"name": args.label, "cloud-image": "image",
+                            "instance-type": args.instance_type,
+                            "key-name": "zuul"}],
+            }],
+        }],
+    }
+
+
 def do_config(args, zk):
     if args.cloud == "fake":
         return do_fake_config(args, zk)
+    if args.cloud == "aws":
+        if not (args.aws_endpoint and args.image_id):
+            raise SystemExit("--cloud aws needs --aws-endpoint and --image-id")
+        os.makedirs(args.workdir, exist_ok=True)
+        path = os.path.join(args.workdir, "nodepool.yaml")
+        with open(path, "w") as f:
+            json.dump(render_aws_config(args, zk), f, indent=2)
+        return {"config": path, "labels": [args.label], "cloud": "aws",
+                "max_servers": args.max_servers, "static_nodes": 0,
+                "single_nodes": 0}
     os.makedirs(args.workdir, exist_ok=True)
     cfg = render_config(args, zk)
     path = os.path.join(args.workdir, "nodepool.yaml")
@@ -414,6 +456,11 @@ def launcher_env(args, cfg):
     """Environment of the launcher: unchanged for static; for the fake cloud
     point openstacksdk at our clouds.yaml (read when FakeDriver builds its
     OpenStackConfig)."""
+    if args.cloud == "aws":
+        env = dict(os.environ)
+        env.update(AWS_ENDPOINT_URL=args.aws_endpoint, AWS_ACCESS_KEY_ID="testing",
+                   AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+        return env
     if args.cloud != "fake":
         return None
     env = dict(os.environ)
@@ -451,9 +498,14 @@ def main():
     p.add_argument("--ca")
     p.add_argument("--cert")
     p.add_argument("--key")
-    p.add_argument("--cloud", choices=["static", "fake"], default="static",
+    p.add_argument("--cloud", choices=["static", "fake", "aws"], default="static",
                    help="static: loopback static hosts (default); fake: "
-                        "Nodepool's in-tree fake cloud (single-use launches)")
+                        "Nodepool's in-tree fake cloud (single-use launches); "
+                        "aws: Nodepool's AWS driver on moto (--aws-endpoint)")
+    p.add_argument("--aws-endpoint", help="--cloud aws: moto's URL")
+    p.add_argument("--image-id", help="--cloud aws: the AMI to launch")
+    p.add_argument("--instance-type", default="t3.micro",
+                   help="--cloud aws: the label's instance type")
     p.add_argument("--chroot", default=None,
                    help="default /nodepool-static (/nodepool-fake with "
                         "--cloud fake)")

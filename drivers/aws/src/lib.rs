@@ -39,7 +39,7 @@ use nodepool_crds::{
 };
 use nodepool_driver::{
     Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource, ResourceKind,
-    cloud::CloudResult, tags,
+    cloud::CloudResult, coalesce::Coalescer, tags,
 };
 
 pub use descriptor::{ACCESS_KEY_ID, Aws, SECRET_ACCESS_KEY};
@@ -84,7 +84,15 @@ pub struct AwsCloud {
     root_devices: Mutex<HashMap<String, String>>,
     /// Launch templates known to exist (fleet labels).
     templates: Mutex<std::collections::HashSet<String>>,
+    /// Instance polls, launch-token lookups and terminations of many nodes, each made as one call.
+    polls: Coalescer<String, Instance>,
+    lookups: Coalescer<String, Instance>,
+    terminations: Coalescer<String, ()>,
 }
+
+/// The least time between two coalesced calls of one kind: a lone poll waits at most this long,
+/// and under load each call answers every node that polled meanwhile.
+const COALESCE_SPACING: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The credentials every client of the provider signs with.
 fn credentials_provider(settings: &AwsSettings, region: &Region) -> SharedCredentialsProvider {
@@ -139,6 +147,9 @@ impl AwsCloud {
             instance_types: Mutex::default(),
             root_devices: Mutex::default(),
             templates: Mutex::default(),
+            polls: Coalescer::new(COALESCE_SPACING),
+            lookups: Coalescer::new(COALESCE_SPACING),
+            terminations: Coalescer::new(COALESCE_SPACING),
         }
     }
 
@@ -433,6 +444,33 @@ impl AwsCloud {
         Ok(resources)
     }
 
+    /// Terminates instances; one EC2 no longer knows is already gone. A batch that EC2 refuses
+    /// for an unknown id is sent again id by id, so the others still go.
+    async fn terminate(&self, ids: Vec<String>) -> CloudResult<()> {
+        let send = |ids: Vec<String>| async move {
+            match self.client.terminate_instances().set_instance_ids(Some(ids)).send().await {
+                Ok(_) => Ok(()),
+                Err(error) => match classify("TerminateInstances", error) {
+                    CloudError::Invalid(message) if message.contains("InvalidInstanceID") => Err(None),
+                    error => Err(Some(error)),
+                },
+            }
+        };
+        match send(ids.clone()).await {
+            Ok(()) => Ok(()),
+            Err(Some(error)) => Err(error),
+            Err(None) if ids.len() == 1 => Ok(()),
+            Err(None) => {
+                for id in ids {
+                    if let Err(Some(error)) = send(vec![id]).await {
+                        return Err(error);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Whether these tags mark a resource of this provider and installation.
     fn owns(&self, resource_tags: &[Tag]) -> bool {
         tag_of(resource_tags, tags::PROVIDER) == Some(&self.settings.provider)
@@ -548,10 +586,25 @@ fn live_states() -> Filter {
 #[async_trait]
 impl Cloud for AwsCloud {
     async fn create(&self, spec: &InstanceSpec) -> CloudResult<Instance> {
-        let mut filters = self.ownership_filters();
-        filters.push(tag_filter(LAUNCH_TOKEN_TAG, &spec.token));
-        filters.push(live_states());
-        if let Some(existing) = self.describe(filters, Vec::new()).await?.into_iter().next() {
+        let earlier = self
+            .lookups
+            .call(spec.token.clone(), |tokens| async move {
+                let mut filters = self.ownership_filters();
+                filters.push(
+                    Filter::builder()
+                        .name(format!("tag:{LAUNCH_TOKEN_TAG}"))
+                        .set_values(Some(tokens))
+                        .build(),
+                );
+                filters.push(live_states());
+                let found = self.describe(filters, Vec::new()).await?;
+                Ok(found
+                    .into_iter()
+                    .filter_map(|i| Some((i.tags.get(LAUNCH_TOKEN_TAG)?.clone(), i)))
+                    .collect())
+            })
+            .await?;
+        if let Some(existing) = earlier {
             tracing::info!(node = %spec.node, instance = %existing.id, "adopting the instance of an earlier try");
             return Ok(existing);
         }
@@ -567,27 +620,24 @@ impl Cloud for AwsCloud {
         }
     }
 
+    /// Polls of many nodes at once are one `DescribeInstances` (an `instance-id` filter, which
+    /// leaves out an id EC2 no longer knows instead of failing the call).
     async fn get(&self, id: &str) -> CloudResult<Option<Instance>> {
-        match self.describe(Vec::new(), vec![id.to_owned()]).await {
-            Ok(instances) => Ok(instances.into_iter().next()),
-            Err(CloudError::Invalid(message)) if message.contains("InvalidInstanceID") => Ok(None),
-            Err(error) => Err(error),
-        }
+        self.polls
+            .call(id.to_owned(), |ids| async move {
+                let filter = Filter::builder().name("instance-id").set_values(Some(ids)).build();
+                let found = self.describe(vec![filter], Vec::new()).await?;
+                Ok(found.into_iter().map(|i| (i.id.clone(), i)).collect())
+            })
+            .await
     }
 
+    /// Deletions of many nodes at once are one `TerminateInstances`.
     async fn delete(&self, id: &str) -> CloudResult<()> {
-        match self
-            .client
-            .terminate_instances()
-            .instance_ids(id)
-            .send()
+        self.terminations
+            .call(id.to_owned(), |ids| async move { self.terminate(ids).await.map(|()| Vec::new()) })
             .await
-            .map_err(|e| classify("TerminateInstances", e))
-        {
-            Ok(_) => Ok(()),
-            Err(CloudError::Invalid(message)) if message.contains("InvalidInstanceID") => Ok(()),
-            Err(error) => Err(error),
-        }
+            .map(|_| ())
     }
 
     async fn list_instances(&self) -> CloudResult<Vec<Instance>> {

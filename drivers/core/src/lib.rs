@@ -22,6 +22,7 @@
 //! instance.
 
 pub mod cloud;
+pub mod coalesce;
 pub mod create;
 pub mod credentials;
 pub mod delete;

@@ -22,6 +22,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use nodepool_e2e::{stack::Stack, testenv::TestEnv, tools};
 
+#[path = "bench/aws.rs"]
+mod aws;
 #[path = "bench/scale.rs"]
 mod scale;
 use serde_json::{Value, json};
@@ -44,9 +46,10 @@ struct Cli {
     /// Measure only nodepool-operator.
     #[arg(long)]
     skip_nodepool: bool,
-    /// `static` hosts, or single-use nodes on the `simulated` cloud (vs Nodepool's fake cloud).
-    #[arg(long, default_value = "static")]
-    cloud: String,
+    /// `static` hosts, single-use nodes on the `simulated` cloud (vs Nodepool's fake cloud), or
+    /// single-use EC2 instances on moto (`aws`, vs Nodepool's AWS driver on a moto of its own).
+    #[arg(long, value_enum, default_value_t = BenchCloud::Static)]
+    cloud: BenchCloud,
     /// Instead of throughput: keep this many nodes (simulated cloud) and measure memory and resync.
     #[arg(long)]
     scale: Option<u32>,
@@ -59,6 +62,14 @@ struct Cli {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// Where the nodes of a throughput run come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchCloud {
+    Static,
+    Simulated,
+    Aws,
 }
 
 fn bench_args(workers: u32, duration: u32, label: &str) -> Vec<String> {
@@ -121,7 +132,20 @@ async fn main() -> Result<()> {
     if let Some(requests) = cli.burst {
         return scale::burst(&stack, requests, cli.rate).await;
     }
-    let cloud = cli.cloud == "simulated";
+    let results = match cli.cloud {
+        BenchCloud::Aws => aws::run(&stack, &cli.workers, cli.duration, cli.skip_nodepool).await?,
+        BenchCloud::Static | BenchCloud::Simulated => static_or_simulated(&stack, &cli).await?,
+    };
+    print_results(&results, &cli.workers);
+    if let Some(path) = cli.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&results)?)?;
+    }
+    Ok(())
+}
+
+/// `--cloud static` or `simulated`: ours, then Nodepool 11 on the same hosts or its fake cloud.
+async fn static_or_simulated(stack: &Stack, cli: &Cli) -> Result<Vec<Value>> {
+    let cloud = cli.cloud == BenchCloud::Simulated;
     let label = if cloud { CLOUD_LABEL } else { "static-label" };
     if cloud {
         stack.apply_provider(simulated_provider(None)).await?;
@@ -200,22 +224,32 @@ async fn main() -> Result<()> {
         common("stop").output().ok();
     }
 
-    println!("| system | workers | fulfilled/s | p50 ms | p99 ms | fulfilled | errors |");
-    println!("|---|---|---|---|---|---|---|");
-    for row in &results {
+    Ok(results)
+}
+
+/// The results as a table, each system's error samples, and ours against Nodepool's.
+fn print_results(results: &[Value], workers: &[u32]) {
+    println!("| system | workers | fulfilled/s | p50 ms | p99 ms | fulfilled | errors | EC2 calls/node |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in results {
         let r = &row["result"];
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row["system"].as_str().unwrap_or_default(),
             row["workers"],
             r["fulfilled_per_s"],
             r["latency_ms"]["p50"],
             r["latency_ms"]["p99"],
             r["fulfilled"],
-            r["errors"]
+            r["errors"],
+            r["ec2_calls_per_node"].as_f64().map_or("-".to_owned(), |c| format!("{c:.1}"))
         );
     }
-    for row in &results {
+    for row in results.iter().filter(|r| r["result"]["ec2_calls_by_action"].is_object()) {
+        let (system, workers) = (row["system"].as_str().unwrap_or_default(), &row["workers"]);
+        println!("EC2 calls ({system}, {workers} workers): {}", row["result"]["ec2_calls_by_action"]);
+    }
+    for row in results {
         for sample in row["result"]["error_samples"].as_array().into_iter().flatten() {
             println!(
                 "error ({}, {} workers): {}",
@@ -225,7 +259,7 @@ async fn main() -> Result<()> {
             );
         }
     }
-    for &workers in &cli.workers {
+    for &workers in workers {
         let find = |system: &str| {
             results
                 .iter()
@@ -244,8 +278,4 @@ async fn main() -> Result<()> {
             );
         }
     }
-    if let Some(path) = cli.json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&results)?)?;
-    }
-    Ok(())
 }
