@@ -165,7 +165,7 @@ async fn run_tagged(moto: &Moto, tags: &[(&str, &str)]) -> Result<String> {
 }
 
 #[tokio::test]
-async fn leaked_instances_and_volumes_are_deleted_and_nothing_else() -> Result<()> {
+async fn leaked_instances_volumes_and_uploads_are_deleted_and_nothing_else() -> Result<()> {
     let stack = Stack::start("aws-leaks").await?;
     let moto = Moto::start(&stack.dir.join("logs"))?;
     aws_provider(&stack, &moto, "aws", ("testing", "testing"), "aws-small").await?;
@@ -220,6 +220,54 @@ async fn leaked_instances_and_volumes_are_deleted_and_nothing_else() -> Result<(
         .unwrap_or_default()
         .to_owned();
 
+    // Uploads: an AMI and a snapshot whose Image is gone, one whose Image exists, another
+    // installation's.
+    let ours = |image: &str| {
+        vec![
+            Tag::builder().key("nodepool_provider_name").value("aws").build(),
+            Tag::builder().key("nodepool_system_id").value(&system).build(),
+            Tag::builder().key("nodepool_image").value(image).build(),
+        ]
+    };
+    let upload = |name: &'static str, tags: Vec<Tag>| {
+        let (ec2, from) = (moto.ec2(), untagged.clone());
+        async move {
+            let output = ec2
+                .create_image()
+                .instance_id(from)
+                .name(name)
+                .tag_specifications(
+                    TagSpecification::builder()
+                        .resource_type(ResourceType::Image)
+                        .set_tags(Some(tags))
+                        .build(),
+                )
+                .send()
+                .await?;
+            anyhow::Ok(output.image_id().unwrap_or_default().to_owned())
+        }
+    };
+    let retired_ami = upload("retired", ours("retired")).await?;
+    let kept_ami = upload("kept", ours("amazon-linux")).await?;
+    let mut theirs_tags = ours("retired");
+    theirs_tags[1] = Tag::builder().key("nodepool_system_id").value("another-installation").build();
+    let foreign_ami = upload("foreign", theirs_tags).await?;
+    let retired_snapshot = moto
+        .ec2()
+        .create_snapshot()
+        .volume_id(&volume)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Snapshot)
+                .set_tags(Some(ours("retired")))
+                .build(),
+        )
+        .send()
+        .await?
+        .snapshot_id()
+        .unwrap_or_default()
+        .to_owned();
+
     until("the leaked instance terminated", WAIT, async || {
         let found =
             instances(&moto, vec![Filter::builder().name("instance-id").values(&ghost).build()]).await?;
@@ -236,11 +284,24 @@ async fn leaked_instances_and_volumes_are_deleted_and_nothing_else() -> Result<(
         Ok(volumes.map(|v| v.volumes().is_empty()).unwrap_or(true).then_some(()))
     })
     .await?;
+    until("the leaked upload's AMI and snapshot deleted", WAIT, async || {
+        let images = moto.ec2().describe_images().owners("self").send().await?;
+        let left: Vec<&str> = images.images().iter().filter_map(|i| i.image_id()).collect();
+        let snapshots = moto.ec2().describe_snapshots().owner_ids("self").send().await?;
+        let snapshot_left = snapshots.snapshots().iter().any(|s| s.snapshot_id() == Some(&retired_snapshot));
+        Ok((!left.contains(&retired_ami.as_str()) && !snapshot_left).then_some(()))
+    })
+    .await?;
     // Two more passes: what is owned, or not ours, is still there.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let alive = instances(&moto, vec![running()]).await?;
     for kept in [&spare_instance, &foreign, &untagged] {
         assert!(alive.iter().any(|i| &i.0 == kept), "{kept} must not be touched; running: {alive:?}");
+    }
+    let images = moto.ec2().describe_images().owners("self").send().await?;
+    let left: Vec<&str> = images.images().iter().filter_map(|i| i.image_id()).collect();
+    for kept in [&kept_ami, &foreign_ami] {
+        assert!(left.contains(&kept.as_str()), "{kept} must not be touched; images: {left:?}");
     }
     Ok(())
 }

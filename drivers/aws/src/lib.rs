@@ -7,7 +7,8 @@
 //! - Spot labels fall back to on-demand when EC2 has no spot capacity.
 //! - Instance-type sizes come from `DescribeInstanceTypes` (cached: they never change).
 //! - Images: a fixed AMI id is checked to exist; filters pick the newest matching AMI.
-//! - Leaks: instances and detached volumes tagged for the provider and installation.
+//! - Leaks: instances, detached volumes, dedicated hosts, and uploaded AMIs and snapshots
+//!   tagged for the provider and installation whose node or `Image` is gone.
 
 mod descriptor;
 mod errors;
@@ -38,7 +39,7 @@ use nodepool_crds::{
     provider::{Pool, PoolLabel, ResourceLimits, ResourceUsage},
 };
 use nodepool_driver::{
-    Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource, ResourceKind,
+    Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource, Owner, ResourceKind,
     cloud::CloudResult, coalesce::Coalescer, tags,
 };
 
@@ -793,31 +794,67 @@ impl Cloud for AwsCloud {
         }
     }
 
+    /// Detached volumes, dedicated hosts, and uploaded images (AMIs) and snapshots, tagged for
+    /// this provider and installation.
     async fn list_other_resources(&self) -> CloudResult<Vec<LeakedResource>> {
+        let owner_of = |resource_tags: &[Tag]| {
+            let node = tag_of(resource_tags, tags::NODE_ID).cloned().map(Owner::Node);
+            node.or_else(|| tag_of(resource_tags, tags::IMAGE).cloned().map(Owner::Image))
+        };
+        let mut resources = Vec::new();
         let mut filters = self.ownership_filters();
         filters.push(Filter::builder().name("status").values("available").build());
         let mut pages = self.client.describe_volumes().set_filters(Some(filters)).into_paginator().send();
-        let mut volumes = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify("DescribeVolumes", e))?;
             for volume in page.volumes() {
-                let node =
-                    volume.tags().iter().find(|t| t.key() == Some(tags::NODE_ID)).and_then(|t| t.value());
-                volumes.push(LeakedResource {
+                resources.push(LeakedResource {
                     kind: ResourceKind::Volume,
                     id: volume.volume_id().unwrap_or_default().to_owned(),
-                    node: node.map(str::to_owned),
+                    owner: owner_of(volume.tags()),
                 });
             }
         }
         for host in self.our_hosts().await? {
-            volumes.push(LeakedResource {
+            resources.push(LeakedResource {
                 kind: ResourceKind::DedicatedHost,
                 id: host.host_id().unwrap_or_default().to_owned(),
-                node: tag_of(host.tags(), tags::NODE_ID).cloned(),
+                owner: owner_of(host.tags()),
             });
         }
-        Ok(volumes)
+        let images = self
+            .client
+            .describe_images()
+            .owners("self")
+            .set_filters(Some(self.ownership_filters()))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeImages", e))?;
+        for image in images.images() {
+            resources.push(LeakedResource {
+                kind: ResourceKind::Image,
+                id: image.image_id().unwrap_or_default().to_owned(),
+                owner: owner_of(image.tags()),
+            });
+        }
+        let mut pages = self
+            .client
+            .describe_snapshots()
+            .owner_ids("self")
+            .set_filters(Some(self.ownership_filters()))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("DescribeSnapshots", e))?;
+            for snapshot in page.snapshots() {
+                resources.push(LeakedResource {
+                    kind: ResourceKind::Snapshot,
+                    id: snapshot.snapshot_id().unwrap_or_default().to_owned(),
+                    owner: owner_of(snapshot.tags()),
+                });
+            }
+        }
+        Ok(resources)
     }
 
     async fn delete_other_resource(&self, resource: &LeakedResource) -> CloudResult<()> {
@@ -843,6 +880,26 @@ impl Cloud for AwsCloud {
                     let why = refused.error().and_then(|e| e.message()).unwrap_or("refused");
                     return Err(CloudError::api("ReleaseHosts", why));
                 }
+                Ok(())
+            }
+            ResourceKind::Image => {
+                self.client
+                    .deregister_image()
+                    .image_id(&resource.id)
+                    .send()
+                    .await
+                    .map_err(|e| classify("DeregisterImage", e))?;
+                Ok(())
+            }
+            // A snapshot still behind an image is refused (`InvalidSnapshot.InUse`) and tried
+            // again on the next pass, after the image is gone.
+            ResourceKind::Snapshot => {
+                self.client
+                    .delete_snapshot()
+                    .snapshot_id(&resource.id)
+                    .send()
+                    .await
+                    .map_err(|e| classify("DeleteSnapshot", e))?;
                 Ok(())
             }
             kind => Err(CloudError::Invalid(format!("cannot delete a {kind}"))),

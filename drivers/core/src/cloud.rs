@@ -142,8 +142,17 @@ impl Instance {
 pub struct LeakedResource {
     pub kind: ResourceKind,
     pub id: String,
-    /// The node named in its tags, if any.
-    pub node: Option<String>,
+    /// What its tags say it belongs to, if anything.
+    pub owner: Option<Owner>,
+}
+
+/// What a resource of ours belongs to, as its tags say: an instance or volume to a node
+/// ([`crate::tags::NODE_ID`]), an uploaded image or its snapshot to an `Image`
+/// ([`crate::tags::IMAGE`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Node(String),
+    Image(String),
 }
 
 /// The kinds of cloud resource leak cleanup knows: instances, and what drivers list besides.
@@ -152,6 +161,10 @@ pub enum ResourceKind {
     Instance,
     Volume,
     DedicatedHost,
+    /// An uploaded image (an AMI).
+    Image,
+    /// A snapshot (an AMI's, or one an import made).
+    Snapshot,
 }
 
 impl ResourceKind {
@@ -161,6 +174,8 @@ impl ResourceKind {
             ResourceKind::Instance => "instance",
             ResourceKind::Volume => "volume",
             ResourceKind::DedicatedHost => "dedicated-host",
+            ResourceKind::Image => "image",
+            ResourceKind::Snapshot => "snapshot",
         }
     }
 }

@@ -4,7 +4,25 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use crate::cloud::{Cloud, CloudError, InstanceState, LeakedResource, ResourceKind};
+use crate::cloud::{Cloud, CloudError, InstanceState, LeakedResource, Owner, ResourceKind};
+
+/// What may own the provider's resources: every `PoolNode` of the provider (in any state) and
+/// every `Image`, by name.
+#[derive(Clone, Debug, Default)]
+pub struct Owners {
+    pub nodes: HashSet<String>,
+    pub images: HashSet<String>,
+}
+
+impl Owners {
+    fn own(&self, resource: &LeakedResource) -> bool {
+        match &resource.owner {
+            Some(Owner::Node(node)) => self.nodes.contains(node),
+            Some(Owner::Image(image)) => self.images.contains(image),
+            None => false,
+        }
+    }
+}
 
 /// A cloud resource by kind and id (`instance` `i-0abc`, `volume` `vol-0def`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -23,11 +41,10 @@ pub struct Pass {
 }
 
 /// One pass: lists the provider's resources, deletes the ones that were already suspects and
-/// still have no node, and returns the new suspects. `known_nodes` are the names of every
-/// `PoolNode` of the provider (in any state).
+/// still have no owner, and returns the new suspects.
 pub async fn pass(
     cloud: &dyn Cloud,
-    known_nodes: &HashSet<String>,
+    owners: &Owners,
     previous: &BTreeSet<ResourceRef>,
 ) -> Result<Pass, CloudError> {
     let mut resources: Vec<LeakedResource> = cloud
@@ -37,14 +54,17 @@ pub async fn pass(
         .filter(|i| {
             !matches!(i.state, InstanceState::Gone | InstanceState::Stopping | InstanceState::Refused(_))
         })
-        .map(|i| LeakedResource { kind: ResourceKind::Instance, node: i.node().map(str::to_owned), id: i.id })
+        .map(|i| LeakedResource {
+            kind: ResourceKind::Instance,
+            owner: i.node().map(|node| Owner::Node(node.to_owned())),
+            id: i.id,
+        })
         .collect();
     resources.extend(cloud.list_other_resources().await?);
 
     let mut result = Pass::default();
     for resource in resources {
-        let owned = resource.node.as_ref().is_some_and(|node| known_nodes.contains(node));
-        if owned {
+        if owners.own(&resource) {
             continue;
         }
         let key = ResourceRef { kind: resource.kind, id: resource.id.clone() };
@@ -52,7 +72,7 @@ pub async fn pass(
             result.suspected.insert(key);
             continue;
         }
-        tracing::info!(kind = %resource.kind, id = %resource.id, node = ?resource.node, "deleting leaked resource");
+        tracing::info!(kind = %resource.kind, id = %resource.id, owner = ?resource.owner, "deleting leaked resource");
         let deleted = match resource.kind {
             ResourceKind::Instance => cloud.delete(&resource.id).await,
             _ => cloud.delete_other_resource(&resource).await,

@@ -35,7 +35,7 @@ pub mod throttle;
 
 pub use cloud::{
     Cloud, CloudError, Instance, InstanceSpec, InstanceState, KubernetesCredentials, LeakedResource,
-    NodeAccess, ResourceKind,
+    NodeAccess, Owner, ResourceKind,
 };
 pub use credentials::{CloudUnavailable, secret_value};
 pub use driver::{Build, Driver, Slot, SlotHost, Supply};

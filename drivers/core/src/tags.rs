@@ -16,6 +16,8 @@ pub const POOL: &str = "nodepool_pool_name";
 pub const LABEL: &str = "nodepool_node_label";
 /// Which installation of nodepool-operator created it.
 pub const SYSTEM_ID: &str = "nodepool_system_id";
+/// The `Image` an uploaded image or snapshot is for (its owner, as a node is an instance's).
+pub const IMAGE: &str = "nodepool_image";
 
 /// What a launch knows about the node and its request, for formatting dynamic tags.
 #[derive(Clone, Debug, Default)]

@@ -1,7 +1,7 @@
 //! The framework's state machines driven against the simulated cloud.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::BTreeSet,
     time::{Duration, SystemTime},
 };
 
@@ -188,13 +188,13 @@ async fn leaked_instances_go_on_the_second_pass_and_owned_ones_never() {
         Next::Ready { .. }
     ));
 
-    let known: HashSet<String> = ["kept".to_owned()].into();
+    let known = leaks::Owners { nodes: ["kept".to_owned()].into(), ..Default::default() };
     let first = leaks::pass(&cloud, &known, &BTreeSet::new()).await.unwrap();
     assert_eq!(first.suspected.len(), 1);
     assert!(first.deleted.is_empty());
     assert_eq!(cloud.live_instances(), 3);
     let second = leaks::pass(&cloud, &known, &first.suspected).await.unwrap();
     assert_eq!(second.deleted.len(), 1);
-    assert_eq!(second.deleted[0].node.as_deref(), Some("leaked"));
+    assert_eq!(second.deleted[0].owner, Some(nodepool_driver::Owner::Node("leaked".into())));
     assert_eq!(cloud.live_instances(), 2);
 }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use kube::{Api, ResourceExt, api::ListParams};
 use nodepool_crds::{
-    PoolNode, Provider, labels as node_labels,
+    Image, PoolNode, Provider, labels as node_labels,
     provider::{PoolLabelStatus, PoolStatus, ResourceLimits, ResourceUsage},
 };
 use nodepool_driver::{Cloud, CloudError, leaks};
@@ -166,8 +166,9 @@ pub fn image_for(
     }
 }
 
-/// One leak pass, when one is due: instances and volumes tagged for this provider and
-/// installation that no PoolNode owns are deleted once seen on two passes in a row.
+/// One leak pass, when one is due: instances, volumes, hosts, uploaded images and snapshots
+/// tagged for this provider and installation that no PoolNode or Image owns are deleted once
+/// seen on two passes in a row.
 pub async fn clean_up_leaks(provider: &Provider, ctx: &Context) {
     let name = provider.name_any();
     let Some(previous) = ctx.clouds.leak_pass_due(&name, ctx.settings.cleanup_interval) else { return };
@@ -175,18 +176,23 @@ pub async fn clean_up_leaks(provider: &Provider, ctx: &Context) {
     // Fresh from the apiserver, not the cache: a node must never look leaked because a cache lags.
     let api: Api<PoolNode> = ctx.api();
     let selector = format!("{}={name}", node_labels::PROVIDER);
-    let known = match node_names(&api, &selector).await {
-        Ok(names) => names,
+    let images: Api<Image> = ctx.api();
+    let all = ListParams::default();
+    let owners = match tokio::try_join!(node_names(&api, &selector), images.list_metadata(&all)) {
+        Ok((nodes, images)) => leaks::Owners {
+            nodes,
+            images: images.items.into_iter().filter_map(|i| i.metadata.name).collect(),
+        },
         Err(error) => {
-            tracing::warn!(provider = %name, %error, "listing nodes for leak cleanup failed");
+            tracing::warn!(provider = %name, %error, "listing nodes and images for leak cleanup failed");
             return;
         }
     };
-    match leaks::pass(cloud.as_ref(), &known, &previous).await {
+    match leaks::pass(cloud.as_ref(), &owners, &previous).await {
         Ok(pass) => {
             ctx.metrics.leak_pass(&name);
             for resource in &pass.deleted {
-                tracing::info!(provider = %name, kind = %resource.kind, id = %resource.id, node = ?resource.node, "leaked resource deleted");
+                tracing::info!(provider = %name, kind = %resource.kind, id = %resource.id, owner = ?resource.owner, "leaked resource deleted");
                 ctx.metrics.leak_removed(&name, resource.kind);
             }
             if !pass.deleted.is_empty() {

@@ -10,7 +10,7 @@
 //!
 //! Only then is the finalizer removed and the Provider (and anything it owns) goes.
 
-use std::{collections::HashSet, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{ResourceExt, runtime::controller::Action};
@@ -82,7 +82,7 @@ pub async fn step(provider: &Provider, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::requeue(POLL * 6));
         }
     };
-    let none = HashSet::new();
+    let none = leaks::Owners::default();
     let sweep = async {
         let listed = leaks::pass(cloud.as_ref(), &none, &Default::default()).await?;
         if listed.suspected.is_empty() {
