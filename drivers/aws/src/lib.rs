@@ -10,14 +10,16 @@
 //! - Leaks: instances, detached volumes, dedicated hosts, and uploaded AMIs and snapshots
 //!   tagged for the provider and installation whose node or `Image` is gone.
 
+mod account;
 mod descriptor;
 mod errors;
 mod fleet;
+mod leaks;
 pub mod quota;
 pub mod settings;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     sync::Mutex,
 };
 
@@ -39,13 +41,13 @@ use nodepool_crds::{
     provider::{Pool, PoolLabel, ResourceLimits, ResourceUsage},
 };
 use nodepool_driver::{
-    Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource, Owner, ResourceKind,
-    cloud::CloudResult, coalesce::Coalescer, tags,
+    Cloud, CloudError, Instance, InstanceSpec, InstanceState, LeakedResource, cloud::CloudResult,
+    coalesce::Coalescer, tags,
 };
 
+use account::label_instance_types;
 pub use descriptor::{ACCESS_KEY_ID, Aws, SECRET_ACCESS_KEY};
 pub use errors::classify;
-use quota::Service;
 use settings::{AwsImage, AwsLabel, AwsPool};
 
 /// The block of every AWS setting: `spec.aws`, `pools[].aws`, `pools[].labels[].aws`, and an
@@ -169,14 +171,21 @@ impl AwsCloud {
             .set_instance_ids((!ids.is_empty()).then_some(ids))
             .into_paginator()
             .send();
-        let mut instances = Vec::new();
+        let mut described = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify("DescribeInstances", e))?;
-            for reservation in page.reservations() {
-                instances.extend(reservation.instances().iter().map(|i| self.to_instance(i)));
+            described.extend(page.reservations().iter().flat_map(|r| r.instances()).cloned());
+        }
+        // Every type's size is known before the instances are read, so each reports what it
+        // holds (a fresh process, or a type a fleet chose that no label estimate asked for).
+        let types: std::collections::BTreeSet<&str> =
+            described.iter().filter_map(|i| i.instance_type()).map(|t| t.as_str()).collect();
+        for instance_type in types {
+            if let Err(error) = self.instance_type_resources(instance_type).await {
+                tracing::warn!(instance_type, %error, "the size of an instance type is unknown");
             }
         }
-        Ok(instances)
+        Ok(described.iter().map(|i| self.to_instance(i)).collect())
     }
 
     fn to_instance(&self, instance: &aws_sdk_ec2::types::Instance) -> Instance {
@@ -477,55 +486,6 @@ impl AwsCloud {
         tag_of(resource_tags, tags::PROVIDER) == Some(&self.settings.provider)
             && tag_of(resource_tags, tags::SYSTEM_ID) == Some(&self.settings.system_id)
     }
-
-    /// Every quota of one Service Quotas service, by code (`ListServiceQuotas`, all pages).
-    async fn service_quotas(&self, service: Service) -> CloudResult<HashMap<String, f64>> {
-        let mut pages =
-            self.quotas.list_service_quotas().service_code(service.code()).into_paginator().send();
-        let mut values = HashMap::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("ListServiceQuotas", e))?;
-            for quota in page.quotas() {
-                if let (Some(code), Some(value)) = (quota.quota_code(), quota.value()) {
-                    values.insert(code.to_owned(), value);
-                }
-            }
-        }
-        Ok(values)
-    }
-}
-
-/// The instance types a label may launch: its fleet's, or its one `instanceType`.
-fn label_instance_types(label: &PoolLabel, aws: &AwsLabel) -> CloudResult<Vec<String>> {
-    match &aws.fleet {
-        Some(fleet) => Ok(fleet.instance_types.clone()),
-        None => label
-            .instance_type
-            .clone()
-            .map(|t| vec![t])
-            .ok_or_else(|| CloudError::Invalid(format!("label {} has no instanceType", label.name))),
-    }
-}
-
-/// The quota codes the pools' labels count against.
-fn label_codes(pools: &[Pool]) -> CloudResult<BTreeSet<&'static str>> {
-    let mut codes = BTreeSet::new();
-    for label in pools.iter().flat_map(|p| &p.labels) {
-        let aws: AwsLabel = label.driver_settings.parse(BLOCK)?.unwrap_or_default();
-        // A label without an instance type says so in its own status; quota is still read.
-        for instance_type in label_instance_types(label, &aws).unwrap_or_default() {
-            let placement = quota::Placement {
-                instance_type: &instance_type,
-                spot: label.spot,
-                dedicated_host: aws.dedicated_host,
-            };
-            codes.extend(quota::code(placement));
-        }
-        if let Some(volume_type) = &label.volume_type {
-            codes.extend(quota::volume_type_codes(volume_type));
-        }
-    }
-    Ok(codes)
 }
 
 /// The first network interface: the pool's subnet, security groups and addresses.
@@ -650,73 +610,13 @@ impl Cloud for AwsCloud {
     /// A quota Service Quotas does not answer for stays unknown: launches then go on until EC2
     /// refuses one, which pauses the pool.
     async fn quota_limits(&self, pools: &[Pool]) -> CloudResult<ResourceLimits> {
-        self.check_access().await?;
-        let wanted = label_codes(pools)?;
-        let mut limits = ResourceLimits::default();
-        let services: BTreeSet<Service> = wanted.iter().map(|code| quota::service_of(code)).collect();
-        for service in services {
-            let values = match self.service_quotas(service).await {
-                Ok(values) => values,
-                Err(error) => {
-                    tracing::warn!(provider = %self.settings.provider, service = service.code(), %error,
-                        "Service Quotas does not answer; that service's quotas stay unknown");
-                    continue;
-                }
-            };
-            for code in wanted.iter().filter(|code| quota::service_of(code) == service) {
-                match values.get(*code) {
-                    Some(value) => {
-                        limits.max_resources.insert((*code).to_owned(), quota::limit(code, *value));
-                    }
-                    None => tracing::warn!(provider = %self.settings.provider, code,
-                        "Service Quotas has no such quota for this account; it stays unknown"),
-                }
-            }
-        }
-        Ok(limits)
+        self.account_quota(pools).await
     }
 
     /// Every running instance and every volume of the account this provider does not own, by
     /// what it holds of the quota codes (Nodepool's unmanaged quota).
     async fn unmanaged_usage(&self) -> CloudResult<ResourceUsage> {
-        let mut usage = ResourceUsage::default();
-        let holding_vcpus = Filter::builder()
-            .name("instance-state-name")
-            .set_values(Some(["pending", "running", "shutting-down", "stopping"].map(String::from).to_vec()))
-            .build();
-        let mut pages = self.client.describe_instances().filters(holding_vcpus).into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("DescribeInstances", e))?;
-            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
-                let Some(instance_type) = instance.instance_type().map(|t| t.as_str().to_owned()) else {
-                    continue;
-                };
-                if self.owns(instance.tags()) {
-                    continue;
-                }
-                let size = self.instance_type_resources(&instance_type).await?;
-                let placement = quota::Placement {
-                    instance_type: &instance_type,
-                    spot: instance.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
-                    dedicated_host: instance.placement().and_then(|p| p.host_id()).is_some(),
-                };
-                usage.add(&quota::instance_footprint(&size, placement).usage());
-            }
-        }
-        let mut pages = self.client.describe_volumes().into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("DescribeVolumes", e))?;
-            for volume in page.volumes().iter().filter(|v| !self.owns(v.tags())) {
-                let Some(volume_type) = volume.volume_type() else { continue };
-                let held = quota::volume_footprint(
-                    volume_type.as_str(),
-                    volume.size().map(|s| s.max(0) as u64),
-                    volume.iops().map(|i| i.max(0) as u64),
-                );
-                usage.add(&ResourceUsage { other: held, ..Default::default() });
-            }
-        }
-        Ok(usage)
+        self.unmanaged().await
     }
 
     /// What one node of the label holds: its instance type's vCPUs and memory, those vCPUs
@@ -797,112 +697,10 @@ impl Cloud for AwsCloud {
     /// Detached volumes, dedicated hosts, and uploaded images (AMIs) and snapshots, tagged for
     /// this provider and installation.
     async fn list_other_resources(&self) -> CloudResult<Vec<LeakedResource>> {
-        let owner_of = |resource_tags: &[Tag]| {
-            let node = tag_of(resource_tags, tags::NODE_ID).cloned().map(Owner::Node);
-            node.or_else(|| tag_of(resource_tags, tags::IMAGE).cloned().map(Owner::Image))
-        };
-        let mut resources = Vec::new();
-        let mut filters = self.ownership_filters();
-        filters.push(Filter::builder().name("status").values("available").build());
-        let mut pages = self.client.describe_volumes().set_filters(Some(filters)).into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("DescribeVolumes", e))?;
-            for volume in page.volumes() {
-                resources.push(LeakedResource {
-                    kind: ResourceKind::Volume,
-                    id: volume.volume_id().unwrap_or_default().to_owned(),
-                    owner: owner_of(volume.tags()),
-                });
-            }
-        }
-        for host in self.our_hosts().await? {
-            resources.push(LeakedResource {
-                kind: ResourceKind::DedicatedHost,
-                id: host.host_id().unwrap_or_default().to_owned(),
-                owner: owner_of(host.tags()),
-            });
-        }
-        let images = self
-            .client
-            .describe_images()
-            .owners("self")
-            .set_filters(Some(self.ownership_filters()))
-            .send()
-            .await
-            .map_err(|e| classify("DescribeImages", e))?;
-        for image in images.images() {
-            resources.push(LeakedResource {
-                kind: ResourceKind::Image,
-                id: image.image_id().unwrap_or_default().to_owned(),
-                owner: owner_of(image.tags()),
-            });
-        }
-        let mut pages = self
-            .client
-            .describe_snapshots()
-            .owner_ids("self")
-            .set_filters(Some(self.ownership_filters()))
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("DescribeSnapshots", e))?;
-            for snapshot in page.snapshots() {
-                resources.push(LeakedResource {
-                    kind: ResourceKind::Snapshot,
-                    id: snapshot.snapshot_id().unwrap_or_default().to_owned(),
-                    owner: owner_of(snapshot.tags()),
-                });
-            }
-        }
-        Ok(resources)
+        self.tagged_resources().await
     }
 
     async fn delete_other_resource(&self, resource: &LeakedResource) -> CloudResult<()> {
-        match resource.kind {
-            ResourceKind::Volume => {
-                self.client
-                    .delete_volume()
-                    .volume_id(&resource.id)
-                    .send()
-                    .await
-                    .map_err(|e| classify("DeleteVolume", e))?;
-                Ok(())
-            }
-            ResourceKind::DedicatedHost => {
-                let output = self
-                    .client
-                    .release_hosts()
-                    .host_ids(&resource.id)
-                    .send()
-                    .await
-                    .map_err(|e| classify("ReleaseHosts", e))?;
-                if let Some(refused) = output.unsuccessful().first() {
-                    let why = refused.error().and_then(|e| e.message()).unwrap_or("refused");
-                    return Err(CloudError::api("ReleaseHosts", why));
-                }
-                Ok(())
-            }
-            ResourceKind::Image => {
-                self.client
-                    .deregister_image()
-                    .image_id(&resource.id)
-                    .send()
-                    .await
-                    .map_err(|e| classify("DeregisterImage", e))?;
-                Ok(())
-            }
-            // A snapshot still behind an image is refused (`InvalidSnapshot.InUse`) and tried
-            // again on the next pass, after the image is gone.
-            ResourceKind::Snapshot => {
-                self.client
-                    .delete_snapshot()
-                    .snapshot_id(&resource.id)
-                    .send()
-                    .await
-                    .map_err(|e| classify("DeleteSnapshot", e))?;
-                Ok(())
-            }
-            kind => Err(CloudError::Invalid(format!("cannot delete a {kind}"))),
-        }
+        self.delete_tagged(resource).await
     }
 }
