@@ -322,6 +322,7 @@ async fn withdrawn(shared: &Arc<Shared>, id: &str) -> Result<()> {
     if shared.withdrawn_requests.contains(id) {
         return Ok(());
     }
+    record_zuuls_view_of_nodes(shared, id).await?;
     match shared.node_request_api().delete(id, &DeleteParams::default()).await {
         Ok(_) => tracing::info!("request withdrawn"),
         Err(kube::Error::Api(status)) if status.code == 404 => {
@@ -332,6 +333,31 @@ async fn withdrawn(shared: &Arc<Shared>, id: &str) -> Result<()> {
     shared.withdrawn_requests.insert(id);
     shared.fulfilled_requests.remove(id);
     shared.pending_requests.remove(id);
+    Ok(())
+}
+
+/// Records what ZooKeeper shows now of the nodes allocated to request `id` (Zuul's lock, its
+/// `in-use` or `used`) before the NodeRequest goes. The operator releases a node of a gone
+/// request that shows no sign of Zuul, and Zuul locks a request's nodes before it deletes the
+/// request; but it may lock, use and return a node within milliseconds, before that node's own
+/// events reach us under load. Without this, such a node was released, handed to another
+/// request, and then deleted as used (found by the AWS quota test under `make test`).
+async fn record_zuuls_view_of_nodes(shared: &Arc<Shared>, id: &str) -> Result<()> {
+    let allocated: Vec<Arc<PoolNode>> = shared
+        .pool_nodes
+        .state()
+        .into_iter()
+        .filter(|n| n.status.as_ref().and_then(|s| s.allocated_to.as_deref()) == Some(id))
+        .collect();
+    for node in allocated {
+        let recorded = node.status.as_ref().and_then(|s| s.zuul_view()).and_then(|v| v.node_id.clone());
+        let known = node
+            .uid()
+            .and_then(|uid| shared.znodes_by_uid.lock().unwrap().get(&uid).map(|k| k.node_id.clone()));
+        if let Some(node_id) = recorded.or(known) {
+            crate::nodes::on_node_event(shared, &node_id).await?;
+        }
+    }
     Ok(())
 }
 
