@@ -317,33 +317,38 @@ def render_config(args, zk):
     return cfg
 
 
-def render_fake_config(args, zk):
-    """Nodepool's in-tree fake cloud (cf. tests/fixtures/node.yaml,
-    metastatic.yaml): driver fake, cloud fake, unmanaged cloud image."""
+def single_label_config(args, zk, provider):
+    """A launcher on the testenv ZooKeeper (TLS) serving --label from one cloud provider."""
     return {
         "zookeeper-servers": zk_servers(args, zk),
         "zookeeper-tls": {"ca": zk["tls_ca"], "cert": zk["tls_cert"],
                           "key": zk["tls_key"]},
         "zookeeper-timeout": 10,
         "labels": [{"name": args.label, "min-ready": 0}],
-        "providers": [{
-            "name": args.provider,
-            "driver": "fake",
-            "cloud": "fake",
-            "region-name": "fake-region",
-            "cloud-images": [{"name": "fake-image",
-                              "image-name": "Fake Precise"}],
-            "pools": [{
-                "name": "main",
-                "max-servers": args.max_servers,
-                "host-key-checking": False,
-                "labels": [{"name": args.label,
-                            "cloud-image": "fake-image",
-                            "min-ram": 8192,
-                            "flavor-name": "Fake"}],
-            }],
-        }],
+        "providers": [provider],
     }
+
+
+def render_fake_config(args, zk):
+    """Nodepool's in-tree fake cloud (cf. tests/fixtures/node.yaml,
+    metastatic.yaml): driver fake, cloud fake, unmanaged cloud image."""
+    return single_label_config(args, zk, {
+        "name": args.provider,
+        "driver": "fake",
+        "cloud": "fake",
+        "region-name": "fake-region",
+        "cloud-images": [{"name": "fake-image",
+                          "image-name": "Fake Precise"}],
+        "pools": [{
+            "name": "main",
+            "max-servers": args.max_servers,
+            "host-key-checking": False,
+            "labels": [{"name": args.label,
+                        "cloud-image": "fake-image",
+                        "min-ram": 8192,
+                        "flavor-name": "Fake"}],
+        }],
+    })
 
 
 def do_fake_config(args, zk):
@@ -364,29 +369,22 @@ def render_aws_config(args, zk):
     """Nodepool's AWS driver on moto (boto3 reaches it through AWS_ENDPOINT_URL, see
     launcher_env): one pool, one label of --instance-type from the fixed AMI --image-id, host keys
     not checked, every other setting at Nodepool's default (rate 2 mutating calls/s)."""
-    return {
-        "zookeeper-servers": zk_servers(args, zk),
-        "zookeeper-tls": {"ca": zk["tls_ca"], "cert": zk["tls_cert"],
-                          "key": zk["tls_key"]},
-        "zookeeper-timeout": 10,
-        "labels": [{"name": args.label, "min-ready": 0}],
-        "providers": [{
-            "name": args.provider,
-            "driver": "aws",
-            "region-name": "us-east-1",
-            "cloud-images": [{"name": "image", "image-id": args.image_id,
-                              "username": "ec2-user"}],
-            "pools": [{
-                "name": "main",
-                "max-servers": args.max_servers,
-                "host-key-checking": False,
-                # Nodepool sends KeyName unchecked; moto accepts any name.
-                "labels": [{"name": args.label, "cloud-image": "image",
-                            "instance-type": args.instance_type,
-                            "key-name": "zuul"}],
-            }],
+    return single_label_config(args, zk, {
+        "name": args.provider,
+        "driver": "aws",
+        "region-name": "us-east-1",
+        "cloud-images": [{"name": "image", "image-id": args.image_id,
+                          "username": "ec2-user"}],
+        "pools": [{
+            "name": "main",
+            "max-servers": args.max_servers,
+            "host-key-checking": False,
+            # Nodepool sends KeyName unchecked; moto accepts any name.
+            "labels": [{"name": args.label, "cloud-image": "image",
+                        "instance-type": args.instance_type,
+                        "key-name": "zuul"}],
         }],
-    }
+    })
 
 
 def do_config(args, zk):
