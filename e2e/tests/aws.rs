@@ -710,7 +710,6 @@ async fn held_vcpus(ec2: &aws_sdk_ec2::Client, provider: &str) -> Result<u32> {
 /// with `VcpuLimitExceeded`, see `e2e/aws/moto_server.py`) refuses none, and the requests that
 /// do not fit wait with `AtQuota` until nodes come back.
 #[tokio::test]
-#[ignore = "exposes an intermittent double hand-out (a node released 5 s after Zuul deleted its request, while Zuul had already used it), about 1 run in 4 under make test; see the fourteenth session's note on #26. Run with --ignored"]
 async fn launches_stay_within_the_service_quota_less_what_others_hold() -> Result<()> {
     const CODE: &str = "L-1216C47A";
     let stack = Stack::start("aws-quota").await?;

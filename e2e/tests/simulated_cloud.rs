@@ -285,3 +285,65 @@ async fn a_reused_node_serves_again_under_a_new_id_until_its_max_uses() -> Resul
     wait_nodes(&stack, "deleted after its second use", |nodes| nodes.is_empty()).await?;
     Ok(())
 }
+
+/// The bridge is slowed down (a pause point) between reading a node and recording it, only
+/// where it records a withdrawn request's nodes, while Zuul's events for the same node keep
+/// coming. That record read the node while Zuul held its lock, and used to land after the newer
+/// one: a held node then looked locked and not held, and a node the executor gave back unused
+/// looked locked for good, so it was never returned to service. Two writers of one node's view
+/// now take turns, each reading ZooKeeper in its turn, so the last record is the newest.
+#[tokio::test]
+async fn what_zuul_last_did_to_a_node_is_what_the_pool_node_shows() -> Result<()> {
+    let mut stack = Stack::prepare("sim-view-order").await?;
+    stack.start_operator()?;
+    stack.start_bridge_with(&[(
+        nodepool_service::failpoint::PAUSE_VARIABLE,
+        "bridge-withdrawal-node-read=1500ms",
+    )])?;
+    stack.apply_provider(stack.simulated_provider("sim", json!({"pools": pools(None)}))).await?;
+    provider_ready(&stack, "sim").await?;
+    let mut zuul = Zuul::connect(&stack).await?;
+    let view = |node: &PoolNode| node.status.as_ref().and_then(|s| s.zuul_view().cloned());
+
+    // Held: accept, hold and return within the pause.
+    let hold_request = zuul.call("autohold", json!({"job": "held-job"})).await?["hold_request_id"].clone();
+    let held = zuul.request(&["sim-small"]).await?;
+    let outcome = zuul.wait(&held, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    let held_id = outcome["nodes"][0].as_str().context("node id")?.to_owned();
+    let build = zuul.call("accept", json!({"request_id": held})).await?["build"].clone();
+    zuul.call("hold", json!({"build": build, "hold_request_id": hold_request})).await?;
+    zuul.call("return", json!({"build": build})).await?;
+
+    // Given back unused (an executor that gave up before the build ran): released after 5 s.
+    let unused = zuul.request(&["sim-small"]).await?;
+    let outcome = zuul.wait(&unused, WAIT).await?;
+    assert_eq!(outcome["state"], "fulfilled", "{outcome}");
+    let unused_id = outcome["nodes"][0].as_str().context("node id")?.to_owned();
+    let build = zuul.call("accept", json!({"request_id": unused})).await?["build"].clone();
+    zuul.call("release", json!({"build": build})).await?;
+
+    let of = |nodes: &[PoolNode], id: &str| {
+        nodes.iter().find(|n| view(n).and_then(|v| v.node_id).as_deref() == Some(id)).cloned()
+    };
+    let settled = wait_nodes(&stack, "the held node held and the unused one back in service", |nodes| {
+        let held = of(nodes, &held_id).and_then(|n| view(&n));
+        let unused = of(nodes, &unused_id);
+        held.is_some_and(|v| v.zuul_state == Some(NodeState::Hold) && !v.locked)
+            && unused.is_some_and(|n| {
+                n.status.as_ref().is_some_and(|s| s.allocated_to.is_none() && s.state == NodeState::Ready)
+            })
+    })
+    .await?;
+    // Both pauses are over by now; nothing older lands afterwards.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let nodes = stack.nodes().await?;
+    let held_view = of(&nodes, &held_id).and_then(|n| view(&n)).context("the held node")?;
+    assert_eq!((held_view.zuul_state, held_view.locked), (Some(NodeState::Hold), false), "{held_view:?}");
+    let zk = zuul.call("get_node", json!({"node_id": held_id})).await?;
+    assert_eq!(zk["data"]["state"], "hold", "{zk}");
+    let unused_node = of(&nodes, &unused_id).context("the unused node")?;
+    assert_eq!(unused_node.status.as_ref().and_then(|s| s.allocated_to.clone()), None);
+    assert_eq!(settled.len(), nodes.len(), "no other node came or went");
+    Ok(())
+}

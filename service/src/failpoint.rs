@@ -114,6 +114,56 @@ pub fn hit(point: Failpoint) {
     }
 }
 
+/// The environment variable naming the pause points armed in this process.
+pub const PAUSE_VARIABLE: &str = "NODEPOOL_PAUSES";
+
+/// A place where a test may slow a process down (see [`pause`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pause {
+    /// The bridge, handling a request Zuul withdrew, has read one of the request's nodes from
+    /// ZooKeeper and not yet recorded what it saw in the `PoolNode`. Zuul's node events keep
+    /// coming meanwhile.
+    BridgeWithdrawalNodeRead,
+}
+
+impl Pause {
+    pub const ALL: [Pause; 1] = [Pause::BridgeWithdrawalNodeRead];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Pause::BridgeWithdrawalNodeRead => "bridge-withdrawal-node-read",
+        }
+    }
+}
+
+/// `name=300ms,...` → how long each named pause point waits; unknown names and unreadable
+/// durations are ignored with a warning.
+fn parse_pauses(spec: &str) -> HashMap<&'static str, std::time::Duration> {
+    let mut pauses = HashMap::new();
+    for item in spec.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        let (name, millis) = item.split_once('=').unwrap_or((item, ""));
+        let Some(point) = Pause::ALL.into_iter().find(|p| p.name() == name) else {
+            eprintln!("{PAUSE_VARIABLE}: no pause point called {name:?}; ignored");
+            continue;
+        };
+        let Ok(millis) = millis.trim_end_matches("ms").parse::<u64>() else {
+            eprintln!("{PAUSE_VARIABLE}: {item:?} is not name=<milliseconds>ms; ignored");
+            continue;
+        };
+        pauses.insert(point.name(), std::time::Duration::from_millis(millis));
+    }
+    pauses
+}
+
+/// Waits as long as `point` is armed for (not at all unless a test armed it).
+pub async fn pause(point: Pause) {
+    static PAUSES: OnceLock<HashMap<&'static str, std::time::Duration>> = OnceLock::new();
+    let pauses = PAUSES.get_or_init(|| parse_pauses(&std::env::var(PAUSE_VARIABLE).unwrap_or_default()));
+    if let Some(&wait) = pauses.get(point.name()) {
+        tokio::time::sleep(wait).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +182,12 @@ mod tests {
         assert_eq!(parsed.get("bridge-node-created"), Some(&1));
         assert_eq!(parsed.get("operator-slot-recycled"), Some(&1), "@0 means the first hit");
         assert_eq!(parsed.len(), 2);
+    }
+
+    #[test]
+    fn pauses_parse_as_milliseconds() {
+        let parsed = parse_pauses("bridge-withdrawal-node-read=500ms, nonsense=1ms, bridge-withdrawal-node-read");
+        assert_eq!(parsed.get("bridge-withdrawal-node-read"), Some(&std::time::Duration::from_millis(500)));
+        assert_eq!(parsed.len(), 1, "the unknown name and the one without a duration are ignored");
     }
 }

@@ -18,7 +18,7 @@ use kube::{
 use nodepool_crds::{
     BRIDGE_MANAGER, NodeState, PoolNode, ZNODE_FINALIZER, ZooKeeperView, pool_node::KubernetesAccess,
 };
-use nodepool_service::failpoint::{self, Failpoint};
+use nodepool_service::failpoint::{self, Failpoint, Pause};
 use serde_json::{Value, json};
 use tracing::Instrument;
 use zookeeper_client::{Acls, CreateMode, Error as ZkError};
@@ -582,9 +582,11 @@ async fn kubernetes_credentials(
 }
 
 /// Records the znode id of the node's current registration in `status.zookeeper` if it is not
-/// there yet; a view of an earlier registration is replaced whole.
+/// there yet, with what ZooKeeper shows of the znode now (the caller holds the node's mutex).
+/// The view is read afresh rather than taken from `node`: that copy may be older than a view
+/// recorded while this caller waited for the mutex, and writing it back would undo that one.
 async fn record_node_id(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     node: &PoolNode,
     uid: &str,
     node_id: &str,
@@ -594,15 +596,10 @@ async fn record_node_id(
         return Ok(());
     }
     let status = node.status.clone().unwrap_or_default();
-    let mut view = status.zuul_view().cloned().unwrap_or_default();
-    if view.node_id.as_deref() == Some(node_id) && status.zookeeper.as_ref() == Some(&view) {
+    if status.zuul_view().is_some_and(|view| view.node_id.as_deref() == Some(node_id)) {
         return Ok(());
     }
-    view.registration = status.registration;
-    view.node_id = Some(node_id.to_owned());
-    patch_view(shared, &node.name_any(), &view).await?;
-    recorded(shared, uid);
-    Ok(())
+    record_view_in_turn(shared, uid, node_id, None).await
 }
 
 async fn patch_view(shared: &Shared, name: &str, view: &ZooKeeperView) -> Result<()> {
@@ -652,21 +649,44 @@ async fn finalize(shared: &Arc<Shared>, node: &PoolNode) -> Result<Action> {
 }
 
 /// A change of `/nodepool/nodes/<id>` or of its lock: carry Zuul's view back to the PoolNode.
-#[tracing::instrument(name = "znode", skip_all, fields(node_id = %node_id))]
 pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
-    let data = match shared.zk.get_data(&paths::node(node_id)).await {
-        Ok((data, _)) => data,
-        Err(zookeeper_client::Error::NoNode) => return node_vanished(shared, node_id).await,
-        Err(error) => return Err(error).context("reading the node"),
+    record_zuuls_view(shared, node_id, None).await
+}
+
+/// Records what ZooKeeper shows of node `node_id` in its PoolNode. `pause` lets a test slow
+/// this run down between its reads and its write (see [`failpoint::pause`]).
+///
+/// Several handlers record the same node: its own events, and the handler of a request Zuul
+/// withdrew, which records the request's nodes before the NodeRequest goes. They take turns
+/// (the node's mutex, which registering the node takes too) and each reads ZooKeeper in its
+/// turn, so the last record is the newest. Side by side, a record read while Zuul held the
+/// lock landed after the one made when Zuul had let go: a node Zuul used and returned within
+/// milliseconds looked untouched, was released and handed out again, or looked locked for good.
+#[tracing::instrument(name = "znode", skip_all, fields(node_id = %node_id))]
+pub async fn record_zuuls_view(shared: &Arc<Shared>, node_id: &str, pause: Option<Pause>) -> Result<()> {
+    let uid = match uid_of_known_znode(shared, node_id) {
+        Some(uid) => uid,
+        None => match read_znode(shared, node_id).await? {
+            Znode::Ours(fields) => fields.pool_node_uid.clone().unwrap_or_default(),
+            Znode::Gone => return node_vanished(shared, node_id).await,
+            Znode::Unreadable | Znode::NotOurs => return Ok(()),
+        },
     };
-    let Some(fields) = ZuulFields::parse(&data) else {
-        if !data.is_empty() {
-            tracing::warn!("unreadable node znode; left alone");
-            shared.metrics.malformed("node");
-        }
-        return Ok(());
+    let mutex = shared.node_mutex(&uid);
+    let _turn = mutex.lock().await;
+    record_view_in_turn(shared, &uid, node_id, pause).await
+}
+
+/// [`record_zuuls_view`] for a caller that holds the mutex of the node with `uid`.
+async fn record_view_in_turn(shared: &Arc<Shared>, uid: &str, node_id: &str, pause: Option<Pause>) -> Result<()> {
+    // The lock before the data: Zuul writes `in-use`, `used` or `hold` before it unlocks, so a
+    // node it has let go is never seen unlocked with the state it had before.
+    let locked = shared.locked_by_others(&paths::node_lock(node_id)).await?;
+    let fields = match read_znode(shared, node_id).await? {
+        Znode::Ours(fields) if fields.pool_node_uid.as_deref() == Some(uid) => fields,
+        Znode::Gone => return node_vanished(shared, node_id).await,
+        _ => return Ok(()),
     };
-    let Some(uid) = fields.pool_node_uid.clone() else { return Ok(()) }; // not one of ours
     let Some(node) = cached_registration(shared, &uid, fields.registration).await else {
         remember_found(shared, &uid, fields.registration, node_id, None);
         return Ok(());
@@ -692,12 +712,11 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
         );
         return Ok(());
     }
-    let zuul_state = fields.state.filter(|s| zuul_owned(*s));
     let view = ZooKeeperView {
         registration: fields.registration,
         node_id: Some(node_id.to_owned()),
-        zuul_state,
-        locked: shared.locked_by_others(&paths::node_lock(node_id)).await?,
+        zuul_state: fields.state.filter(|s| zuul_owned(*s)),
+        locked,
         hold_job: fields.hold_job,
         comment: fields.comment,
         hold_expiration: fields.hold_expiration,
@@ -710,11 +729,44 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
     {
         return Ok(()); // only the id would be new: see RECORD_NEW_ID_AFTER
     }
+    if let Some(pause) = pause {
+        failpoint::pause(pause).await;
+    }
     if node.status.as_ref().and_then(|s| s.zookeeper.as_ref()) != Some(&view) {
         patch_view(shared, &node.name_any(), &view).await?;
         recorded(shared, &uid);
     }
     Ok(())
+}
+
+/// What a node znode holds, as far as recording Zuul's view goes.
+enum Znode {
+    Ours(ZuulFields),
+    NotOurs,
+    Unreadable,
+    Gone,
+}
+
+async fn read_znode(shared: &Shared, node_id: &str) -> Result<Znode> {
+    let data = match shared.zk.get_data(&paths::node(node_id)).await {
+        Ok((data, _)) => data,
+        Err(zookeeper_client::Error::NoNode) => return Ok(Znode::Gone),
+        Err(error) => return Err(error).context("reading the node"),
+    };
+    let Some(fields) = ZuulFields::parse(&data) else {
+        if !data.is_empty() {
+            tracing::warn!("unreadable node znode; left alone");
+            shared.metrics.malformed("node");
+        }
+        return Ok(Znode::Unreadable);
+    };
+    Ok(if fields.pool_node_uid.is_some() { Znode::Ours(fields) } else { Znode::NotOurs })
+}
+
+/// The PoolNode (by uid) of a znode this session created or has seen.
+fn uid_of_known_znode(shared: &Shared, node_id: &str) -> Option<String> {
+    let known = shared.znodes_by_uid.lock().unwrap();
+    known.iter().find(|(_, znode)| znode.node_id == node_id).map(|(uid, _)| uid.clone())
 }
 
 /// How long a ZooKeeper event of a node waits for the PoolNode cache to show the node's
@@ -724,9 +776,14 @@ pub async fn on_node_event(shared: &Arc<Shared>, node_id: &str) -> Result<()> {
 const CACHE_CATCH_UP: Duration = Duration::from_secs(2);
 
 /// The cached PoolNode with `uid`, once the cache shows at least `registration` of it (or after
-/// [`CACHE_CATCH_UP`], as it is then).
+/// [`CACHE_CATCH_UP`], as it is then), and shows this session's last write to it: what is
+/// recorded is compared with the cached copy, and one older than our last record would hide it.
 async fn cached_registration(shared: &Shared, uid: &str, registration: u32) -> Option<Arc<PoolNode>> {
-    let caught_up = || shared.pool_node_by_uid(uid).is_none_or(|n| self::registration(&n) >= registration);
+    let caught_up = || {
+        shared.pool_node_by_uid(uid).is_none_or(|n| {
+            self::registration(&n) >= registration && !shared.node_versions.cache_is_behind(n.as_ref())
+        })
+    };
     nodepool_service::written::until_cached(CACHE_CATCH_UP, caught_up).await;
     shared.pool_node_by_uid(uid)
 }

@@ -362,7 +362,8 @@ async fn record_zuuls_view_of_nodes(shared: &Arc<Shared>, id: &str) -> Result<()
         // znode read here would register the node again).
         let Some(node_id) = recorded.or(known) else { continue };
         if shared.zk.check_stat(&paths::node(&node_id)).await?.is_some() {
-            crate::nodes::on_node_event(shared, &node_id).await?;
+            let pause = Some(nodepool_service::failpoint::Pause::BridgeWithdrawalNodeRead);
+            crate::nodes::record_zuuls_view(shared, &node_id, pause).await?;
         }
     }
     Ok(())
