@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod gce;
 pub mod invariant;
 pub mod moto;
+pub mod openshift;
 pub mod pki;
 pub mod process;
 pub mod prometheus;

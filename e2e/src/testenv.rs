@@ -290,7 +290,9 @@ fn start(dir: &Path) -> Result<TestEnv> {
         let kubeconfig = dir.join("admin.kubeconfig");
         fs::write(&kubeconfig, kubeconfig_yaml(&apiserver_url, &ca_file, &admin_cert, &admin_key))?;
 
-        // kube-controller-manager: service-account tokens, namespace deletion, garbage collection.
+        // kube-controller-manager: service-account tokens, namespace deletion, garbage collection,
+        // and the aggregated ClusterRoles (`admin`, `edit`, `view`), which the OpenShift tests
+        // bind a project's admin to.
         let mut kcm = Command::new(bin.join("kube-controller-manager"));
         for flag in ["--kubeconfig", "--authentication-kubeconfig", "--authorization-kubeconfig"] {
             kcm.arg(format!("{flag}={}", kubeconfig.display()));
@@ -299,7 +301,7 @@ fn start(dir: &Path) -> Result<TestEnv> {
             .arg(format!("--service-account-private-key-file={}", sa_key.display()))
             .arg(format!("--root-ca-file={}", ca_file.display()))
             .arg("--use-service-account-credentials=false")
-            .arg("--controllers=serviceaccount-token-controller,serviceaccount-controller,namespace-controller,garbage-collector-controller");
+            .arg("--controllers=serviceaccount-token-controller,serviceaccount-controller,namespace-controller,garbage-collector-controller,clusterrole-aggregation-controller");
         servers.push(process::spawn("kube-controller-manager", kcm, &logs)?);
 
         // ZooKeeper, TLS only with client certificates, as Zuul requires.

@@ -186,7 +186,8 @@ mod tests {
 
     #[test]
     fn pauses_parse_as_milliseconds() {
-        let parsed = parse_pauses("bridge-withdrawal-node-read=500ms, nonsense=1ms, bridge-withdrawal-node-read");
+        let parsed =
+            parse_pauses("bridge-withdrawal-node-read=500ms, nonsense=1ms, bridge-withdrawal-node-read");
         assert_eq!(parsed.get("bridge-withdrawal-node-read"), Some(&std::time::Duration::from_millis(500)));
         assert_eq!(parsed.len(), 1, "the unknown name and the one without a duration are ignored");
     }

@@ -678,7 +678,12 @@ pub async fn record_zuuls_view(shared: &Arc<Shared>, node_id: &str, pause: Optio
 }
 
 /// [`record_zuuls_view`] for a caller that holds the mutex of the node with `uid`.
-async fn record_view_in_turn(shared: &Arc<Shared>, uid: &str, node_id: &str, pause: Option<Pause>) -> Result<()> {
+async fn record_view_in_turn(
+    shared: &Arc<Shared>,
+    uid: &str,
+    node_id: &str,
+    pause: Option<Pause>,
+) -> Result<()> {
     // The lock before the data: Zuul writes `in-use`, `used` or `hold` before it unlocks, so a
     // node it has let go is never seen unlocked with the state it had before.
     let locked = shared.locked_by_others(&paths::node_lock(node_id)).await?;
@@ -687,8 +692,8 @@ async fn record_view_in_turn(shared: &Arc<Shared>, uid: &str, node_id: &str, pau
         Znode::Gone => return node_vanished(shared, node_id).await,
         _ => return Ok(()),
     };
-    let Some(node) = cached_registration(shared, &uid, fields.registration).await else {
-        remember_found(shared, &uid, fields.registration, node_id, None);
+    let Some(node) = cached_registration(shared, uid, fields.registration).await else {
+        remember_found(shared, uid, fields.registration, node_id, None);
         return Ok(());
     };
     if fields.registration < registration(&node) || node.metadata.deletion_timestamp.is_some() {
@@ -700,8 +705,8 @@ async fn record_view_in_turn(shared: &Arc<Shared>, uid: &str, node_id: &str, pau
         .and_then(|s| s.zookeeper.as_ref())
         .filter(|view| view.registration == fields.registration)
         .and_then(|view| view.node_id.as_deref());
-    remember_found(shared, &uid, fields.registration, node_id, recorded_id);
-    if current_node_id(shared, &node, &uid).is_some_and(|current| current != node_id) {
+    remember_found(shared, uid, fields.registration, node_id, recorded_id);
+    if current_node_id(shared, &node, uid).is_some_and(|current| current != node_id) {
         return Ok(()); // a duplicate of the current registration (left by a crash): swept
     }
     if fields.registration > registration(&node) {
@@ -723,9 +728,7 @@ async fn record_view_in_turn(shared: &Arc<Shared>, uid: &str, node_id: &str, pau
         user_data: Some(fields.user_data).filter(|v| !v.is_null()),
     };
     let recorded_view = node.status.as_ref().and_then(|s| s.zuul_view());
-    if !zuul_touched(&view)
-        && recorded_view.is_none_or(|v| !zuul_touched(v))
-        && leave_unrecorded(shared, &uid)
+    if !zuul_touched(&view) && recorded_view.is_none_or(|v| !zuul_touched(v)) && leave_unrecorded(shared, uid)
     {
         return Ok(()); // only the id would be new: see RECORD_NEW_ID_AFTER
     }
@@ -734,7 +737,7 @@ async fn record_view_in_turn(shared: &Arc<Shared>, uid: &str, node_id: &str, pau
     }
     if node.status.as_ref().and_then(|s| s.zookeeper.as_ref()) != Some(&view) {
         patch_view(shared, &node.name_any(), &view).await?;
-        recorded(shared, &uid);
+        recorded(shared, uid);
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ mod kubernetes;
 mod labels;
 mod names;
 mod notes;
+mod openshift;
 mod openshift_pods;
 mod provider;
 mod static_hosts;

@@ -252,6 +252,40 @@ fn nodepool_environment_variables_are_substituted_as_nodepool_does() {
 }
 
 #[test]
+fn openshift_projects_and_pods_with_max_projects_on_every_pool() {
+    let text = "\
+providers:
+  - name: openshift
+    driver: openshift
+    context: self-provisioner
+    max-projects: 4
+    pools:
+      - name: main
+        labels:
+          - name: openshift-project
+            type: project
+            python-path: /usr/bin/python3
+          - name: openshift-pod
+            type: pod
+            image: docker.io/fedora:28
+            cpu: 2
+          - name: openshift-namespace
+            type: namespace
+";
+    let import = import(text).unwrap();
+    let provider = named(&import, "Provider", "openshift");
+    assert_eq!(provider["spec"]["driver"], "openshift");
+    assert_eq!(provider["spec"]["openshift"]["context"], "self-provisioner");
+    let pool = &provider["spec"]["pools"][0];
+    assert_eq!(pool["maxServers"], 4, "max-projects is every pool's max-servers, as in Nodepool");
+    let labels = pool["labels"].as_array().unwrap();
+    assert_eq!(labels.len(), 2, "namespace is no OpenShift label type: {labels:?}");
+    assert_eq!(labels[0]["openshift"], json!({"type": "project", "pythonPath": "/usr/bin/python3"}));
+    assert_eq!(labels[1]["openshift"], json!({"type": "pod", "image": "docker.io/fedora:28", "cpu": 2}));
+    assert_eq!(notes_at(&import, "providers[0].pools[0].labels[2]")[0].kind, NoteKind::Invalid);
+}
+
+#[test]
 fn openshift_pods_pools_name_their_projects_and_labels_are_pods() {
     let text = "\
 providers:

@@ -1,7 +1,6 @@
 //! [`nodepool_driver::Cloud`] over a Kubernetes cluster: an "instance" is a node's namespace.
 
 use async_trait::async_trait;
-use base64::Engine;
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Secret, ServiceAccount},
     rbac::v1::{Role, RoleBinding},
@@ -16,30 +15,27 @@ use nodepool_crds::{
     provider::{Pool, PoolLabel, ResourceLimits},
 };
 use nodepool_driver::{
-    Cloud, CloudError, Instance, InstanceSpec, InstanceState, KubernetesCredentials, NodeAccess,
-    cloud::CloudResult, tags,
+    Cloud, CloudError, Instance, InstanceSpec, InstanceState, NodeAccess, cloud::CloudResult, tags,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    BLOCK, SERVICE_ACCOUNT, objects,
+    BLOCK, Cluster, SERVICE_ACCOUNT, objects,
     settings::{KubernetesLabel, LabelKind},
 };
 
 /// One provider's cluster.
 pub struct KubernetesCloud {
     client: Client,
+    cluster: Cluster,
     provider: String,
     system_id: String,
-    /// The API server URL handed to Zuul.
-    api_url: String,
-    /// Whether Zuul skips verifying the API server's certificate (as the kubeconfig says).
-    skip_tls: bool,
 }
 
 impl KubernetesCloud {
-    pub fn new(client: Client, provider: &str, system_id: &str, api_url: String, skip_tls: bool) -> Self {
-        Self { client, provider: provider.to_owned(), system_id: system_id.to_owned(), api_url, skip_tls }
+    pub fn new(cluster: Cluster, provider: &str, system_id: &str) -> Self {
+        let client = cluster.client.clone();
+        Self { client, cluster, provider: provider.to_owned(), system_id: system_id.to_owned() }
     }
 
     fn label(label: &PoolLabel) -> CloudResult<KubernetesLabel> {
@@ -61,33 +57,20 @@ impl KubernetesCloud {
             instance.state = InstanceState::Stopping;
             return Ok(instance);
         }
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &name);
-        let secret =
-            secrets.get_opt(SERVICE_ACCOUNT).await.map_err(|e| classify("reading the token Secret", e))?;
-        let data = secret.and_then(|s| s.data).unwrap_or_default();
-        let (Some(token), Some(ca)) = (data.get("token"), data.get("ca.crt")) else {
+        let Some((token, ca)) = service_account_token(&self.client, &name).await? else {
             return Ok(instance); // the token controller has not filled it in yet
         };
         let pod = annotations.get(objects::POD_ANNOTATION).cloned();
         let kind = if pod.is_some() { LabelKind::Pod } else { LabelKind::Namespace };
         if let Some(pod_name) = &pod {
-            let pods: Api<Pod> = Api::namespaced(self.client.clone(), &name);
-            let Some(found) = pods.get_opt(pod_name).await.map_err(|e| classify("reading the pod", e))?
-            else {
-                instance.state = InstanceState::Failed(format!("pod {pod_name} is gone"));
-                return Ok(instance);
-            };
-            let status = found.status.unwrap_or_default();
-            match status.phase.as_deref() {
-                Some("Running") => {}
-                Some("Failed") | Some("Succeeded") => {
-                    let why = status.message.or(status.reason).unwrap_or_else(|| "it stopped".into());
-                    instance.state = InstanceState::Failed(format!("pod {pod_name}: {why}"));
+            match pod_phase(&self.client, &name, pod_name).await? {
+                PodPhase::Running => instance.interface_ip = Some(pod_name.clone()),
+                PodPhase::Starting => return Ok(instance),
+                PodPhase::Ended(why) => {
+                    instance.state = InstanceState::Failed(why);
                     return Ok(instance);
                 }
-                _ => return Ok(instance),
             }
-            instance.interface_ip = Some(pod_name.clone());
         }
         let connection = ConnectionSettings {
             connection_type: Some(objects::connection_type(kind)),
@@ -97,17 +80,7 @@ impl KubernetesCloud {
             shell_type: annotations.get(objects::SHELL_TYPE_ANNOTATION).cloned(),
             ..Default::default()
         };
-        let credentials = KubernetesCredentials {
-            host: self.api_url.clone(),
-            namespace: name.clone(),
-            user: SERVICE_ACCOUNT.into(),
-            skip_tls: self.skip_tls,
-            // As Nodepool hands it over: the Secret's base64 text, kubeconfig's
-            // `certificate-authority-data`.
-            ca_crt: (!self.skip_tls).then(|| base64::engine::general_purpose::STANDARD.encode(&ca.0)),
-            pod,
-            token: String::from_utf8_lossy(&token.0).into_owned(),
-        };
+        let credentials = self.cluster.credentials(&name, token, &ca, pod);
         instance.state = InstanceState::Running;
         instance.access = Some(NodeAccess { connection, kubernetes: Some(credentials) });
         Ok(instance)
@@ -203,13 +176,7 @@ impl Cloud for KubernetesCloud {
 
     /// A node holds what its container requests (a namespace label: what the label says).
     async fn label_resources(&self, _pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
-        let settings = Self::label(label)?;
-        Ok(NodeResources {
-            cores: settings.pod.cpu.unwrap_or(0),
-            ram: settings.pod.memory.unwrap_or(0),
-            instances: 1,
-            ..Default::default()
-        })
+        Ok(Self::label(label)?.pod.footprint())
     }
 
     async fn resolve_image(&self, _image: &ImageSpec) -> CloudResult<String> {
@@ -217,6 +184,47 @@ impl Cloud for KubernetesCloud {
             "kubernetes labels name their container image in pools[].labels[].kubernetes.image".into(),
         ))
     }
+}
+
+/// The token and CA certificate of the node's service account, once the cluster's token
+/// controller has filled in its Secret.
+pub async fn service_account_token(
+    client: &Client,
+    namespace: &str,
+) -> CloudResult<Option<(String, Vec<u8>)>> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret =
+        secrets.get_opt(SERVICE_ACCOUNT).await.map_err(|e| classify("reading the token Secret", e))?;
+    let data = secret.and_then(|s| s.data).unwrap_or_default();
+    Ok(match (data.get("token"), data.get("ca.crt")) {
+        (Some(token), Some(ca)) => Some((String::from_utf8_lossy(&token.0).into_owned(), ca.0.clone())),
+        _ => None,
+    })
+}
+
+/// Where a node's pod stands.
+pub enum PodPhase {
+    Running,
+    /// Scheduled, pulling, starting: not there yet.
+    Starting,
+    /// Gone, failed or finished: the launch attempt failed, for this reason.
+    Ended(String),
+}
+
+pub async fn pod_phase(client: &Client, namespace: &str, pod: &str) -> CloudResult<PodPhase> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let Some(found) = pods.get_opt(pod).await.map_err(|e| classify("reading the pod", e))? else {
+        return Ok(PodPhase::Ended(format!("pod {pod} is gone")));
+    };
+    let status = found.status.unwrap_or_default();
+    Ok(match status.phase.as_deref() {
+        Some("Running") => PodPhase::Running,
+        Some("Failed") | Some("Succeeded") => {
+            let why = status.message.or(status.reason).unwrap_or_else(|| "it stopped".into());
+            PodPhase::Ended(format!("pod {pod}: {why}"))
+        }
+        _ => PodPhase::Starting,
+    })
 }
 
 fn object_name<K: Resource>(object: &K) -> String {

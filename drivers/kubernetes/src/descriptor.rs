@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use base64::Engine;
 use kube::{
     ResourceExt,
     config::{KubeConfigOptions, Kubeconfig},
@@ -12,7 +13,7 @@ use nodepool_crds::{
     ConnectionType,
     driver_blocks::{Block, DriverShape},
 };
-use nodepool_driver::{Build, Cloud, CloudUnavailable, Driver, Supply, secret_value};
+use nodepool_driver::{Build, Cloud, CloudUnavailable, Driver, KubernetesCredentials, Supply, secret_value};
 
 use crate::{
     BLOCK, KubernetesCloud,
@@ -52,9 +53,27 @@ impl Driver for Kubernetes {
     }
 
     async fn cloud(&self, build: Build<'_>) -> Result<Arc<dyn Cloud>, CloudUnavailable> {
-        let provider = build.provider;
-        let settings: KubernetesProvider = provider.spec.driver_settings.parse(BLOCK)?.unwrap_or_default();
-        let config = cluster_config(&build, settings.context.clone()).await?;
+        let settings: KubernetesProvider =
+            build.provider.spec.driver_settings.parse(BLOCK)?.unwrap_or_default();
+        let cluster = Cluster::connect(&build, &settings).await?;
+        let cloud = KubernetesCloud::new(cluster, &build.provider.name_any(), build.system_id);
+        Ok(Arc::new(cloud))
+    }
+}
+
+/// A provider's cluster: the client, and how Zuul reaches the same API server.
+pub struct Cluster {
+    pub client: kube::Client,
+    /// The API server URL handed to Zuul.
+    pub api_url: String,
+    /// Whether Zuul skips verifying the API server's certificate (as the kubeconfig says).
+    pub skip_tls: bool,
+}
+
+impl Cluster {
+    /// The cluster `settings` name, with the credentials `build` carries.
+    pub async fn connect(build: &Build<'_>, settings: &KubernetesProvider) -> Result<Self, CloudUnavailable> {
+        let config = cluster_config(build, settings.context.clone()).await?;
         let api_url = settings
             .api_url
             .clone()
@@ -62,8 +81,27 @@ impl Driver for Kubernetes {
         let skip_tls = config.accept_invalid_certs;
         let client = kube::Client::try_from(config)
             .map_err(|e| CloudUnavailable::BadSettings(format!("building the cluster client: {e}")))?;
-        let cloud = KubernetesCloud::new(client, &provider.name_any(), build.system_id, api_url, skip_tls);
-        Ok(Arc::new(cloud))
+        Ok(Cluster { client, api_url, skip_tls })
+    }
+
+    /// What Zuul is handed for a node in `namespace` (Nodepool's `connection_port` object).
+    pub fn credentials(
+        &self,
+        namespace: &str,
+        token: String,
+        ca: &[u8],
+        pod: Option<String>,
+    ) -> KubernetesCredentials {
+        KubernetesCredentials {
+            host: self.api_url.clone(),
+            namespace: namespace.to_owned(),
+            user: crate::SERVICE_ACCOUNT.into(),
+            skip_tls: self.skip_tls,
+            // As Nodepool hands it over: base64 text, kubeconfig's `certificate-authority-data`.
+            ca_crt: (!self.skip_tls).then(|| base64::engine::general_purpose::STANDARD.encode(ca)),
+            pod,
+            token,
+        }
     }
 }
 

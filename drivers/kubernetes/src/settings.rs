@@ -87,6 +87,19 @@ pub struct PodSettings {
     pub shell_type: Option<String>,
 }
 
+impl PodSettings {
+    /// What a node holds against quota: what its container requests (a namespace or project
+    /// label: what the label says), as one instance.
+    pub fn footprint(&self) -> nodepool_crds::pool_node::NodeResources {
+        nodepool_crds::pool_node::NodeResources {
+            cores: self.cpu.unwrap_or(0),
+            ram: self.memory.unwrap_or(0),
+            instances: 1,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LabelKind {

@@ -12,6 +12,7 @@ pub static DRIVERS: &[&dyn Driver] = &[
     &nodepool_driver_aws::Aws,
     &nodepool_driver_gce::Gce,
     &nodepool_driver_kubernetes::Kubernetes,
+    &nodepool_driver_openshift::OpenShift,
     &nodepool_driver_openshiftpods::OpenShiftPods,
     &nodepool_driver_simulated::Simulated,
 ];
