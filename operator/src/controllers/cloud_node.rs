@@ -186,17 +186,24 @@ async fn write_status(node: &PoolNode, status: &PoolNodeStatus, ctx: &Context) -
             if launch_of(&fresh) != launch_of(node) {
                 return Err(error.into());
             }
-            let others = fresh.status.clone().unwrap_or_default();
-            let merged = PoolNodeStatus {
-                allocated_to: others.allocated_to,
-                tenant: others.tenant,
-                requestor: others.requestor,
-                resources: others.resources,
-                ..status.clone()
-            };
+            let merged = launch_step_onto(&fresh.status.clone().unwrap_or_default(), status);
             Ok(ctx.write_node_status(&fresh, &merged).await?)
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+/// A launch step's status written onto a fresh copy of the node: the scheduler's part, the
+/// allocation, is taken whole from the fresh copy (which request, which hand-out, for whom); the
+/// rest is the step's, the node's resources included (the scheduler writes those once, at
+/// creation, and the launch replaces them with what the instance holds).
+fn launch_step_onto(fresh: &PoolNodeStatus, step: &PoolNodeStatus) -> PoolNodeStatus {
+    PoolNodeStatus {
+        allocated_to: fresh.allocated_to.clone(),
+        allocation_id: fresh.allocation_id.clone(),
+        tenant: fresh.tenant.clone(),
+        requestor: fresh.requestor.clone(),
+        ..step.clone()
     }
 }
 
@@ -419,4 +426,34 @@ pub async fn tear_down(node: &PoolNode, ctx: &Context, why: &str) -> Result<Acti
         ctx.clouds.resume(&node.spec.provider);
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use nodepool_crds::pool_node::NodeResources;
+
+    use super::*;
+
+    #[test]
+    fn a_launch_step_written_after_a_conflict_keeps_the_whole_allocation_and_its_own_resources() {
+        let fresh = PoolNodeStatus {
+            allocated_to: Some("200-0000000007".into()),
+            allocation_id: Some("hand-out-3".into()),
+            tenant: Some("tenant-one".into()),
+            resources: Some(NodeResources { cores: 8, instances: 1, ..Default::default() }),
+            ..Default::default()
+        };
+        let step = PoolNodeStatus {
+            state: NodeState::Ready,
+            resources: Some(NodeResources { cores: 2, instances: 1, ..Default::default() }),
+            ..Default::default()
+        };
+        let merged = launch_step_onto(&fresh, &step);
+        assert_eq!(merged.state, NodeState::Ready);
+        assert_eq!(
+            (merged.allocated_to.as_deref(), merged.allocation_id.as_deref(), merged.tenant.as_deref()),
+            (Some("200-0000000007"), Some("hand-out-3"), Some("tenant-one"))
+        );
+        assert_eq!(merged.resources.map(|r| r.cores), Some(2), "what the instance holds (a fleet's choice)");
+    }
 }
