@@ -55,6 +55,8 @@ pub struct Context {
     pub provider_counts: WriteTimes,
     /// The version of our last status write to each PoolNode (see [`nodepool_service::written`]).
     pub node_writes: nodepool_service::written::WrittenVersions,
+    /// Launch tokens no create was sent with yet (see [`crate::launches`]).
+    pub launches: crate::launches::Launches,
     /// Wakes the scheduler for another pass.
     pub scheduler_wake: Arc<Notify>,
     /// True once the provider, node and request caches hold their initial lists.
@@ -96,6 +98,7 @@ impl Context {
             vanished_requests: Default::default(),
             provider_counts: Default::default(),
             node_writes: Default::default(),
+            launches: Default::default(),
             scheduler_wake,
             caches_ready,
         }

@@ -8,6 +8,7 @@
 pub mod clouds;
 pub mod context;
 pub mod controllers;
+pub mod launches;
 pub mod metrics;
 pub mod scheduler;
 pub mod slots;

@@ -256,6 +256,20 @@ impl AwsCloud {
         Ok(name)
     }
 
+    /// Launches the instance; a spot label falls back to on-demand when EC2 has no spot capacity.
+    async fn launch_with_spot_fallback(&self, spec: &InstanceSpec) -> CloudResult<Instance> {
+        if !spec.label.spot {
+            return self.launch(spec, false).await;
+        }
+        match self.launch(spec, true).await {
+            Err(error) if error.is_quota() => {
+                tracing::info!(node = %spec.node, %error, "no spot capacity; launching on demand");
+                self.launch(spec, false).await
+            }
+            other => other,
+        }
+    }
+
     /// One launch attempt: a fleet's, or one instance's.
     async fn launch(&self, spec: &InstanceSpec, spot: bool) -> CloudResult<Instance> {
         let pool: AwsPool = spec.pool.driver_settings.parse(BLOCK)?.unwrap_or_default();
@@ -547,6 +561,9 @@ fn live_states() -> Filter {
 #[async_trait]
 impl Cloud for AwsCloud {
     async fn create(&self, spec: &InstanceSpec) -> CloudResult<Instance> {
+        if spec.first_try {
+            return self.launch_with_spot_fallback(spec).await;
+        }
         let earlier = self
             .lookups
             .call(spec.token.clone(), |tokens| async move {
@@ -569,16 +586,7 @@ impl Cloud for AwsCloud {
             tracing::info!(node = %spec.node, instance = %existing.id, "adopting the instance of an earlier try");
             return Ok(existing);
         }
-        if !spec.label.spot {
-            return self.launch(spec, false).await;
-        }
-        match self.launch(spec, true).await {
-            Err(error) if error.is_quota() => {
-                tracing::info!(node = %spec.node, %error, "no spot capacity; launching on demand");
-                self.launch(spec, false).await
-            }
-            other => other,
-        }
+        self.launch_with_spot_fallback(spec).await
     }
 
     /// Polls of many nodes at once are one `DescribeInstances` (an `instance-id` filter, which

@@ -27,6 +27,9 @@ pub struct InstanceSpec {
     pub image_id: Option<String>,
     /// Every tag or label to put on the instance and its volumes (see [`crate::tags`]).
     pub tags: BTreeMap<String, String>,
+    /// No create with this token can have reached the cloud before, so a driver need not look
+    /// for an instance an earlier try made (see [`crate::create::Plan::unsent_token`]).
+    pub first_try: bool,
 }
 
 /// Where an instance stands, in the driver-independent terms the state machines use.

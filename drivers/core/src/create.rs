@@ -112,6 +112,9 @@ pub struct Plan {
     pub ssh_port: u16,
     /// How long one key scan may take.
     pub scan_timeout: Duration,
+    /// The token of a create the caller knows was never sent (a node its own process created,
+    /// on its first try); that create is sent with [`InstanceSpec::first_try`] set.
+    pub unsent_token: Option<String>,
 }
 
 /// What the caller should do after [`advance`].
@@ -166,6 +169,7 @@ async fn create(cloud: &dyn Cloud, plan: &Plan, progress: &mut Progress, now: Sy
     let mut spec = plan.spec.clone();
     spec.token = progress.token(node);
     spec.attempt = progress.attempt;
+    spec.first_try = plan.unsent_token.as_deref() == Some(spec.token.as_str());
     match cloud.create(&spec).await {
         Ok(instance) => {
             tracing::info!(node = %node, instance = %instance.id, attempt = progress.attempt, "instance requested");

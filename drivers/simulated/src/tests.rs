@@ -47,6 +47,7 @@ fn plan(node: &str, retries: u32) -> Plan {
             label: label(),
             image_id: None,
             tags: tags::instance_tags(&label(), &context),
+            first_try: false,
         },
         launch_retries: retries,
         boot_timeout: Duration::from_secs(60),
@@ -54,6 +55,7 @@ fn plan(node: &str, retries: u32) -> Plan {
         host_key_checking: false,
         ssh_port: 22,
         scan_timeout: Duration::from_secs(1),
+        unsent_token: None,
     }
 }
 

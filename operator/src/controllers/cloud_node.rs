@@ -30,7 +30,7 @@ use nodepool_crds::{
 };
 use nodepool_driver::{
     Cloud, InstanceSpec,
-    create::{self, LaunchResult, Next, Plan, Progress},
+    create::{self, LaunchResult, Next, Plan, Progress, Step},
     delete,
     tags::{self, TagContext},
 };
@@ -118,6 +118,7 @@ fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, 
             label: placement.label.clone(),
             image_id,
             tags: tags::instance_tags(&placement.label, &context),
+            first_try: false,
         },
         launch_retries: provider.spec.launch_retries,
         boot_timeout: provider.spec.boot_timeout.0,
@@ -125,6 +126,7 @@ fn launch_plan(node: &PoolNode, status: &PoolNodeStatus, placement: &Placement, 
         host_key_checking: placement.pool.host_key_checking && ssh,
         ssh_port: port,
         scan_timeout: SCAN_TIMEOUT,
+        unsent_token: None,
     }
 }
 
@@ -258,9 +260,16 @@ pub async fn launch(node: &PoolNode, mut status: PoolNodeStatus, ctx: &Context) 
             Progress::start(SystemTime::now())
         }
     };
-    let plan = launch_plan(node, &status, &placement, ctx);
+    let mut plan = launch_plan(node, &status, &placement, ctx);
+    if progress.step == Step::Create {
+        let token = progress.token(&node.name_any());
+        plan.unsent_token = ctx.launches.first_send(&node.name_any(), &token).then_some(token);
+    }
     let next = create::advance(placement.cloud.as_ref(), &plan, &mut progress, SystemTime::now()).await;
     status.external_id = progress.instance_id.clone().or(status.external_id);
+    if !matches!(next, Next::Wait(_)) {
+        ctx.launches.finished(&node.name_any()); // no more creates for this node
+    }
     match next {
         Next::Wait(after) => {
             let stored = progress.to_status();
@@ -388,6 +397,7 @@ async fn fail(
 /// cloud goes at once.
 pub async fn tear_down(node: &PoolNode, ctx: &Context, why: &str) -> Result<Action, Error> {
     let name = node.name_any();
+    ctx.launches.finished(&name);
     let mut status = node.status.clone().unwrap_or_default();
     let launched = status.external_id.is_some() || status.launch.is_some() || status.state != NodeState::Init;
     if launched {

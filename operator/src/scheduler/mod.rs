@@ -935,6 +935,7 @@ async fn new_node(
     }
     node.metadata.finalizers = Some(vec![ZNODE_FINALIZER.to_owned()]);
     let created = api.create(&status::create_params(), &node).await.context("creating a PoolNode")?;
+    ctx.launches.created(&created.name_any());
     let mut status = PoolNodeStatus {
         state: NodeState::Init,
         state_time: Some(Time(Timestamp::now())),
