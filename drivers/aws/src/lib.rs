@@ -96,6 +96,10 @@ pub struct AwsCloud {
 /// The least time between two coalesced calls of one kind: a lone poll waits at most this long,
 /// and under load each call answers every node that polled meanwhile.
 const COALESCE_SPACING: std::time::Duration = std::time::Duration::from_millis(200);
+/// The same for terminations, which nothing waits on but quota: a longer spacing gathers more
+/// nodes per `TerminateInstances`. At 200 ms, 80 calls ended 155 nodes (4 Zuul workers, release
+/// build on moto); at 1 s, 21 ended 167, and EC2 calls per node fell from 2.2 to 1.7.
+const TERMINATION_SPACING: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The credentials every client of the provider signs with.
 fn credentials_provider(settings: &AwsSettings, region: &Region) -> SharedCredentialsProvider {
@@ -152,7 +156,7 @@ impl AwsCloud {
             templates: Mutex::default(),
             polls: Coalescer::new(COALESCE_SPACING),
             lookups: Coalescer::new(COALESCE_SPACING),
-            terminations: Coalescer::new(COALESCE_SPACING),
+            terminations: Coalescer::new(TERMINATION_SPACING),
         }
     }
 
