@@ -213,6 +213,14 @@ pub fn free_form_object(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A list of free-form JSON objects (for example Kubernetes pod volumes), kept as written.
+pub fn free_form_list(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+    })
+}
+
 /// Any JSON value, kept as written.
 pub fn free_form_value(_: &mut SchemaGenerator) -> Schema {
     json_schema!({

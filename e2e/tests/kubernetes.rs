@@ -43,7 +43,9 @@ async fn provider(stack: &Stack) -> Result<()> {
                 "kubernetes": {},
                 "pools": [{"name": "main", "labels": [
                     {"name": "k8s-namespace", "kubernetes": {"type": "namespace", "cpu": 1, "memory": 512}},
-                    {"name": "k8s-pod", "kubernetes": {"type": "pod", "image": "debian:bookworm", "shellType": "sh"}},
+                    {"name": "k8s-pod", "kubernetes": {"type": "pod", "image": "debian:bookworm", "shellType": "sh",
+                        "volumes": [{"name": "cache", "emptyDir": {}}],
+                        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}},
                 ]}],
             },
         }))
@@ -145,6 +147,13 @@ async fn a_pod_that_never_runs_fails_its_launch_at_the_boot_timeout_and_is_clean
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
     assert_eq!(spec.containers[0].image.as_deref(), Some("debian:bookworm"));
     assert_eq!(spec.containers[0].args, Some(vec!["while true; do sleep 30; done;".to_owned()]));
+    // The label's volume and mount, as the apiserver stored them.
+    assert_eq!(
+        spec.volumes.as_ref().map(|v| v.iter().any(|v| v.name == "cache" && v.empty_dir.is_some())),
+        Some(true)
+    );
+    let mounts = spec.containers[0].volume_mounts.clone().unwrap_or_default();
+    assert!(mounts.iter().any(|m| m.name == "cache" && m.mount_path == "/cache"), "{mounts:?}");
 
     let outcome = zuul.wait(&request, WAIT).await?;
     assert_eq!(outcome["state"], "failed", "{outcome}");

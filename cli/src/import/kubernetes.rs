@@ -37,8 +37,6 @@ pub(super) fn label_defaults(pool: &mut Mapping, notes: &mut super::Notes) -> La
 
 const NOT_CARRIED: &[(&str, &str)] = &[
     ("spec", "a raw pod spec is not supported; use the label's own settings"),
-    ("volumes", "pod volumes are not supported"),
-    ("volume-mounts", "pod volume mounts are not supported"),
     ("gpu", "GPU requests are not supported"),
     ("gpu-resource", "GPU requests are not supported"),
     ("storage", "ephemeral-storage requests are not supported"),
@@ -133,6 +131,21 @@ pub(super) fn pod_settings(
         annotations: label.take("annotations").map(|v| v.string_map(notes)).unwrap_or_default(),
         python_path: label.take("python-path").and_then(|v| v.text(notes)),
         shell_type: label.take("shell-type").and_then(|v| v.text(notes)),
+        // Kubernetes' own forms, as Nodepool passes them through.
+        volumes: label
+            .take("volumes")
+            .map(|v| v.list(notes))
+            .unwrap_or_default()
+            .iter()
+            .map(Field::json)
+            .collect(),
+        volume_mounts: label
+            .take("volume-mounts")
+            .map(|v| v.list(notes))
+            .unwrap_or_default()
+            .iter()
+            .map(Field::json)
+            .collect(),
     };
     for (key, why) in NOT_CARRIED {
         label.not_carried(key, why, notes);

@@ -216,7 +216,14 @@ providers:
         default-label-memory: 1024
         labels:
           - {name: ns, type: namespace}
-          - {name: pod, type: pod, image: debian:bookworm, memory: 512, env: [{name: A, value: b}], volumes: []}
+          - name: pod
+            type: pod
+            image: debian:bookworm
+            memory: 512
+            env: [{name: A, value: b}]
+            volumes: [{name: cache, emptyDir: {}}]
+            volume-mounts: [{name: cache, mountPath: /cache}]
+            gpu: 1
 ";
     let import = import(text).unwrap();
     let provider = named(&import, "Provider", "k8s");
@@ -225,7 +232,9 @@ providers:
     assert_eq!(labels[1]["kubernetes"]["cpu"], 2);
     assert_eq!(labels[1]["kubernetes"]["memory"], 512);
     assert_eq!(labels[1]["kubernetes"]["env"], json!([{"name": "A", "value": "b"}]));
-    assert_eq!(notes_at(&import, "providers[0].pools[0].labels[1].volumes")[0].kind, NoteKind::NotCarried);
+    assert_eq!(labels[1]["kubernetes"]["volumes"], json!([{"name": "cache", "emptyDir": {}}]));
+    assert_eq!(labels[1]["kubernetes"]["volumeMounts"], json!([{"name": "cache", "mountPath": "/cache"}]));
+    assert_eq!(notes_at(&import, "providers[0].pools[0].labels[1].gpu")[0].kind, NoteKind::NotCarried);
 }
 
 #[test]

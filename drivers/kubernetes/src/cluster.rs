@@ -115,8 +115,8 @@ impl Cloud for KubernetesCloud {
         create_or_get(&bindings, &object_name(&binding), &binding, "creating the role binding").await?;
         if let Some(pod) = &pod {
             let pods: Api<Pod> = Api::namespaced(self.client.clone(), &name);
-            create_or_get(&pods, pod, &objects::pod(&name, pod, &spec.tags, &label.pod), "creating the pod")
-                .await?;
+            let body = objects::pod(&name, pod, &spec.tags, &label.pod).map_err(CloudError::Invalid)?;
+            create_or_get(&pods, pod, &body, "creating the pod").await?;
         }
         tracing::info!(provider = %self.provider, namespace = %name, node = %spec.node, "namespace created");
         self.look(namespace).await
@@ -176,7 +176,7 @@ impl Cloud for KubernetesCloud {
 
     /// A node holds what its container requests (a namespace label: what the label says).
     async fn label_resources(&self, _pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
-        Ok(Self::label(label)?.pod.footprint())
+        Self::label(label)?.pod.footprint().map_err(CloudError::Invalid)
     }
 
     async fn resolve_image(&self, _image: &ImageSpec) -> CloudResult<String> {

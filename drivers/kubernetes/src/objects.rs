@@ -181,7 +181,15 @@ pub fn role_binding(namespace: &str, kind: LabelKind) -> RoleBinding {
 }
 
 /// The pod of a pod label: one long-running shell container, as Nodepool runs it.
-pub fn pod(namespace: &str, name: &str, tags: &BTreeMap<String, String>, label: &PodSettings) -> Pod {
+/// The pod of a pod label, as Nodepool builds it; an error names a volume or mount that is not
+/// one.
+pub fn pod(
+    namespace: &str,
+    name: &str,
+    tags: &BTreeMap<String, String>,
+    label: &PodSettings,
+) -> Result<Pod, String> {
+    let (volumes, volume_mounts) = label.volumes()?;
     let mut requests = BTreeMap::new();
     let mut limits = BTreeMap::new();
     if let Some(cpu) = label.cpu {
@@ -217,6 +225,7 @@ pub fn pod(namespace: &str, name: &str, tags: &BTreeMap<String, String>, label: 
         security_context: label
             .privileged
             .map(|privileged| SecurityContext { privileged: Some(privileged), ..Default::default() }),
+        volume_mounts: (!volume_mounts.is_empty()).then_some(volume_mounts),
         ..Default::default()
     };
     let mut labels: BTreeMap<String, String> = label.labels.clone();
@@ -224,7 +233,7 @@ pub fn pod(namespace: &str, name: &str, tags: &BTreeMap<String, String>, label: 
     let mut metadata = meta(name, namespace);
     metadata.labels = Some(labels);
     metadata.annotations = (!label.annotations.is_empty()).then(|| label.annotations.clone());
-    Pod {
+    Ok(Pod {
         metadata,
         spec: Some(PodSpec {
             containers: vec![container],
@@ -239,10 +248,11 @@ pub fn pod(namespace: &str, name: &str, tags: &BTreeMap<String, String>, label: 
                     .map(|name| LocalObjectReference { name: name.clone() })
                     .collect()
             }),
+            volumes: (!volumes.is_empty()).then_some(volumes),
             ..Default::default()
         }),
         ..Default::default()
-    }
+    })
 }
 
 /// The connection type of a label's nodes.
@@ -270,6 +280,29 @@ mod tests {
         assert!(name.len() <= 63, "{name}");
         assert_eq!(name, namespace_name(&long), "the same token gives the same name");
         assert_ne!(name, namespace_name(&("a".repeat(80) + "-a2")), "another attempt, another name");
+    }
+
+    #[test]
+    fn a_pods_volumes_and_mounts_are_passed_through_and_a_bad_one_is_named() {
+        let mut label = PodSettings { image: Some("debian:bookworm".into()), ..Default::default() };
+        label.volumes = vec![serde_json::json!({"name": "cache", "emptyDir": {"medium": "Memory"}})];
+        label.volume_mounts = vec![serde_json::json!({"name": "cache", "mountPath": "/cache"})];
+        let built = pod("ns", "box", &BTreeMap::new(), &label).unwrap();
+        let spec = built.spec.unwrap();
+        let volume = &spec.volumes.unwrap()[0];
+        assert_eq!(
+            (volume.name.as_str(), volume.empty_dir.as_ref().and_then(|e| e.medium.as_deref())),
+            ("cache", Some("Memory"))
+        );
+        let mount = &spec.containers[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!((mount.name.as_str(), mount.mount_path.as_str()), ("cache", "/cache"));
+        label.volume_mounts = vec![serde_json::json!({"name": "cache", "mountPath": 5})];
+        let error = pod("ns", "box", &BTreeMap::new(), &label).unwrap_err();
+        assert!(
+            error.starts_with("volume mount {\"mountPath\":5,\"name\":\"cache\"}: invalid type"),
+            "{error}"
+        );
+        assert_eq!(label.footprint().unwrap_err(), error, "the label is not launchable, for the same reason");
     }
 
     #[test]

@@ -79,6 +79,14 @@ pub struct PodSettings {
     /// Annotations put on the pod.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// The pod's `volumes`, each in Kubernetes' own form (`{name: cache, emptyDir: {}}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "nodepool_crds::common::free_form_list")]
+    pub volumes: Vec<serde_json::Value>,
+    /// Where the container mounts them (`volumeMounts`, Kubernetes' form: `{name, mountPath}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "nodepool_crds::common::free_form_list")]
+    pub volume_mounts: Vec<serde_json::Value>,
     /// `ansible_python_interpreter` for Zuul. Default `auto`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python_path: Option<String>,
@@ -88,15 +96,35 @@ pub struct PodSettings {
 }
 
 impl PodSettings {
+    /// The pod's volumes and the container's mounts as Kubernetes types; an error names the
+    /// first that is not a valid volume or mount.
+    pub fn volumes(
+        &self,
+    ) -> Result<(Vec<k8s_openapi::api::core::v1::Volume>, Vec<k8s_openapi::api::core::v1::VolumeMount>), String>
+    {
+        fn each<T: serde::de::DeserializeOwned>(
+            items: &[serde_json::Value],
+            what: &str,
+        ) -> Result<Vec<T>, String> {
+            items
+                .iter()
+                .map(|item| serde_json::from_value(item.clone()).map_err(|e| format!("{what} {item}: {e}")))
+                .collect()
+        }
+        Ok((each(&self.volumes, "volume")?, each(&self.volume_mounts, "volume mount")?))
+    }
+
     /// What a node holds against quota: what its container requests (a namespace or project
-    /// label: what the label says), as one instance.
-    pub fn footprint(&self) -> nodepool_crds::pool_node::NodeResources {
-        nodepool_crds::pool_node::NodeResources {
+    /// label: what the label says), as one instance. An error says why the label's pod cannot
+    /// be built (a volume that is not one), so the label is not launchable.
+    pub fn footprint(&self) -> Result<nodepool_crds::pool_node::NodeResources, String> {
+        self.volumes()?;
+        Ok(nodepool_crds::pool_node::NodeResources {
             cores: self.cpu.unwrap_or(0),
             ram: self.memory.unwrap_or(0),
             instances: 1,
             ..Default::default()
-        }
+        })
     }
 }
 

@@ -143,8 +143,8 @@ impl Cloud for OpenShiftCloud {
             .await?;
         if let Some(pod) = &pod {
             let pods: Api<Pod> = Api::namespaced(self.client.clone(), &name);
-            create_or_get(&pods, pod, &objects::pod(&name, pod, &spec.tags, &label.pod), "creating the pod")
-                .await?;
+            let body = objects::pod(&name, pod, &spec.tags, &label.pod).map_err(CloudError::Invalid)?;
+            create_or_get(&pods, pod, &body, "creating the pod").await?;
         }
         tracing::info!(provider = %self.provider, project = %name, node = %spec.node, "project created");
         self.look(&name, false).await
@@ -186,7 +186,7 @@ impl Cloud for OpenShiftCloud {
 
     /// A node holds what its container requests (a project label: what the label says).
     async fn label_resources(&self, _pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
-        Ok(Self::label(label)?.pod.footprint())
+        Self::label(label)?.pod.footprint().map_err(CloudError::Invalid)
     }
 
     async fn resolve_image(&self, _image: &ImageSpec) -> CloudResult<String> {

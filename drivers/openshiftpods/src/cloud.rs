@@ -140,7 +140,7 @@ impl Cloud for OpenShiftPodsCloud {
         if let Some(shell) = &settings.shell_type {
             settings.annotations.insert(SHELL_TYPE_ANNOTATION.to_owned(), shell.clone());
         }
-        let pod = objects::pod(project, &name, &spec.tags, &settings);
+        let pod = objects::pod(project, &name, &spec.tags, &settings).map_err(CloudError::Invalid)?;
         let pod = create_or_get(&self.pods(project), &name, &pod, "creating the pod").await?;
         tracing::info!(provider = %self.provider, project, pod = %name, node = %spec.node, "pod created");
         Ok(self.look(project, pod))
@@ -197,13 +197,7 @@ impl Cloud for OpenShiftPodsCloud {
 
     /// A node holds what its container requests.
     async fn label_resources(&self, _pool: &Pool, label: &PoolLabel) -> CloudResult<NodeResources> {
-        let settings = Self::label(label)?;
-        Ok(NodeResources {
-            cores: settings.cpu.unwrap_or(0),
-            ram: settings.memory.unwrap_or(0),
-            instances: 1,
-            ..Default::default()
-        })
+        Self::label(label)?.footprint().map_err(CloudError::Invalid)
     }
 
     async fn resolve_image(&self, _image: &ImageSpec) -> CloudResult<String> {
