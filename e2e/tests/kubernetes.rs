@@ -42,7 +42,8 @@ async fn provider(stack: &Stack) -> Result<()> {
                 "launchRetries": 1, "bootTimeout": "5s",
                 "kubernetes": {},
                 "pools": [{"name": "main", "labels": [
-                    {"name": "k8s-namespace", "kubernetes": {"type": "namespace", "cpu": 1, "memory": 512}},
+                    {"name": "k8s-namespace", "kubernetes": {"type": "namespace", "cpu": 1, "memory": 512,
+                        "extraResources": {"example.com/dongle": 1}}},
                     {"name": "k8s-pod", "kubernetes": {"type": "pod", "image": "debian:bookworm", "shellType": "sh",
                         "volumes": [{"name": "cache", "emptyDir": {}}],
                         "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}},
@@ -62,6 +63,8 @@ async fn zuul_gets_a_namespace_whose_credentials_work_there_only_and_it_goes_aft
     let namespace_label = labels.iter().find(|l| l.name == "k8s-namespace").context("label status")?;
     assert!(namespace_label.launchable, "{namespace_label:?}");
     assert_eq!(namespace_label.resources.as_ref().map(|r| (r.cores, r.ram)), Some((1, 512)));
+    let extra = namespace_label.resources.as_ref().and_then(|r| r.other.get("example.com/dongle").copied());
+    assert_eq!(extra, Some(1), "extraResources count against quota");
 
     let mut zuul = Zuul::connect(&stack).await?;
     let request = zuul.request(&["k8s-namespace"]).await?;

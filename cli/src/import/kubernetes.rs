@@ -1,5 +1,7 @@
 //! A `kubernetes` provider: context, credentials (a kubeconfig), pools and labels.
 
+use std::collections::BTreeMap;
+
 use nodepool_crds::provider::PoolLabel;
 use nodepool_driver_kubernetes::{
     BLOCK, DEFAULT_KEY,
@@ -18,6 +20,7 @@ pub(super) struct LabelDefaults {
     memory: Option<u64>,
     cpu_limit: Option<u64>,
     memory_limit: Option<u64>,
+    extra_resources: BTreeMap<String, u64>,
 }
 
 /// A pool's `default-label-*` settings.
@@ -28,6 +31,13 @@ pub(super) fn label_defaults(pool: &mut Mapping, notes: &mut super::Notes) -> La
         memory: count("default-label-memory"),
         cpu_limit: count("default-label-cpu-limit"),
         memory_limit: count("default-label-memory-limit"),
+        // Nodepool 11 documents `default-label-extra-resources` but reads
+        // `default-label-extra_resources`; either is taken.
+        extra_resources: ["default-label-extra-resources", "default-label-extra_resources"]
+            .into_iter()
+            .filter_map(|key| pool.take(key))
+            .flat_map(|field| resource_counts(field, notes))
+            .collect(),
     };
     for key in ["default-label-storage", "default-label-storage-limit"] {
         pool.not_carried(key, "ephemeral-storage is not supported", notes);
@@ -41,7 +51,6 @@ const NOT_CARRIED: &[(&str, &str)] = &[
     ("gpu-resource", "GPU requests are not supported"),
     ("storage", "ephemeral-storage requests are not supported"),
     ("storage-limit", "ephemeral-storage limits are not supported"),
-    ("extra-resources", "extra resource requests are not supported"),
     ("dynamic-labels", "labels formatted from the request are not supported"),
 ];
 
@@ -131,6 +140,12 @@ pub(super) fn pod_settings(
         annotations: label.take("annotations").map(|v| v.string_map(notes)).unwrap_or_default(),
         python_path: label.take("python-path").and_then(|v| v.text(notes)),
         shell_type: label.take("shell-type").and_then(|v| v.text(notes)),
+        extra_resources: {
+            let mut extra = defaults.extra_resources.clone();
+            extra
+                .extend(label.take("extra-resources").map(|v| resource_counts(v, notes)).unwrap_or_default());
+            extra
+        },
         // Kubernetes' own forms, as Nodepool passes them through.
         volumes: label
             .take("volumes")
@@ -151,6 +166,18 @@ pub(super) fn pod_settings(
         label.not_carried(key, why, notes);
     }
     settings
+}
+
+/// A mapping of resource names to counts (`extra-resources`).
+fn resource_counts(field: Field, notes: &mut super::Notes) -> BTreeMap<String, u64> {
+    let Some(mut mapping) = field.mapping(notes) else { return BTreeMap::new() };
+    let mut counts = BTreeMap::new();
+    for key in mapping.keys() {
+        if let Some(count) = mapping.take(&key).and_then(|v| v.count(notes)) {
+            counts.insert(key, count);
+        }
+    }
+    counts
 }
 
 fn clamp_u32(value: u64) -> u32 {

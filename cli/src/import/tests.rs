@@ -214,6 +214,7 @@ providers:
       - name: main
         default-label-cpu: 2
         default-label-memory: 1024
+        default-label-extra_resources: {licenses: 1}
         labels:
           - {name: ns, type: namespace}
           - name: pod
@@ -223,6 +224,7 @@ providers:
             env: [{name: A, value: b}]
             volumes: [{name: cache, emptyDir: {}}]
             volume-mounts: [{name: cache, mountPath: /cache}]
+            extra-resources: {example.com/dongle: 2}
             gpu: 1
 ";
     let import = import(text).unwrap();
@@ -233,6 +235,8 @@ providers:
     assert_eq!(labels[1]["kubernetes"]["memory"], 512);
     assert_eq!(labels[1]["kubernetes"]["env"], json!([{"name": "A", "value": "b"}]));
     assert_eq!(labels[1]["kubernetes"]["volumes"], json!([{"name": "cache", "emptyDir": {}}]));
+    assert_eq!(labels[0]["kubernetes"]["extraResources"], json!({"licenses": 1}), "the pool's default");
+    assert_eq!(labels[1]["kubernetes"]["extraResources"], json!({"licenses": 1, "example.com/dongle": 2}));
     assert_eq!(labels[1]["kubernetes"]["volumeMounts"], json!([{"name": "cache", "mountPath": "/cache"}]));
     assert_eq!(notes_at(&import, "providers[0].pools[0].labels[1].gpu")[0].kind, NoteKind::NotCarried);
 }

@@ -87,6 +87,10 @@ pub struct PodSettings {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "nodepool_crds::common::free_form_list")]
     pub volume_mounts: Vec<serde_json::Value>,
+    /// More resources a node holds against quota, by key (Nodepool's `extra-resources`), counted
+    /// against `maxResources` and tenant limits; not requested from the cluster.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_resources: BTreeMap<String, u64>,
     /// `ansible_python_interpreter` for Zuul. Default `auto`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python_path: Option<String>,
@@ -123,7 +127,7 @@ impl PodSettings {
             cores: self.cpu.unwrap_or(0),
             ram: self.memory.unwrap_or(0),
             instances: 1,
-            ..Default::default()
+            other: self.extra_resources.clone().into_iter().collect(),
         })
     }
 }
@@ -140,4 +144,22 @@ pub enum LabelKind {
 pub struct EnvVar {
     pub name: String,
     pub value: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_footprint_is_its_requests_and_its_extra_resources() {
+        let pod = PodSettings {
+            cpu: Some(2),
+            memory: Some(512),
+            extra_resources: BTreeMap::from([("example.com/dongle".to_owned(), 1)]),
+            ..Default::default()
+        };
+        let held = pod.footprint().unwrap();
+        assert_eq!((held.cores, held.ram, held.instances), (2, 512, 1));
+        assert_eq!(held.other.get("example.com/dongle"), Some(&1));
+    }
 }
