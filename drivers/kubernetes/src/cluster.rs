@@ -57,21 +57,8 @@ impl KubernetesCloud {
             instance.state = InstanceState::Stopping;
             return Ok(instance);
         }
-        let Some((token, ca)) = service_account_token(&self.client, &name).await? else {
-            return Ok(instance); // the token controller has not filled it in yet
-        };
         let pod = annotations.get(objects::POD_ANNOTATION).cloned();
         let kind = if pod.is_some() { LabelKind::Pod } else { LabelKind::Namespace };
-        if let Some(pod_name) = &pod {
-            match pod_phase(&self.client, &name, pod_name).await? {
-                PodPhase::Running => instance.interface_ip = Some(pod_name.clone()),
-                PodPhase::Starting => return Ok(instance),
-                PodPhase::Ended(why) => {
-                    instance.state = InstanceState::Failed(why);
-                    return Ok(instance);
-                }
-            }
-        }
         let connection = ConnectionSettings {
             connection_type: Some(objects::connection_type(kind)),
             python_path: Some(
@@ -80,10 +67,7 @@ impl KubernetesCloud {
             shell_type: annotations.get(objects::SHELL_TYPE_ANNOTATION).cloned(),
             ..Default::default()
         };
-        let credentials = self.cluster.credentials(&name, token, &ca, pod);
-        instance.state = InstanceState::Running;
-        instance.access = Some(NodeAccess { connection, kubernetes: Some(credentials) });
-        Ok(instance)
+        self.cluster.node_instance(instance, pod, connection).await
     }
 }
 
@@ -186,12 +170,40 @@ impl Cloud for KubernetesCloud {
     }
 }
 
+impl Cluster {
+    /// A node's namespace (or project) `instance`, running once its service account's token
+    /// is filled in and its pod (if any) runs, with what Zuul is handed to reach it; pending or
+    /// failed until then.
+    pub async fn node_instance(
+        &self,
+        mut instance: Instance,
+        pod: Option<String>,
+        connection: ConnectionSettings,
+    ) -> CloudResult<Instance> {
+        let namespace = instance.id.clone();
+        let Some((token, ca)) = service_account_token(&self.client, &namespace).await? else {
+            return Ok(instance); // the token controller has not filled it in yet
+        };
+        if let Some(pod_name) = &pod {
+            match pod_phase(&self.client, &namespace, pod_name).await? {
+                PodPhase::Running => instance.interface_ip = Some(pod_name.clone()),
+                PodPhase::Starting => return Ok(instance),
+                PodPhase::Ended(why) => {
+                    instance.state = InstanceState::Failed(why);
+                    return Ok(instance);
+                }
+            }
+        }
+        let credentials = self.credentials(&namespace, token, &ca, pod);
+        instance.state = InstanceState::Running;
+        instance.access = Some(NodeAccess { connection, kubernetes: Some(credentials) });
+        Ok(instance)
+    }
+}
+
 /// The token and CA certificate of the node's service account, once the cluster's token
 /// controller has filled in its Secret.
-pub async fn service_account_token(
-    client: &Client,
-    namespace: &str,
-) -> CloudResult<Option<(String, Vec<u8>)>> {
+async fn service_account_token(client: &Client, namespace: &str) -> CloudResult<Option<(String, Vec<u8>)>> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret =
         secrets.get_opt(SERVICE_ACCOUNT).await.map_err(|e| classify("reading the token Secret", e))?;
@@ -203,7 +215,7 @@ pub async fn service_account_token(
 }
 
 /// Where a node's pod stands.
-pub enum PodPhase {
+enum PodPhase {
     Running,
     /// Scheduled, pulling, starting: not there yet.
     Starting,
@@ -211,7 +223,7 @@ pub enum PodPhase {
     Ended(String),
 }
 
-pub async fn pod_phase(client: &Client, namespace: &str, pod: &str) -> CloudResult<PodPhase> {
+async fn pod_phase(client: &Client, namespace: &str, pod: &str) -> CloudResult<PodPhase> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let Some(found) = pods.get_opt(pod).await.map_err(|e| classify("reading the pod", e))? else {
         return Ok(PodPhase::Ended(format!("pod {pod} is gone")));

@@ -14,7 +14,7 @@ mod descriptor;
 pub mod objects;
 pub mod settings;
 
-pub use cluster::{KubernetesCloud, PodPhase, classify, create_or_get, pod_phase, service_account_token};
+pub use cluster::{KubernetesCloud, classify, create_or_get};
 pub use descriptor::{Cluster, DEFAULT_KEY, Kubernetes, cluster_config};
 
 /// The block of every Kubernetes setting: `spec.kubernetes` and `pools[].labels[].kubernetes`.

@@ -8,12 +8,8 @@ use nodepool_crds::{
     pool_node::NodeResources,
     provider::{Pool, PoolLabel, ResourceLimits},
 };
-use nodepool_driver::{
-    Cloud, CloudError, Instance, InstanceSpec, InstanceState, NodeAccess, cloud::CloudResult, tags,
-};
-use nodepool_driver_kubernetes::{
-    Cluster, PodPhase, SERVICE_ACCOUNT, classify, create_or_get, objects, pod_phase, service_account_token,
-};
+use nodepool_driver::{Cloud, CloudError, Instance, InstanceSpec, InstanceState, cloud::CloudResult, tags};
+use nodepool_driver_kubernetes::{Cluster, SERVICE_ACCOUNT, classify, create_or_get, objects};
 
 use crate::{
     BLOCK, RECORD,
@@ -65,20 +61,7 @@ impl OpenShiftCloud {
             instance.state = InstanceState::Stopping;
             return Ok(instance);
         }
-        let Some((token, ca)) = service_account_token(&self.client, name).await? else {
-            return Ok(instance); // not filled in yet (or the record is not written yet)
-        };
         let pod = data.get("pod").cloned();
-        if let Some(pod_name) = &pod {
-            match pod_phase(&self.client, name, pod_name).await? {
-                PodPhase::Running => instance.interface_ip = Some(pod_name.clone()),
-                PodPhase::Starting => return Ok(instance),
-                PodPhase::Ended(why) => {
-                    instance.state = InstanceState::Failed(why);
-                    return Ok(instance);
-                }
-            }
-        }
         let connection = ConnectionSettings {
             connection_type: Some(if pod.is_some() {
                 ConnectionType::Kubectl
@@ -89,10 +72,7 @@ impl OpenShiftCloud {
             shell_type: data.get("shellType").cloned(),
             ..Default::default()
         };
-        let credentials = self.cluster.credentials(name, token, &ca, pod);
-        instance.state = InstanceState::Running;
-        instance.access = Some(NodeAccess { connection, kubernetes: Some(credentials) });
-        Ok(instance)
+        self.cluster.node_instance(instance, pod, connection).await
     }
 
     fn ours(&self, instance: &Instance) -> bool {
