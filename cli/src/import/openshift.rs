@@ -10,7 +10,7 @@ use nodepool_driver_openshift::{
 
 use super::{
     kubernetes::{LabelDefaults, label_defaults, pod_settings},
-    provider::{PoolDefaults, ProviderImport},
+    provider::{PoolDefaults, ProviderImport, last_count_of},
     yaml::{Field, Mapping},
 };
 
@@ -25,11 +25,7 @@ pub fn import(provider: &mut Mapping, import: &mut ProviderImport) {
     );
     let notes = &mut import.draft.notes;
     // Nodepool reads max-projects (else max-servers) as every pool's default max-servers.
-    let max_servers = ["max-servers", "max-projects"]
-        .into_iter()
-        .filter_map(|key| provider.take(key))
-        .filter_map(|field| field.int(notes))
-        .next_back();
+    let max_servers = last_count_of(provider, &["max-servers", "max-projects"], notes);
     let defaults = PoolDefaults { max_servers, ..Default::default() };
     import.each_pool(provider, &defaults, |import, pool, out| {
         let notes = &mut import.draft.notes;

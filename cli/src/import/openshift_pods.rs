@@ -7,7 +7,7 @@ use nodepool_driver_openshiftpods::{BLOCK, settings::OpenShiftPodsProvider};
 
 use super::{
     kubernetes::{label_defaults, pod_settings},
-    provider::{PoolDefaults, ProviderImport},
+    provider::{PoolDefaults, ProviderImport, last_count_of},
     yaml::{Field, Mapping},
 };
 
@@ -22,11 +22,7 @@ pub fn import(provider: &mut Mapping, import: &mut ProviderImport) {
     let notes = &mut import.draft.notes;
     // Nodepool's defaults for every pool's max-servers (it reads max-projects and max-servers, and
     // ignores its documented max-pods; all three are taken here).
-    let max_servers = ["max-pods", "max-projects", "max-servers"]
-        .into_iter()
-        .filter_map(|key| provider.take(key))
-        .filter_map(|field| field.int(notes))
-        .next_back();
+    let max_servers = last_count_of(provider, &["max-pods", "max-projects", "max-servers"], notes);
     let defaults = PoolDefaults { max_servers, name_is_a_namespace: true, ..Default::default() };
     import.each_pool(provider, &defaults, |import, pool, out| {
         let notes = &mut import.draft.notes;

@@ -235,6 +235,12 @@ fn clamp_u32(value: i64) -> u32 {
     value.clamp(0, u32::MAX as i64) as u32
 }
 
+/// The number under the last of `keys` that is set (Nodepool reads several names for one
+/// setting, a later one winning); every one of them is taken.
+pub fn last_count_of(mapping: &mut Mapping, keys: &[&str], notes: &mut super::Notes) -> Option<i64> {
+    keys.iter().filter_map(|key| mapping.take(key)).filter_map(|field| field.int(notes)).next_back()
+}
+
 /// Pool settings a provider sets for all its pools (AWS's provider-level limits and switches).
 #[derive(Default)]
 pub struct PoolDefaults {
