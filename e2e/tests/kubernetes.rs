@@ -95,11 +95,9 @@ async fn zuul_gets_a_namespace_whose_credentials_work_there_only_and_it_goes_aft
 
     // Zuul's credentials, used as Zuul builds its kubeconfig from them: allowed in the node's
     // namespace, refused anywhere else.
-    let mut config = kube::Config::new(credentials["host"].as_str().context("host")?.parse()?);
-    config.auth_info.token = Some(token.clone().into());
-    config.root_cert =
-        Some(vec![cluster::first_certificate_der(&base64::engine::general_purpose::STANDARD.decode(ca)?)?]);
-    let as_zuul = kube::Client::try_from(config)?;
+    let host = credentials["host"].as_str().context("host")?;
+    let as_zuul =
+        cluster::client_with_token(host, &token, &base64::engine::general_purpose::STANDARD.decode(ca)?)?;
     let config_map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "from-the-job"}}))?;
     Api::<ConfigMap>::namespaced(as_zuul.clone(), &namespace)
         .create(&PostParams::default(), &config_map)

@@ -64,32 +64,13 @@ async fn self_provisioner(stack: &Stack) -> Result<(String, Vec<u8>)> {
     .await
 }
 
-fn token_kubeconfig(server: &str, token: &str, ca: &[u8]) -> Result<String> {
-    let engine = base64::engine::general_purpose::STANDARD;
-    Ok(serde_yaml_ng::to_string(&json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": server, "certificate-authority-data": engine.encode(ca)}}],
-        "users": [{"name": "nodepool", "user": {"token": token}}],
-        "contexts": [{"name": "nodepool", "context": {"cluster": "c", "user": "nodepool"}}],
-        "current-context": "nodepool",
-    }))?)
-}
-
-/// A client acting with `token` against `server`.
-fn client_as(server: &str, token: &str, ca_pem: &[u8]) -> Result<kube::Client> {
-    let mut config = kube::Config::new(server.parse()?);
-    config.auth_info.token = Some(token.to_owned().into());
-    config.root_cert = Some(vec![cluster::first_certificate_der(ca_pem)?]);
-    Ok(kube::Client::try_from(config)?)
-}
-
 #[tokio::test]
 async fn zuul_gets_a_project_it_administers_alone_and_it_goes_after_use() -> Result<()> {
     let stack = Stack::start("openshift").await?;
     let openshift = OpenShiftApi::start(&stack)?;
     let (token, ca) = self_provisioner(&stack).await?;
     let secrets: Api<Secret> = Api::namespaced(stack.client.clone(), &stack.namespace);
-    let kubeconfig = token_kubeconfig(&openshift.url, &token, &ca)?;
+    let kubeconfig = cluster::token_kubeconfig(&openshift.url, &token, &ca)?;
     let secret = json!({"metadata": {"name": "openshift"}, "stringData": {"kubeconfig": kubeconfig}});
     secrets.create(&PostParams::default(), &serde_json::from_value(secret)?).await?;
     stack
@@ -137,7 +118,7 @@ async fn zuul_gets_a_project_it_administers_alone_and_it_goes_after_use() -> Res
 
     // Zuul's credentials, through the same API server: allowed in the project, refused
     // anywhere else; Zuul may read its project through OpenShift's project API.
-    let as_zuul = client_as(&openshift.url, &zuul_token, &zuul_ca)?;
+    let as_zuul = cluster::client_with_token(&openshift.url, &zuul_token, &zuul_ca)?;
     let config_map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "from-the-job"}}))?;
     Api::<ConfigMap>::namespaced(as_zuul.clone(), &project)
         .create(&PostParams::default(), &config_map)

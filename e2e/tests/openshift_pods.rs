@@ -71,7 +71,7 @@ async fn zuul_gets_a_pod_in_the_project_with_the_providers_token_and_it_goes_aft
     let (token, ca) = project_account(&stack, &project).await?;
     let engine = base64::engine::general_purpose::STANDARD;
     let server = stack.env.info.apiserver.trim_end_matches('/').to_owned();
-    kubeconfig_secret(&stack, "cluster", &token_kubeconfig(&server, &token, &ca)?).await?;
+    kubeconfig_secret(&stack, "cluster", &cluster::token_kubeconfig(&server, &token, &ca)?).await?;
     apply_provider(&stack, "osp", "cluster", &project, "os-pod").await?;
     let provider = stack.launchable("osp").await?;
     let label = &provider.status.context("status")?.pools[0].labels[0];
@@ -110,10 +110,7 @@ async fn zuul_gets_a_pod_in_the_project_with_the_providers_token_and_it_goes_aft
     let handed_ca = engine.decode(credentials["ca_crt"].as_str().context("ca_crt")?)?;
 
     // What Zuul is handed works as Zuul uses it: the pod in its project, nothing elsewhere.
-    let mut config = kube::Config::new(server.parse()?);
-    config.auth_info.token = Some(token.clone().into());
-    config.root_cert = Some(vec![cluster::first_certificate_der(&handed_ca)?]);
-    let as_zuul = kube::Client::try_from(config)?;
+    let as_zuul = cluster::client_with_token(&server, &token, &handed_ca)?;
     Api::<Pod>::namespaced(as_zuul.clone(), &project).get(&pod_name).await?;
     let elsewhere = Api::<Pod>::namespaced(as_zuul, &stack.namespace).list(&ListParams::default()).await;
     assert!(matches!(elsewhere, Err(kube::Error::Api(ref e)) if e.code == 403), "{elsewhere:?}");
@@ -132,18 +129,6 @@ async fn zuul_gets_a_pod_in_the_project_with_the_providers_token_and_it_goes_aft
     .await?;
     wait_until("the node deleted", async || Ok(stack.nodes().await?.is_empty().then_some(()))).await?;
     Ok(())
-}
-
-/// A kubeconfig that reaches the test apiserver as the bearer of `token`.
-fn token_kubeconfig(server: &str, token: &str, ca: &[u8]) -> Result<String> {
-    let engine = base64::engine::general_purpose::STANDARD;
-    Ok(serde_yaml_ng::to_string(&json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": server, "certificate-authority-data": engine.encode(ca)}}],
-        "users": [{"name": "launcher", "user": {"token": token}}],
-        "contexts": [{"name": "launcher", "context": {"cluster": "c", "user": "launcher"}}],
-        "current-context": "launcher",
-    }))?)
 }
 
 async fn kubeconfig_secret(stack: &Stack, name: &str, kubeconfig: &str) -> Result<()> {
@@ -180,8 +165,8 @@ async fn a_refused_or_missing_token_makes_the_provider_not_ready_and_others_keep
     let project = cluster::fresh_namespace(&stack.client, "project").await?;
     let (token, ca) = project_account(&stack, &project).await?;
     let server = stack.env.info.apiserver.trim_end_matches('/').to_owned();
-    kubeconfig_secret(&stack, "good", &token_kubeconfig(&server, &token, &ca)?).await?;
-    kubeconfig_secret(&stack, "refused", &token_kubeconfig(&server, "not-a-token", &ca)?).await?;
+    kubeconfig_secret(&stack, "good", &cluster::token_kubeconfig(&server, &token, &ca)?).await?;
+    kubeconfig_secret(&stack, "refused", &cluster::token_kubeconfig(&server, "not-a-token", &ca)?).await?;
     let certificates = std::fs::read_to_string(&stack.env.info.kubeconfig)?;
     kubeconfig_secret(&stack, "no-token", &cluster::inline_kubeconfig_files(&certificates)).await?;
     apply_provider(&stack, "good", "good", &project, "good-pod").await?;
